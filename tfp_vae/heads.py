@@ -1,0 +1,288 @@
+"""The layers a VAE for real-valued data is built from.
+
+- `Standardize`: raw data to standardised units inside the graph, and back.
+- `MLP`: the hidden layers of the encoder and the decoder.
+- `FullPosterior` / `DiagonalPosterior`: q(z|x) from a parameter vector.
+- `DecoderScale`: the raw decoder-scale parameters for each `decoder_scale` mode.
+- `DecoderNormal`: p(x|z), an `IndependentNormal` whose scale is floored.
+
+Every layer's `get_config` returns exactly its constructor arguments, so a saved
+model is rebuilt from its config rather than from pickled Python lambdas.
+"""
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfp_vae._keras import tf_keras
+
+tfd = tfp.distributions
+tfpl = tfp.layers
+
+POSTERIORS = ("full", "diagonal")
+DECODER_SCALES = ("learned", "shared", "optimal", "fixed")
+PACKAGE = "tfp_vae"
+
+
+def _layer_config(layer: tf_keras.layers.Layer) -> dict:
+    """The base Keras arguments (name, trainable, dtype) of a layer."""
+    return tf_keras.layers.Layer.get_config(layer)
+
+
+def softplus_inverse(y):
+    """The raw parameter whose softplus is `y` (for `y > 0`)."""
+    return tfp.math.softplus_inverse(y)
+
+
+@tf_keras.saving.register_keras_serializable(PACKAGE)
+class Standardize(tf_keras.layers.Layer):
+    """`(x - mean) / scale`, with the statistics held as non-trainable weights.
+
+    `scale` is the feature's standard deviation, floored at float32's resolution
+    of its mean, so a constant column is kept rather than divided by zero.
+
+    #### Example
+
+    ```python
+    layer = Standardize(input_size=2)
+    layer.set_moments(mean=[1e4, 0.0], stddev=[1e-3, 1e6])
+    layer(tf.constant([[1e4 + 1e-3, -1e6]]))  # ==> [[1., -1.]]
+    ```
+    """
+
+    def __init__(self, input_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.input_size = input_size
+        self.mean = self.add_weight("mean", shape=[input_size], initializer="zeros", trainable=False)
+        self.scale = self.add_weight("scale", shape=[input_size], initializer="ones", trainable=False)
+        self.count = self.add_weight("count", shape=[], initializer="zeros", trainable=False)
+
+    @property
+    def is_adapted(self) -> bool:
+        return bool(self.count.numpy() > 0)
+
+    @staticmethod
+    def floored_scale(mean: np.ndarray, stddev: np.ndarray) -> np.ndarray:
+        floor = np.finfo(np.float32).eps * np.maximum(np.abs(mean), 1.0)
+        return np.maximum(stddev, floor)
+
+    def set_moments(self, mean, stddev, count: float = 1.0) -> None:
+        mean = np.asarray(mean, np.float64)
+        self.mean.assign(mean.astype(np.float32))
+        self.scale.assign(self.floored_scale(mean, np.asarray(stddev, np.float64)).astype(np.float32))
+        self.count.assign(float(count))
+
+    def call(self, x):
+        return (x - self.mean) / self.scale
+
+    def log_det_jacobian(self):
+        """sum log scale: what a density loses going from standardised to raw units."""
+        return tf.reduce_sum(tf.math.log(self.scale))
+
+    def get_config(self):
+        return {**_layer_config(self), "input_size": self.input_size}
+
+
+@tf_keras.saving.register_keras_serializable(PACKAGE)
+class MLP(tf_keras.layers.Layer):
+    """Dense layers of the given widths, each followed by `activation`.
+
+    #### Example
+
+    ```python
+    mlp = MLP(units=(64, 64), activation="leaky_relu", seed=0)
+    mlp(tf.zeros([8, 3])).shape  # ==> [8, 64]
+    ```
+    """
+
+    def __init__(self, units=(64, 64), activation: str = "leaky_relu", seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.units = tuple(int(u) for u in units)
+        self.activation = activation
+        self.seed = seed
+        self.dense_layers = [
+            tf_keras.layers.Dense(
+                width, activation=activation, name=f"dense_{i}",
+                kernel_initializer=seeded_initializer(seed, i))
+            for i, width in enumerate(self.units)
+        ]
+
+    def call(self, x):
+        for layer in self.dense_layers:
+            x = layer(x)
+        return x
+
+    def get_config(self):
+        return {**_layer_config(self), "units": list(self.units),
+                "activation": self.activation, "seed": self.seed}
+
+
+def seeded_initializer(seed, offset: int):
+    """Glorot-uniform weights that a seed fixes; each layer takes its own offset."""
+    return tf_keras.initializers.GlorotUniform(seed=None if seed is None else seed + offset)
+
+
+@tf_keras.saving.register_keras_serializable(PACKAGE)
+class FullPosterior(tfpl.MultivariateNormalTriL):
+    """q(z|x) = N(loc, L L^T), a full covariance from `params_size(K)` numbers.
+
+    TFP's `MultivariateNormalTriL` with a `get_config` that rebuilds it.
+
+    #### Example
+
+    ```python
+    head = FullPosterior(event_size=2)
+    qz = head(tf.zeros([8, FullPosterior.params_size(2)]))
+    qz.scale.to_dense().shape  # ==> [8, 2, 2]
+    ```
+    """
+
+    def __init__(self, event_size: int, **kwargs):
+        super().__init__(event_size, **kwargs)
+        self.event_size = event_size
+
+    def get_config(self):
+        return {**_layer_config(self), "event_size": self.event_size}
+
+
+@tf_keras.saving.register_keras_serializable(PACKAGE)
+class DiagonalPosterior(tfpl.DistributionLambda):
+    """q(z|x) = N(loc, diag(softplus(raw)^2)) from `2 K` numbers.
+
+    #### Example
+
+    ```python
+    head = DiagonalPosterior(event_size=2)
+    qz = head(tf.zeros([8, DiagonalPosterior.params_size(2)]))
+    qz.stddev().shape  # ==> [8, 2]
+    ```
+    """
+
+    def __init__(self, event_size: int, **kwargs):
+        super().__init__(lambda t: DiagonalPosterior.new(t, event_size), **kwargs)
+        self.event_size = event_size
+
+    @staticmethod
+    def new(params, event_size: int):
+        loc, raw_scale = params[..., :event_size], params[..., event_size:]
+        return tfd.MultivariateNormalDiag(loc=loc, scale_diag=1e-5 + tf.math.softplus(raw_scale))
+
+    @staticmethod
+    def params_size(event_size: int) -> int:
+        return 2 * event_size
+
+    def get_config(self):
+        return {**_layer_config(self), "event_size": self.event_size}
+
+
+def decoder_scale(raw_scale, min_scale: float):
+    """The decoder's standard deviation: positive, and never below `min_scale`."""
+    return min_scale + tf.math.softplus(raw_scale)
+
+
+@tf_keras.saving.register_keras_serializable(PACKAGE)
+class DecoderNormal(tfpl.IndependentNormal):
+    """p(x|z) = prod_d N(x_d; loc_d, min_scale + softplus(raw_d)) from `2 D` numbers.
+
+    TFP's `IndependentNormal` lets the softplus scale reach zero, where a learned
+    variance makes the likelihood unbounded; this one floors it at `min_scale`.
+
+    #### Example
+
+    ```python
+    head = DecoderNormal(event_size=3, min_scale=1e-3)
+    px = head(tf.zeros([8, DecoderNormal.params_size(3)]))
+    px.stddev()  # ==> 1e-3 + log(2) everywhere
+    ```
+    """
+
+    def __init__(self, event_size: int, min_scale: float = 1e-3, **kwargs):
+        tfpl.DistributionLambda.__init__(
+            self, lambda t: DecoderNormal.new(t, event_size, min_scale), **kwargs)
+        self.event_size = event_size
+        self.min_scale = min_scale
+
+    @staticmethod
+    def new(params, event_size: int, min_scale: float = 1e-3):
+        loc, raw_scale = params[..., :event_size], params[..., event_size:]
+        return tfd.Independent(
+            tfd.Normal(loc=loc, scale=decoder_scale(raw_scale, min_scale)),
+            reinterpreted_batch_ndims=1)
+
+    @staticmethod
+    def params_size(event_size: int) -> int:
+        return 2 * event_size
+
+    def get_config(self):
+        return {**_layer_config(self), "event_size": self.event_size, "min_scale": self.min_scale}
+
+
+@tf_keras.saving.register_keras_serializable(PACKAGE)
+class DecoderScale(tf_keras.layers.Layer):
+    """The raw scale parameters that `DecoderNormal` turns into sigma, per `mode`.
+
+    - `"learned"`: sigma(z), a dense layer on the decoder's last hidden layer;
+    - `"shared"`: one learned sigma per feature;
+    - `"optimal"`: the sigma-VAE scale, a running average of the per-feature root
+      mean squared error that training updates through `update_optimal`;
+    - `"fixed"`: `fixed_scale` for every feature.
+
+    Scales are in standardised units (multiples of each feature's standard deviation).
+
+    #### Example
+
+    ```python
+    scale = DecoderScale(event_size=3, mode="fixed", fixed_scale=0.5)
+    decoder_scale(scale(tf.zeros([8, 16])), min_scale=1e-3)  # ==> 0.5 everywhere
+    ```
+    """
+
+    MOMENTUM = 0.95
+
+    def __init__(self, event_size: int, mode: str = "learned", min_scale: float = 1e-3,
+                 fixed_scale: float = 1.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in DECODER_SCALES:
+            raise ValueError(f"decoder_scale must be one of {DECODER_SCALES}, got {mode!r}")
+        if not fixed_scale > min_scale:
+            raise ValueError(f"fixed_scale must exceed min_scale={min_scale}, got {fixed_scale}")
+        self.event_size = event_size
+        self.mode = mode
+        self.min_scale = min_scale
+        self.fixed_scale = fixed_scale
+        self.seed = seed
+        unit_raw = float(softplus_inverse(np.float32(1.0 - min_scale)))
+        if mode == "learned":
+            self.dense = tf_keras.layers.Dense(
+                event_size, name="dense", kernel_initializer=seeded_initializer(seed, 0),
+                bias_initializer=tf_keras.initializers.Constant(unit_raw))
+        elif mode == "shared":
+            self.raw_scale = self.add_weight(
+                "raw_scale", shape=[event_size], initializer=tf_keras.initializers.Constant(unit_raw))
+        elif mode == "optimal":
+            self.mean_squared_error = self.add_weight(
+                "mean_squared_error", shape=[event_size], initializer="ones", trainable=False)
+
+    def call(self, hidden):
+        batch_shape = tf.shape(hidden)[:-1]
+        if self.mode == "learned":
+            return self.dense(hidden)
+        if self.mode == "shared":
+            per_feature = self.raw_scale
+        elif self.mode == "optimal":
+            per_feature = self.raw_from_scale(tf.sqrt(self.mean_squared_error))
+        else:
+            per_feature = self.raw_from_scale(tf.fill([self.event_size], self.fixed_scale))
+        return tf.broadcast_to(per_feature, tf.concat([batch_shape, [self.event_size]], 0))
+
+    def raw_from_scale(self, scale):
+        return softplus_inverse(tf.maximum(scale - self.min_scale, 1e-6))
+
+    def update_optimal(self, batch_mean_squared_error):
+        """Moves the stored sigma-VAE scale towards this batch's mean squared error."""
+        self.mean_squared_error.assign(
+            self.MOMENTUM * self.mean_squared_error + (1.0 - self.MOMENTUM) * batch_mean_squared_error)
+
+    def get_config(self):
+        return {**_layer_config(self), "event_size": self.event_size, "mode": self.mode,
+                "min_scale": self.min_scale, "fixed_scale": self.fixed_scale, "seed": self.seed}

@@ -1,0 +1,105 @@
+r"""The loss terms of a VAE for real-valued data, as small pure functions.
+
+For data `x` in `D` features, a code `z` in `K` dimensions, an encoder
+`q(z|x) = N(m, L L^T)` and a decoder `p(x|z) = N(mu(z), diag(sigma(z)^2))`:
+
+    distortion = -log p(x|z)
+               = sum_d [ 0.5 log(2 pi sigma_d^2) + (x_d - mu_d)^2 / (2 sigma_d^2) ]
+    rate       = KL(q(z|x) || N(0, I))
+               = 0.5 [ tr(L L^T) + m^T m - K - log det(L L^T) ]
+    elbo       = -distortion - rate           (a lower bound on log p(x))
+    loss       = distortion + beta * rate     (= -elbo when beta = 1)
+
+The question this project answers trained with
+
+    question_loss = mean_d (x_d - mu_d)^2 + kl_weight * rate,
+
+which is `(2 sigma^2 / D)` times a Gaussian negative ELBO whose decoder has one
+fixed `sigma = sqrt(kl_weight * D / 2)`, up to an additive constant: the weight
+picks the noise level. `implied_sigma` returns it.
+
+Every function maps a batch to one value per example, so callers choose the
+reduction.
+"""
+
+import math
+
+import tensorflow as tf
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def gaussian_log_prob(x: tf.Tensor, loc: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
+    """log N(x; loc, diag(scale^2)), summed over the last axis."""
+    z = (x - loc) / scale
+    return -tf.reduce_sum(0.5 * LOG_2PI + tf.math.log(scale) + 0.5 * tf.square(z), axis=-1)
+
+
+def distortion(x: tf.Tensor, loc: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
+    """-log p(x|z) for a diagonal Gaussian decoder: summed over features, not averaged."""
+    return -gaussian_log_prob(x, loc, scale)
+
+
+def rate_diagonal(loc: tf.Tensor, log_scale: tf.Tensor) -> tf.Tensor:
+    """KL(N(loc, diag(s^2)) || N(0, I)) = 0.5 sum(m^2 + s^2 - log s^2 - 1), from log s.
+
+    Taking log s keeps the KL finite where s itself underflows to zero.
+    """
+    return 0.5 * tf.reduce_sum(
+        tf.square(loc) + tf.exp(2.0 * log_scale) - 2.0 * log_scale - 1.0, axis=-1)
+
+
+def log_softplus(x: tf.Tensor) -> tf.Tensor:
+    """log(softplus(x)), equal to x where softplus(x) underflows, with finite gradients."""
+    underflows = x < -20.0
+    safe = tf.where(underflows, tf.zeros_like(x), x)
+    return tf.where(underflows, x, tf.math.log(tf.math.softplus(safe)))
+
+
+def rate_full(loc: tf.Tensor, scale_tril: tf.Tensor) -> tf.Tensor:
+    """KL(N(loc, L L^T) || N(0, I)) for a lower-triangular L with positive diagonal."""
+    trace = tf.reduce_sum(tf.square(scale_tril), axis=[-2, -1])
+    log_det = 2.0 * tf.reduce_sum(tf.math.log(tf.linalg.diag_part(scale_tril)), axis=-1)
+    code_size = tf.cast(tf.shape(loc)[-1], loc.dtype)
+    return 0.5 * (trace + tf.reduce_sum(tf.square(loc), axis=-1) - code_size - log_det)
+
+
+def elbo(distortion_value: tf.Tensor, rate_value: tf.Tensor) -> tf.Tensor:
+    """The evidence lower bound, -distortion - rate."""
+    return -distortion_value - rate_value
+
+
+def beta_loss(distortion_value: tf.Tensor, rate_value: tf.Tensor, beta) -> tf.Tensor:
+    """distortion + beta * rate: the negative ELBO when beta is 1."""
+    return distortion_value + beta * rate_value
+
+
+def question_loss(x: tf.Tensor, reconstruction: tf.Tensor, rate_value: tf.Tensor, kl_weight) -> tf.Tensor:
+    """The question's loss: mean((x - reconstruction)**2, axis=1) + kl_weight * KL."""
+    return tf.reduce_mean(tf.square(x - reconstruction), axis=-1) + kl_weight * rate_value
+
+
+def implied_sigma(kl_weight: float, input_size: int) -> float:
+    """The fixed decoder sigma for which the question's loss is a scaled negative ELBO.
+
+    MSE_mean + w KL = (2 sigma^2 / D) * [sum (x - mu)^2 / (2 sigma^2) + KL] when
+    sigma^2 = w D / 2.
+    """
+    return math.sqrt(kl_weight * input_size / 2.0)
+
+
+def optimal_scale(squared_error: tf.Tensor, min_scale: float) -> tf.Tensor:
+    """The sigma-VAE scale: per feature, the root of the batch's mean squared error.
+
+    It maximises the batch's Gaussian likelihood for the given means (Rybkin et
+    al. 2021), floored at `min_scale` so a perfect fit cannot send it to zero.
+    `squared_error` is [..., D]; every axis but the last is averaged.
+    """
+    per_feature = tf.reshape(squared_error, [-1, tf.shape(squared_error)[-1]])
+    return tf.maximum(tf.sqrt(tf.reduce_mean(per_feature, axis=0)), min_scale)
+
+
+def iwae_bound(log_weights: tf.Tensor) -> tf.Tensor:
+    """log (1/S) sum_s exp(log_weights[s]): the importance-weighted bound over axis 0."""
+    num_samples = tf.cast(tf.shape(log_weights)[0], log_weights.dtype)
+    return tf.reduce_logsumexp(log_weights, axis=0) - tf.math.log(num_samples)

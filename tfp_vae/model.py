@@ -1,0 +1,327 @@
+r"""Variational autoencoders for real-valued data, as Keras models.
+
+`GaussianVAE` answers the question "how do I weigh MSE against the KL term?":
+give the decoder a likelihood and let the evidence lower bound weigh the terms.
+
+    u          = (x - mean) / scale                 standardised inside the graph
+    q(z|x)     = N(m(u), L(u) L(u)^T)               tfp.layers.MultivariateNormalTriL
+    z          = m + L eps,  eps ~ N(0, I)          reparameterised
+    p(u|z)     = N(mu(z), diag(sigma(z)^2))         tfp.layers.IndependentNormal, sigma >= min_scale
+    distortion = -log p(x|z) = -log p(u|z) + sum_d log scale_d    (a density of the raw data)
+    rate       = KL(q(z|x) || N(0, I))              analytic
+    loss       = distortion + beta * rate           (-ELBO at beta = 1)
+
+Every reported number is in the raw data's units: means, standard deviations,
+samples, and log-densities (through the change-of-variables term
+`sum_d log scale_d`). The standardisation only keeps the network's numbers near
+one, so features at scales 1e-3 and 1e6 train side by side.
+
+`VariationalAutoencoder` holds what `GaussianVAE` and the question's model
+(`tfp_vae.question.QuestionVAE`) share: the training and test steps, the metrics,
+and the tensor-in, tensor-out methods that the SavedModel export calls.
+"""
+
+import warnings
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfp_vae import heads, losses
+from tfp_vae._keras import tf_keras
+from tfp_vae.data import DataError, check_block, features_of, moments
+
+tfd = tfp.distributions
+
+SCORE_SAMPLES = 16
+METRICS = ("loss", "reconstruction_loss", "kl_loss", "mse")
+
+
+def reparameterize(qz, eps):
+    """z = loc + L eps: a draw from q(z|x) that gradients pass through."""
+    return qz.loc + tf.linalg.matvec(qz.scale.to_dense(), eps)
+
+
+def rate(qz):
+    """KL(q(z|x) || N(0, I)) per example, from the posterior's loc and scale."""
+    return losses.rate_full(qz.loc, qz.scale.to_dense())
+
+
+class VariationalAutoencoder(tf_keras.Model):
+    """The training loop, metrics and raw-unit outputs shared by tfp_vae's models.
+
+    A subclass defines the posterior, the decoder's parameters and the loss; it
+    works in "model units" (standardised for `GaussianVAE`, raw for the question's
+    model), and this class maps everything it returns back to raw units.
+    """
+
+    def __init__(self, input_size: int, code_size: int, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if int(input_size) < 1 or int(code_size) < 1:
+            raise ValueError(
+                f"input_size and code_size must be positive, got {input_size} and {code_size}")
+        self.input_size = int(input_size)
+        self.code_size = int(code_size)
+        self.seed = seed
+        self.noise_seed_ = int(np.random.randint(2**31 - 1) if seed is None else seed)
+        self.trackers_ = {name: tf_keras.metrics.Mean(name=name) for name in METRICS}
+
+    # What a subclass defines.
+    def to_model_units(self, x):
+        return x
+
+    def log_det_jacobian(self):
+        """sum_d log(d model unit / d raw unit)^-1: 0 when the model works in raw units."""
+        return tf.constant(0.0)
+
+    def to_raw_units(self, loc, scale):
+        return loc, scale
+
+    def posterior(self, u):
+        raise NotImplementedError
+
+    def posterior_and_rate(self, u):
+        """q(z|x) and KL(q(z|x) || N(0, I)) per example."""
+        qz = self.posterior(u)
+        return qz, rate(qz)
+
+    def decoder_params(self, z):
+        """Decoder mean and standard deviation, in model units."""
+        raise NotImplementedError
+
+    def loss_terms(self, x, eps, training: bool = False) -> dict:
+        """Per-example `loss`, `reconstruction_loss`, `kl_loss` and `mse` for noise `eps` [S, B, K]."""
+        raise NotImplementedError
+
+    # Keras.
+    def compile(self, optimizer=None, **kwargs):
+        """Adam at 1e-3 unless another optimizer is given; the model supplies its own loss."""
+        super().compile(optimizer=optimizer or tf_keras.optimizers.Adam(1e-3), **kwargs)
+
+    @property
+    def metrics(self):
+        return list(self.trackers_.values())
+
+    def draw_noise(self, batch_size):
+        """eps [1, B, K], a function of the seed and the step, so runs repeat and resume exactly."""
+        step = tf.cast(self.optimizer.iterations, tf.int32)
+        return tf.random.stateless_normal(
+            [1, batch_size, self.code_size], seed=tf.stack([self.noise_seed_, step]))
+
+    def fixed_noise(self, num_samples: int):
+        """The same `num_samples` draws for every call: deterministic, batch-independent scores."""
+        return tf.random.stateless_normal([num_samples, 1, self.code_size], seed=[0, self.noise_seed_])
+
+    def train_step(self, data):
+        x = features_of(data)
+        eps = self.draw_noise(tf.shape(x)[0])
+        with tf.GradientTape() as tape:
+            terms = self.loss_terms(x, eps, training=True)
+            loss = tf.nn.compute_average_loss(terms["loss"])
+        self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
+        return self.update_metrics(terms)
+
+    def test_step(self, data):
+        return self.update_metrics(self.loss_terms(features_of(data), self.fixed_noise(1)))
+
+    def update_metrics(self, terms):
+        for name, tracker in self.trackers_.items():
+            tracker.update_state(terms[name])
+        return {name: tracker.result() for name, tracker in self.trackers_.items()}
+
+    def fit(self, x=None, y=None, **kwargs):
+        """Keras `fit` with no targets: `x` is an array [rows, input_size] or a dataset of them."""
+        if y is not None:
+            raise ValueError("a VAE learns from x alone: call fit(x) without y")
+        self.check_input(x)
+        return super().fit(x, **kwargs)
+
+    def evaluate(self, x=None, y=None, **kwargs):
+        self.check_input(x)
+        return super().evaluate(x, y, **kwargs)
+
+    def check_input(self, x, source: str = "x") -> None:
+        """A clear `ValueError` for data of the wrong width or with non-finite values."""
+        if isinstance(x, tf.data.Dataset):
+            width = tf.TensorShape(features_of(x.element_spec).shape)[-1]
+            if width is not None and width != self.input_size:
+                raise DataError(
+                    f"{source}: expected {self.input_size} features per row, dataset yields {width}")
+            return
+        array = np.asarray(x)
+        if array.ndim != 2:
+            raise DataError(f"{source}: expected a 2-d array [rows, features], got shape {array.shape}")
+        check_block(array, 0, self.input_size, source)
+
+    # Tensors in, tensors out, in raw units.
+    def call(self, x):
+        """Reconstruction at the posterior mean: `code_mean` [B, K], `mean` and `stddev` [B, D]."""
+        code_mean = self.encode(x).mean()
+        mean, stddev = self.to_raw_units(*self.decoder_params(code_mean))
+        return {"code_mean": code_mean, "mean": mean, "stddev": stddev}
+
+    def encode(self, x):
+        """q(z|x), a distribution over codes."""
+        return self.posterior(self.to_model_units(tf.convert_to_tensor(x, tf.float32)))
+
+    def decode(self, z):
+        """p(x|z) in raw units, a distribution over rows of data."""
+        mean, stddev = self.to_raw_units(*self.decoder_params(tf.convert_to_tensor(z, tf.float32)))
+        return tfd.Independent(tfd.Normal(mean, stddev), reinterpreted_batch_ndims=1)
+
+    def score(self, x, num_samples: int = SCORE_SAMPLES) -> dict:
+        """Per-example `elbo`, `reconstruction_log_prob` and `kl` in nats of the raw data.
+
+        The expectation over q(z|x) uses the same `num_samples` draws for every row
+        and call, so a row's score does not depend on its batch.
+        """
+        u = self.to_model_units(tf.convert_to_tensor(x, tf.float32))
+        qz, kl = self.posterior_and_rate(u)
+        loc, scale = self.decoder_params(reparameterize(qz, self.fixed_noise(num_samples)))
+        reconstruction_log_prob = (
+            tf.reduce_mean(losses.gaussian_log_prob(u, loc, scale), axis=0) - self.log_det_jacobian())
+        return {"elbo": losses.elbo(-reconstruction_log_prob, kl),
+                "reconstruction_log_prob": reconstruction_log_prob, "kl": kl}
+
+    def elbo(self, x, num_samples: int = SCORE_SAMPLES):
+        """The evidence lower bound of each row, in nats of the raw data."""
+        return self.score(x, num_samples)["elbo"]
+
+    def sample(self, num_samples: int, seed=None):
+        """`num_samples` rows drawn from the model, in raw units."""
+        seed = tf.stack([tf.cast(self.noise_seed_ if seed is None else seed, tf.int32), 1])
+        z = tf.random.stateless_normal([num_samples, self.code_size], seed=seed)
+        loc, scale = self.decoder_params(z)
+        noise = tf.random.stateless_normal([num_samples, self.input_size], seed=seed + [0, 1])
+        mean, stddev = self.to_raw_units(loc, scale)
+        return mean + stddev * noise
+
+
+@tf_keras.saving.register_keras_serializable(heads.PACKAGE)
+class GaussianVAE(VariationalAutoencoder):
+    """A VAE whose decoder is a Gaussian with learned mean and scale.
+
+    Args:
+      input_size: D, the number of features.
+      code_size: K, the size of the latent code.
+      hidden: widths of the encoder's hidden layers; the decoder mirrors them.
+        `()` gives a linear VAE (probabilistic PCA when `decoder_scale="shared"`).
+      posterior: `"full"` (MultivariateNormalTriL) or `"diagonal"`.
+      decoder_scale: `"learned"` sigma(z), `"shared"` per feature, `"optimal"`
+        (sigma-VAE) or `"fixed"` at `fixed_scale`.
+      kl_weight: beta, the weight of the KL term; 1 gives the ELBO. The current
+        value lives in `model.beta`, a variable a callback can anneal.
+      fixed_scale: the decoder sigma for `decoder_scale="fixed"`, in standard
+        deviations of each feature.
+      min_scale: the floor of the decoder sigma, in standard deviations.
+      activation: the hidden layers' activation.
+      seed: fixes the initial weights and the noise of every step.
+
+    #### Example
+
+    ```python
+    model = GaussianVAE(input_size=13, code_size=2)
+    model.compile()
+    model.fit(x_train, epochs=50, batch_size=64)   # raw units: no scaling needed
+    model.predict(x_test)["stddev"]                # per-feature sigma, raw units
+    model.elbo(x_test)                             # nats of the raw data
+    ```
+    """
+
+    def __init__(self, input_size: int, code_size: int = 2, hidden=(64, 64), posterior: str = "full",
+                 decoder_scale: str = "learned", kl_weight: float = 1.0, fixed_scale: float = 1.0,
+                 min_scale: float = 1e-3, activation: str = "leaky_relu", seed=None, **kwargs):
+        super().__init__(input_size, code_size, seed, **kwargs)
+        if posterior not in heads.POSTERIORS:
+            raise ValueError(f"posterior must be one of {heads.POSTERIORS}, got {posterior!r}")
+        self.hidden = tuple(int(width) for width in hidden)
+        self.posterior_kind = posterior
+        self.decoder_scale = decoder_scale
+        self.kl_weight = float(kl_weight)
+        self.fixed_scale = float(fixed_scale)
+        self.min_scale = float(min_scale)
+        self.activation = activation
+        self.beta = tf.Variable(self.kl_weight, trainable=False, dtype=tf.float32, name="beta")
+
+        self.standardize = heads.Standardize(self.input_size, name="standardize")
+        head = heads.FullPosterior if posterior == "full" else heads.DiagonalPosterior
+        self.encoder_mlp = heads.MLP(self.hidden, activation, seed, name="encoder_mlp")
+        self.encoder_params = tf_keras.layers.Dense(
+            head.params_size(self.code_size), name="encoder_params",
+            kernel_initializer=heads.seeded_initializer(seed, 100))
+        self.posterior_head = head(self.code_size, name="posterior")
+        self.decoder_mlp = heads.MLP(self.hidden[::-1], activation, _offset(seed, 200), name="decoder_mlp")
+        self.decoder_loc = tf_keras.layers.Dense(
+            self.input_size, name="decoder_loc", kernel_initializer=heads.seeded_initializer(seed, 300))
+        self.decoder_scale_params = heads.DecoderScale(
+            self.input_size, decoder_scale, self.min_scale, self.fixed_scale, _offset(seed, 400),
+            name="decoder_scale")
+        self.decoder_head = heads.DecoderNormal(self.input_size, self.min_scale, name="likelihood")
+        self.build((None, self.input_size))
+
+    def get_config(self):
+        return {"input_size": self.input_size, "code_size": self.code_size, "hidden": list(self.hidden),
+                "posterior": self.posterior_kind, "decoder_scale": self.decoder_scale,
+                "kl_weight": self.kl_weight, "fixed_scale": self.fixed_scale,
+                "min_scale": self.min_scale, "activation": self.activation, "seed": self.seed,
+                "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    # Normalisation.
+    @property
+    def is_adapted(self) -> bool:
+        return self.standardize.is_adapted
+
+    def adapt(self, data) -> "GaussianVAE":
+        """Fits the standardisation to `data` (array or dataset) in one streaming pass."""
+        stats = moments(data, self.input_size, source="x")
+        constant = np.flatnonzero(stats.stddev <= np.finfo(np.float32).eps * np.maximum(np.abs(stats.mean), 1.0))
+        if constant.size:
+            warnings.warn(f"constant column(s) {constant.tolist()}: their scale is floored", stacklevel=2)
+        self.standardize.set_moments(stats.mean, stats.stddev, stats.count)
+        return self
+
+    def fit(self, x=None, y=None, **kwargs):
+        """Adapts the standardisation to `x` on the first call, then trains."""
+        if not self.is_adapted:
+            self.adapt(x)
+        return super().fit(x, y, **kwargs)
+
+    # The maths.
+    def to_model_units(self, x):
+        return self.standardize(x)
+
+    def log_det_jacobian(self):
+        return self.standardize.log_det_jacobian()
+
+    def to_raw_units(self, loc, scale):
+        return loc * self.standardize.scale + self.standardize.mean, scale * self.standardize.scale
+
+    def posterior(self, u):
+        return self.posterior_head(self.encoder_params(self.encoder_mlp(u)))
+
+    def decoder_params(self, z):
+        hidden = self.decoder_mlp(z)
+        params = tf.concat([self.decoder_loc(hidden), self.decoder_scale_params(hidden)], axis=-1)
+        px = self.decoder_head(params).distribution
+        return px.loc, px.scale
+
+    def loss_terms(self, x, eps, training: bool = False) -> dict:
+        u = self.to_model_units(x)
+        qz, kl = self.posterior_and_rate(u)
+        loc, scale = self.decoder_params(reparameterize(qz, eps))
+        squared_error = tf.square(u - loc)
+        if training and self.decoder_scale == "optimal":
+            scale = losses.optimal_scale(squared_error, self.min_scale)
+            self.decoder_scale_params.update_optimal(tf.stop_gradient(tf.square(scale)))
+        distortion = tf.reduce_mean(losses.distortion(u, loc, scale), axis=0) + self.log_det_jacobian()
+        raw_squared_error = squared_error * tf.square(self.standardize.scale)
+        return {"loss": losses.beta_loss(distortion, kl, self.beta), "reconstruction_loss": distortion,
+                "kl_loss": kl, "mse": tf.reduce_mean(raw_squared_error, axis=[0, -1])}
+
+
+def _offset(seed, offset: int):
+    return None if seed is None else seed + offset
