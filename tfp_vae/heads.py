@@ -22,11 +22,22 @@ tfpl = tfp.layers
 POSTERIORS = ("full", "diagonal")
 DECODER_SCALES = ("learned", "shared", "optimal", "fixed")
 PACKAGE = "tfp_vae"
+# A DistributionLambda turns its distribution into a tensor on every call; the
+# mean costs nothing, where the default, a sample, would draw noise nobody uses.
+MEAN = tfd.Distribution.mean
 
 
 def _layer_config(layer: tf_keras.layers.Layer) -> dict:
     """The base Keras arguments (name, trainable, dtype) of a layer."""
     return tf_keras.layers.Layer.get_config(layer)
+
+
+class RebuiltFromConfig:
+    """`from_config` as the constructor, replacing `Lambda`'s unpickling of functions."""
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
 
 def softplus_inverse(y):
@@ -123,7 +134,7 @@ def seeded_initializer(seed, offset: int):
 
 
 @tf_keras.saving.register_keras_serializable(PACKAGE)
-class FullPosterior(tfpl.MultivariateNormalTriL):
+class FullPosterior(RebuiltFromConfig, tfpl.MultivariateNormalTriL):
     """q(z|x) = N(loc, L L^T), a full covariance from `params_size(K)` numbers.
 
     TFP's `MultivariateNormalTriL` with a `get_config` that rebuilds it.
@@ -138,7 +149,7 @@ class FullPosterior(tfpl.MultivariateNormalTriL):
     """
 
     def __init__(self, event_size: int, **kwargs):
-        super().__init__(event_size, **kwargs)
+        super().__init__(event_size, convert_to_tensor_fn=MEAN, **kwargs)
         self.event_size = event_size
 
     def get_config(self):
@@ -146,7 +157,7 @@ class FullPosterior(tfpl.MultivariateNormalTriL):
 
 
 @tf_keras.saving.register_keras_serializable(PACKAGE)
-class DiagonalPosterior(tfpl.DistributionLambda):
+class DiagonalPosterior(RebuiltFromConfig, tfpl.DistributionLambda):
     """q(z|x) = N(loc, diag(softplus(raw)^2)) from `2 K` numbers.
 
     #### Example
@@ -159,7 +170,7 @@ class DiagonalPosterior(tfpl.DistributionLambda):
     """
 
     def __init__(self, event_size: int, **kwargs):
-        super().__init__(lambda t: DiagonalPosterior.new(t, event_size), **kwargs)
+        super().__init__(lambda t: DiagonalPosterior.new(t, event_size), MEAN, **kwargs)
         self.event_size = event_size
 
     @staticmethod
@@ -181,7 +192,7 @@ def decoder_scale(raw_scale, min_scale: float):
 
 
 @tf_keras.saving.register_keras_serializable(PACKAGE)
-class DecoderNormal(tfpl.IndependentNormal):
+class DecoderNormal(RebuiltFromConfig, tfpl.IndependentNormal):
     """p(x|z) = prod_d N(x_d; loc_d, min_scale + softplus(raw_d)) from `2 D` numbers.
 
     TFP's `IndependentNormal` lets the softplus scale reach zero, where a learned
@@ -198,7 +209,7 @@ class DecoderNormal(tfpl.IndependentNormal):
 
     def __init__(self, event_size: int, min_scale: float = 1e-3, **kwargs):
         tfpl.DistributionLambda.__init__(
-            self, lambda t: DecoderNormal.new(t, event_size, min_scale), **kwargs)
+            self, lambda t: DecoderNormal.new(t, event_size, min_scale), MEAN, **kwargs)
         self.event_size = event_size
         self.min_scale = min_scale
 

@@ -98,6 +98,22 @@ class VariationalAutoencoder(tf_keras.Model):
         """Adam at 1e-3 unless another optimizer is given; the model supplies its own loss."""
         super().compile(optimizer=optimizer or tf_keras.optimizers.Adam(1e-3), **kwargs)
 
+    def compile_from_config(self, config):
+        """Recompiles a loaded model, so its optimizer state comes back and training resumes."""
+        self.compile(**tf_keras.saving.deserialize_keras_object(config))
+        self.optimizer.build(self.trainable_variables)
+
+    def save(self, filepath, *args, **kwargs):
+        """Keras `save`, to a `.keras` file: weights, normalisation and optimizer state.
+
+        For TensorFlow Serving, export with `tfp_vae.export_saved_model` instead.
+        """
+        if not str(filepath).endswith(".keras"):
+            raise ValueError(
+                f"save to a path ending in .keras, got {str(filepath)!r}; for a SavedModel that "
+                "TensorFlow Serving loads, use tfp_vae.export_saved_model")
+        super().save(filepath, *args, **kwargs)
+
     @property
     def metrics(self):
         return list(self.trackers_.values())
@@ -257,7 +273,7 @@ class GaussianVAE(VariationalAutoencoder):
             self.input_size, decoder_scale, self.min_scale, self.fixed_scale, _offset(seed, 400),
             name="decoder_scale")
         self.decoder_head = heads.DecoderNormal(self.input_size, self.min_scale, name="likelihood")
-        self.build((None, self.input_size))
+        self(tf.zeros([1, self.input_size]))
 
     def get_config(self):
         return {"input_size": self.input_size, "code_size": self.code_size, "hidden": list(self.hidden),

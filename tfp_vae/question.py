@@ -67,7 +67,7 @@ class QuestionVAE(VariationalAutoencoder):
         self.encoder_params = dense(2 * code_size, kernel_initializer=init(seed, 1))
         self.decoder_hidden = dense(input_size, tf.nn.leaky_relu, kernel_initializer=init(seed, 2))
         self.decoder_output = dense(input_size, kernel_initializer=init(seed, 3))
-        self.build((None, self.input_size))
+        self(tf.zeros([1, self.input_size]))
 
     def get_config(self):
         return {"input_size": self.input_size, "code_size": self.code_size,

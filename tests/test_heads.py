@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfp_vae import heads
+
+LAYERS = [
+    heads.Standardize(input_size=3, name="standardize"),
+    heads.MLP(units=(4, 5), activation="tanh", seed=3, name="mlp"),
+    heads.FullPosterior(event_size=2, name="posterior"),
+    heads.DiagonalPosterior(event_size=2, name="posterior"),
+    heads.DecoderNormal(event_size=3, min_scale=0.01, name="likelihood"),
+    heads.DecoderScale(event_size=3, mode="fixed", min_scale=0.01, fixed_scale=0.5, seed=1, name="scale"),
+]
+
+
+@pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: type(layer).__name__)
+def test_get_config_is_exactly_the_constructor_arguments(layer):
+    config = layer.get_config()
+    rebuilt = type(layer).from_config(config)
+    assert rebuilt.get_config() == config
+    constructor_arguments = set(type(layer).__init__.__code__.co_varnames[1:type(layer).__init__.__code__.co_argcount])
+    assert constructor_arguments <= set(config)
+    assert set(config) - constructor_arguments <= {"name", "trainable", "dtype"}
+
+
+def test_heads_are_the_tfp_layers_the_design_names():
+    assert isinstance(heads.FullPosterior(2), tfp.layers.MultivariateNormalTriL)
+    assert isinstance(heads.DecoderNormal(3), tfp.layers.IndependentNormal)
+
+
+def test_full_posterior_has_a_lower_triangular_scale():
+    qz = heads.FullPosterior(3)(tf.ones([2, heads.FullPosterior.params_size(3)]))
+    scale = qz.scale.to_dense().numpy()
+    assert scale.shape == (2, 3, 3)
+    np.testing.assert_array_equal(np.triu(scale, 1), 0.0)
+    assert np.all(np.diagonal(scale, axis1=1, axis2=2) > 0)
+
+
+def test_decoder_scale_is_floored():
+    params = tf.concat([tf.zeros([2, 3]), tf.fill([2, 3], -1e4)], axis=-1)
+    px = heads.DecoderNormal(3, min_scale=0.01)(params)
+    np.testing.assert_allclose(px.stddev().numpy(), 0.01)
+    assert np.isfinite(px.log_prob(tf.fill([2, 3], 5.0)).numpy()).all()
+
+
+@pytest.mark.parametrize("mode, expected", [("fixed", 0.5), ("shared", 1.0), ("optimal", 1.0)])
+def test_decoder_scale_modes_start_where_documented(mode, expected):
+    layer = heads.DecoderScale(3, mode=mode, min_scale=1e-3, fixed_scale=0.5)
+    raw = layer(tf.zeros([4, 7]))
+    assert raw.shape == (4, 3)
+    np.testing.assert_allclose(heads.decoder_scale(raw, 1e-3).numpy(), expected, rtol=1e-5)
+
+
+def test_optimal_scale_follows_the_squared_error():
+    layer = heads.DecoderScale(1, mode="optimal")
+    for _ in range(200):
+        layer.update_optimal(tf.constant([0.25]))
+    np.testing.assert_allclose(heads.decoder_scale(layer(tf.zeros([1, 2])), layer.min_scale).numpy(), 0.5, rtol=1e-3)
+
+
+def test_standardize_floors_a_constant_column_and_maps_back():
+    layer = heads.Standardize(2)
+    layer.set_moments(mean=[5.0, 1e4], stddev=[0.0, 2.0])
+    assert layer.scale.numpy()[0] > 0
+    np.testing.assert_allclose(layer(tf.constant([[5.0, 1e4 + 2.0]])).numpy(), [[0.0, 1.0]])
+
+
+def test_unknown_decoder_scale_is_refused():
+    with pytest.raises(ValueError, match="decoder_scale must be one of"):
+        heads.DecoderScale(3, mode="sometimes")

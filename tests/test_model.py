@@ -1,0 +1,171 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfp_vae import DataError, GaussianVAE, heads
+from tfp_vae._keras import tf_keras
+from tfp_vae.callbacks import KLWarmup
+
+
+def trained(x, epochs=3, **kwargs):
+    model = GaussianVAE(x.shape[1], **{"code_size": 2, "hidden": (16,), "seed": 0, **kwargs})
+    model.compile()
+    model.fit(x, epochs=epochs, batch_size=100, verbose=0, shuffle=False)
+    return model
+
+
+def test_mixed_scales_train_to_finite_losses(mixed_scale_data):
+    model = trained(mixed_scale_data, epochs=5)
+    history = model.history.history
+    assert set(history) == {"loss", "reconstruction_loss", "kl_loss", "mse"}
+    assert all(np.isfinite(values).all() for values in history.values())
+    assert history["loss"][-1] < history["loss"][0]
+    assert np.isfinite(model.elbo(mixed_scale_data).numpy()).all()
+
+
+def test_raw_log_likelihood_is_standardised_minus_sum_log_scale(mixed_scale_data):
+    model = trained(mixed_scale_data)
+    x = mixed_scale_data[:20]
+    z = model.encode(x).mean()
+    raw = model.decode(z).log_prob(x).numpy()
+    u = model.standardize(x)
+    hidden = model.decoder_mlp(z)
+    params = tf.concat([model.decoder_loc(hidden), model.decoder_scale_params(hidden)], -1)
+    standardised = model.decoder_head(params).log_prob(u).numpy()
+    np.testing.assert_allclose(raw, standardised - np.log(model.standardize.scale.numpy()).sum(), rtol=1e-4)
+    np.testing.assert_allclose(model.standardize.scale.numpy(), mixed_scale_data.std(axis=0), rtol=1e-3)
+
+
+def test_outputs_are_in_raw_units(mixed_scale_data):
+    model = trained(mixed_scale_data, epochs=5)
+    outputs = model.predict(mixed_scale_data, verbose=0)
+    assert {name: type(value) for name, value in outputs.items()} == {
+        "code_mean": np.ndarray, "mean": np.ndarray, "stddev": np.ndarray}
+    assert outputs["code_mean"].shape == (600, 2) and outputs["mean"].shape == (600, 5)
+    spread = mixed_scale_data.std(axis=0)
+    np.testing.assert_array_less(outputs["stddev"].mean(axis=0), 2 * spread)
+    np.testing.assert_array_less(0.01 * spread, outputs["stddev"].mean(axis=0))
+    samples = model.sample(2000, seed=1).numpy()
+    assert np.all(np.abs(samples.mean(axis=0) - mixed_scale_data.mean(axis=0)) < 0.5 * spread)
+
+
+@pytest.mark.parametrize("decoder_scale", heads.DECODER_SCALES)
+@pytest.mark.parametrize("posterior", heads.POSTERIORS)
+def test_every_head_trains(mixed_scale_data, decoder_scale, posterior):
+    model = trained(mixed_scale_data, epochs=2, decoder_scale=decoder_scale, posterior=posterior)
+    assert np.isfinite(model.history.history["loss"]).all()
+    assert np.isfinite(model.score(mixed_scale_data[:10])["elbo"].numpy()).all()
+
+
+def test_score_is_deterministic_and_batch_independent(mixed_scale_data):
+    model = trained(mixed_scale_data, epochs=1)
+    whole = model.score(mixed_scale_data[:50])
+    part = model.score(mixed_scale_data[10:20])
+    np.testing.assert_allclose(whole["elbo"].numpy()[10:20], part["elbo"].numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(part["elbo"].numpy(), model.score(mixed_scale_data[10:20])["elbo"].numpy())
+    np.testing.assert_allclose(whole["elbo"], whole["reconstruction_log_prob"] - whole["kl"], rtol=1e-6)
+    assert np.all(whole["kl"].numpy() >= 0)
+
+
+def test_encode_and_decode_return_distributions(mixed_scale_data):
+    model = trained(mixed_scale_data, epochs=1)
+    qz = model.encode(mixed_scale_data[:4])
+    assert qz.event_shape == [2] and qz.scale.to_dense().shape == (4, 2, 2)
+    px = model.decode(qz.mean())
+    assert px.event_shape == [5] and px.log_prob(mixed_scale_data[:4]).shape == (4,)
+
+
+def test_same_seed_same_model(mixed_scale_data):
+    first, second = trained(mixed_scale_data), trained(mixed_scale_data)
+    for a, b in zip(first.get_weights(), second.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_save_and_load_round_trip_and_resume(mixed_scale_data, tmp_path):
+    model = trained(mixed_scale_data, decoder_scale="optimal", epochs=1)
+    model.save(tmp_path / "model.keras")
+    loaded = tf_keras.models.load_model(tmp_path / "model.keras")
+    assert type(loaded) is GaussianVAE and loaded.get_config() == model.get_config()
+    np.testing.assert_array_equal(loaded.standardize.mean.numpy(), model.standardize.mean.numpy())
+    np.testing.assert_array_equal(loaded.elbo(mixed_scale_data).numpy(), model.elbo(mixed_scale_data).numpy())
+    assert loaded.optimizer.iterations.numpy() == model.optimizer.iterations.numpy() == 6
+    for each in (model, loaded):
+        each.fit(mixed_scale_data, epochs=1, batch_size=100, verbose=0, shuffle=False)
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_save_refuses_formats_that_cannot_reload(tmp_path):
+    with pytest.raises(ValueError, match=r"\.keras"):
+        GaussianVAE(3).save(tmp_path / "model")
+
+
+def test_fit_from_a_dataset(mixed_scale_data):
+    dataset = tf.data.Dataset.from_tensor_slices(mixed_scale_data).batch(100)
+    model = GaussianVAE(5, hidden=(8,), seed=0)
+    model.compile()
+    history = model.fit(dataset, epochs=2, verbose=0).history
+    assert np.isfinite(history["loss"]).all()
+    np.testing.assert_allclose(model.standardize.mean.numpy(), mixed_scale_data.mean(axis=0), rtol=1e-5)
+
+
+def test_wrong_width_and_non_finite_input_are_clear_errors(mixed_scale_data):
+    model = GaussianVAE(4, seed=0)
+    model.compile()
+    with pytest.raises(ValueError, match=r"expected 4 features per row, got shape \(600, 5\)"):
+        model.fit(mixed_scale_data, verbose=0)
+    bad = mixed_scale_data[:, :4].copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(ValueError, match="row 3, column 2"):
+        model.fit(bad, verbose=0)
+    with pytest.raises(ValueError, match="without y"):
+        model.fit(mixed_scale_data[:, :4], mixed_scale_data[:, :4])
+    with pytest.raises(ValueError, match="posterior must be one of"):
+        GaussianVAE(4, posterior="banana")
+
+
+def test_constant_column_warns_and_trains(mixed_scale_data):
+    x = mixed_scale_data.copy()
+    x[:, 1] = 7.0
+    with pytest.warns(UserWarning, match=r"constant column\(s\) \[1\]"):
+        model = trained(x, epochs=2)
+    assert np.isfinite(model.history.history["loss"]).all()
+
+
+def test_kl_warmup_anneals_beta(mixed_scale_data):
+    model = GaussianVAE(5, hidden=(8,), kl_weight=0.5, seed=0)
+    model.compile()
+    seen = []
+    record = tf_keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(model.beta.numpy()))
+    model.fit(mixed_scale_data, epochs=4, batch_size=200, verbose=0, callbacks=[KLWarmup(epochs=2), record])
+    np.testing.assert_allclose(seen, [0.25, 0.5, 0.5, 0.5])
+
+
+def ppca_log_likelihood(train, test, code_size):
+    """Tipping and Bishop's maximum-likelihood pPCA, fitted on `train`, mean log-density of `test`."""
+    mean = train.mean(axis=0)
+    eigenvalues, eigenvectors = np.linalg.eigh(np.cov(train, rowvar=False, bias=True))
+    eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]
+    noise = eigenvalues[code_size:].mean()
+    loadings = eigenvectors[:, :code_size] * np.sqrt(eigenvalues[:code_size] - noise)
+    covariance = loadings @ loadings.T + noise * np.eye(train.shape[1])
+    centred = test - mean
+    _, log_det = np.linalg.slogdet(covariance)
+    mahalanobis = np.einsum("ij,jk,ik->i", centred, np.linalg.inv(covariance), centred)
+    return np.mean(-0.5 * (train.shape[1] * np.log(2 * np.pi) + log_det + mahalanobis))
+
+
+@pytest.mark.slow
+def test_linear_vae_reaches_the_ppca_likelihood(rng):
+    d, k = 6, 2
+    loadings = rng.normal(size=(k, d)) * [1.0, 3.0, 0.5, 2.0, 1.0, 4.0]
+    noise = 0.5
+    data = (rng.normal(size=(4000, k)) @ loadings + noise * rng.normal(size=(4000, d)) + 10.0).astype(np.float32)
+    train, test = data[:3000], data[3000:]
+    model = GaussianVAE(d, code_size=k, hidden=(), decoder_scale="shared", posterior="full", seed=0)
+    model.compile(tf_keras.optimizers.Adam(0.02))
+    model.fit(train, epochs=60, batch_size=300, verbose=0)
+    held_out_elbo = model.elbo(test, num_samples=64).numpy().mean()
+    exact = ppca_log_likelihood(train.astype(np.float64), test.astype(np.float64), k)
+    assert held_out_elbo <= exact + 0.01 * d
+    assert (exact - held_out_elbo) / d < 0.05
