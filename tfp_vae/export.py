@@ -1,0 +1,116 @@
+"""SavedModel export that TensorFlow Serving serves, with only TensorFlow present.
+
+`export_saved_model(model, export_base)` writes `export_base/<version>/`, the
+layout TF Serving polls, with these signatures (float32, batch-major, raw units):
+
+| signature                   | inputs                      | outputs                                          |
+|-----------------------------|-----------------------------|--------------------------------------------------|
+| `serving_default`, `reconstruct` | `x` [B, D]             | `code_mean` [B, K], `mean` [B, D], `stddev` [B, D] |
+| `encode`                    | `x` [B, D]                  | `code_mean` [B, K], `code_scale_tril` [B, K, K]  |
+| `decode`                    | `z` [B, K]                  | `mean` [B, D], `stddev` [B, D]                   |
+| `score`                     | `x` [B, D]                  | `elbo`, `reconstruction_log_prob`, `kl` [B]      |
+| `sample`                    | `num_samples`, `seed` int32 | `x` [num_samples, D]                             |
+
+The serving module tracks the model's variables only, never its Keras layers, so
+saving does not go through Keras's layer serialisation (which cannot trace
+distribution-valued layers) and the graph holds nothing but stock TensorFlow ops.
+The version folder is built beside its final name and renamed into place, so TF
+Serving never sees half of one.
+"""
+
+import os
+import re
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+from tfp_vae.model import VariationalAutoencoder
+
+SIGNATURES = ("serving_default", "reconstruct", "encode", "decode", "score", "sample")
+
+
+class ExportError(ValueError):
+    """An export that cannot be written: the message names the folder at fault."""
+
+
+class ServingModule(tf.Module):
+    """The model's maths as tensor-only `tf.function`s over its variables."""
+
+    def __init__(self, model: VariationalAutoencoder):
+        super().__init__(name="tfp_vae_serving")
+        self.model_variables = list(model.variables)
+        d, k = model.input_size, model.code_size
+        rows = tf.TensorSpec([None, d], tf.float32, name="x")
+        codes = tf.TensorSpec([None, k], tf.float32, name="z")
+
+        def checked(x, width):
+            # TF Serving feeds whatever width it is sent; refuse it here, by name.
+            return tf.ensure_shape(x, [None, width])
+
+        def reconstruct(x):
+            return model(checked(x, d))
+
+        def encode(x):
+            qz = model.encode(checked(x, d))
+            return {"code_mean": qz.mean(), "code_scale_tril": qz.scale.to_dense()}
+
+        def decode(z):
+            px = model.decode(checked(z, k))
+            return {"mean": px.mean(), "stddev": px.stddev()}
+
+        def score(x):
+            return model.score(checked(x, d))
+
+        def sample(num_samples, seed):
+            return {"x": model.sample(num_samples, seed)}
+
+        self.reconstruct = tf.function(reconstruct, input_signature=[rows])
+        self.encode = tf.function(encode, input_signature=[rows])
+        self.decode = tf.function(decode, input_signature=[codes])
+        self.score = tf.function(score, input_signature=[rows])
+        self.sample = tf.function(sample, input_signature=[
+            tf.TensorSpec([], tf.int32, name="num_samples"), tf.TensorSpec([], tf.int32, name="seed")])
+
+    def signatures(self) -> dict:
+        reconstruct = self.reconstruct.get_concrete_function()
+        return {"serving_default": reconstruct, "reconstruct": reconstruct,
+                "encode": self.encode.get_concrete_function(), "decode": self.decode.get_concrete_function(),
+                "score": self.score.get_concrete_function(), "sample": self.sample.get_concrete_function()}
+
+
+def next_version(export_base: str) -> int:
+    """One more than the highest numeric folder in `export_base`, or 1."""
+    if not os.path.isdir(export_base):
+        return 1
+    versions = [int(name) for name in os.listdir(export_base) if re.fullmatch(r"\d+", name)]
+    return max(versions, default=0) + 1
+
+
+def export_saved_model(model: VariationalAutoencoder, export_base, version: int | None = None) -> str:
+    """Writes `export_base/<version>/` atomically and returns that path.
+
+    With no `version`, the next integer after the highest present. An existing
+    version is never overwritten: TF Serving would hot-load the change.
+    """
+    export_base = os.fspath(export_base)
+    if os.path.exists(export_base) and not os.path.isdir(export_base):
+        raise ExportError(f"{export_base}: export base exists and is not a folder")
+    version = next_version(export_base) if version is None else int(version)
+    if version < 0:
+        raise ExportError(f"{export_base}: version must be a non-negative integer, got {version}")
+    final = os.path.join(export_base, str(version))
+    if os.path.exists(final):
+        raise ExportError(f"{final}: version {version} already exists; TF Serving versions are immutable")
+    os.makedirs(export_base, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_base)
+    try:
+        module = ServingModule(model)
+        tf.saved_model.save(module, staging, signatures=module.signatures())
+        os.rename(staging, final)
+    except OSError as error:
+        raise ExportError(f"{final}: could not write the export ({error.strerror or error})") from error
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+    return final
