@@ -1,5 +1,10 @@
 """Keras callbacks for training a VAE."""
 
+import os
+
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
 from tfp_vae._keras import tf_keras
 
 
@@ -25,3 +30,32 @@ class KLWarmup(tf_keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         fraction = min(1.0, (epoch + 1) / self.epochs)
         self.model.beta.assign(self.model.kl_weight * fraction)
+
+
+class EpochScalars(tf_keras.callbacks.Callback):
+    """Writes each epoch's metrics as TensorBoard scalars, under `log_dir/train` and `log_dir/validation`.
+
+    Keras's `TensorBoard` callback needs the `tensorboard` package installed to
+    write anything; this writes the same scalar events with TensorFlow alone, and
+    `tensorboard --logdir log_dir` shows them wherever TensorBoard is.
+    """
+
+    def __init__(self, log_dir: str):
+        super().__init__()
+        self.log_dir = log_dir
+        self.metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+
+    def on_train_begin(self, logs=None):
+        self.writers = {split: tf.summary.create_file_writer(os.path.join(self.log_dir, split))
+                        for split in ("train", "validation")}
+
+    def on_epoch_end(self, epoch, logs=None):
+        for name, value in (logs or {}).items():
+            split, metric = ("validation", name[4:]) if name.startswith("val_") else ("train", name)
+            with self.writers[split].as_default():
+                tf.summary.write(f"epoch_{metric}", tf.constant(float(value)), step=epoch, metadata=self.metadata)
+
+    def on_train_end(self, logs=None):
+        for writer in self.writers.values():
+            writer.close()

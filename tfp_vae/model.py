@@ -22,6 +22,7 @@ and the tensor-in, tensor-out methods that the SavedModel export calls.
 """
 
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -42,9 +43,12 @@ def reparameterize(qz, eps):
     return qz.loc + tf.linalg.matvec(qz.scale.to_dense(), eps)
 
 
-def rate(qz):
-    """KL(q(z|x) || N(0, I)) per example, from the posterior's loc and scale."""
-    return losses.rate_full(qz.loc, qz.scale.to_dense())
+class Posterior(NamedTuple):
+    """q(z|x), its KL from N(0, I) per example, and log diag(L) [B, K] kept finite."""
+
+    qz: tfd.Distribution
+    rate: tf.Tensor
+    log_scale: tf.Tensor
 
 
 class VariationalAutoencoder(tf_keras.Model):
@@ -80,10 +84,10 @@ class VariationalAutoencoder(tf_keras.Model):
     def posterior(self, u):
         raise NotImplementedError
 
-    def posterior_and_rate(self, u):
-        """q(z|x) and KL(q(z|x) || N(0, I)) per example."""
+    def posterior_terms(self, u) -> Posterior:
         qz = self.posterior(u)
-        return qz, rate(qz)
+        scale_tril = qz.scale.to_dense()
+        return Posterior(qz, losses.rate_full(qz.loc, scale_tril), tf.math.log(tf.linalg.diag_part(scale_tril)))
 
     def decoder_params(self, z):
         """Decoder mean and standard deviation, in model units."""
@@ -192,7 +196,7 @@ class VariationalAutoencoder(tf_keras.Model):
         and call, so a row's score does not depend on its batch.
         """
         u = self.to_model_units(tf.convert_to_tensor(x, tf.float32))
-        qz, kl = self.posterior_and_rate(u)
+        qz, kl, _ = self.posterior_terms(u)
         loc, scale = self.decoder_params(reparameterize(qz, self.fixed_noise(num_samples)))
         reconstruction_log_prob = (
             tf.reduce_mean(losses.gaussian_log_prob(u, loc, scale), axis=0) - self.log_det_jacobian())
@@ -327,7 +331,7 @@ class GaussianVAE(VariationalAutoencoder):
 
     def loss_terms(self, x, eps, training: bool = False) -> dict:
         u = self.to_model_units(x)
-        qz, kl = self.posterior_and_rate(u)
+        qz, kl, _ = self.posterior_terms(u)
         loc, scale = self.decoder_params(reparameterize(qz, eps))
         squared_error = tf.square(u - loc)
         if training and self.decoder_scale == "optimal":

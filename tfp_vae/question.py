@@ -36,7 +36,7 @@ import tensorflow_probability as tfp
 
 from tfp_vae import heads, losses
 from tfp_vae._keras import tf_keras
-from tfp_vae.model import VariationalAutoencoder, reparameterize
+from tfp_vae.model import Posterior, VariationalAutoencoder, reparameterize
 
 tfd = tfp.distributions
 
@@ -83,20 +83,21 @@ class QuestionVAE(VariationalAutoencoder):
         return losses.implied_sigma(self.kl_weight, self.input_size)
 
     def posterior(self, u):
-        return self.posterior_and_rate(u)[0]
+        return self.posterior_terms(u).qz
 
-    def posterior_and_rate(self, u):
+    def posterior_terms(self, u) -> Posterior:
         params = self.encoder_params(self.encoder_hidden(u))
         loc, raw_scale = params[..., :self.code_size], params[..., self.code_size:]
         posterior = tfd.MultivariateNormalDiag(loc=loc, scale_diag=tf.math.softplus(raw_scale))
-        return posterior, losses.rate_diagonal(loc, losses.log_softplus(raw_scale))
+        log_scale = losses.log_softplus(raw_scale)
+        return Posterior(posterior, losses.rate_diagonal(loc, log_scale), log_scale)
 
     def decoder_params(self, z):
         reconstruction = self.decoder_output(self.decoder_hidden(z))
         return reconstruction, tf.fill(tf.shape(reconstruction), self.implied_sigma)
 
     def loss_terms(self, x, eps, training: bool = False) -> dict:
-        posterior, kl = self.posterior_and_rate(x)
+        posterior, kl, _ = self.posterior_terms(x)
         reconstruction, _ = self.decoder_params(reparameterize(posterior, eps))
         mse = tf.reduce_mean(tf.square(x - reconstruction), axis=[0, -1])
         return {"loss": losses.question_loss(x, reconstruction, kl, self.kl_weight)[0],

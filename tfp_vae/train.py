@@ -1,0 +1,179 @@
+"""Training orchestration: one entry point, `train`, that the CLI, the demo and the notebooks call.
+
+A run folder holds everything needed later:
+
+    RUN_DIR/config.json     the Config, written before training starts
+    RUN_DIR/model.keras     the trained model (weights, normalisation, optimizer state)
+    RUN_DIR/history.csv     one row per finished epoch, appended as training goes
+    RUN_DIR/history.json    the same, written at the end
+    RUN_DIR/logs/           TensorBoard event files
+    RUN_DIR/checkpoints/    the last finished epoch, while training is under way
+
+`train(..., resume=True)` continues an interrupted run from its last finished
+epoch and ends with the number of epochs first asked for.
+"""
+
+import csv
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tfp_vae._keras import tf_keras
+from tfp_vae.callbacks import EpochScalars, KLWarmup
+from tfp_vae.config import CONFIG_FILE, Config
+from tfp_vae.data import DataError, TfpVaeError
+from tfp_vae.model import GaussianVAE, VariationalAutoencoder
+
+MODEL_FILE = "model.keras"
+HISTORY_CSV = "history.csv"
+HISTORY_JSON = "history.json"
+MIN_TRAINING_ROWS = 2
+STRATEGIES = ("default", "mirrored", "multiworker")
+
+
+class RunError(TfpVaeError):
+    """A run folder that cannot be used as asked."""
+
+
+class TrainingDiverged(TfpVaeError):
+    """The loss became NaN or infinite; the last good weights were kept."""
+
+
+class KeepLastGoodWeights(tf_keras.callbacks.Callback):
+    """Stops at the first non-finite loss and puts back the weights of the last finished epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.diverged_at = None
+
+    def on_train_begin(self, logs=None):
+        self.good_weights, self.good_epoch = self.model.get_weights(), None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if logs and not np.isfinite(float(logs["loss"])):
+            self.diverged_at = (self.epoch, batch)
+            self.model.set_weights(self.good_weights)
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.diverged_at is None:
+            self.good_weights, self.good_epoch = self.model.get_weights(), epoch
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """`default` (one device), `mirrored` (every local GPU, or CPU) or `multiworker` (from TF_CONFIG)."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise TfpVaeError(f"strategy must be one of {STRATEGIES}, got {name!r}")
+
+
+def split(x: np.ndarray, validation_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded shuffle, then the last `validation_split` of rows held out."""
+    order = np.random.default_rng(seed).permutation(len(x))
+    held_out = int(round(len(x) * validation_split))
+    return x[order[held_out:]], x[order[:held_out]]
+
+
+def prepare_run_dir(run_dir: str, config: Config, resume: bool) -> Config:
+    """The config to train with: the saved one when resuming, else `config`, saved to a new folder."""
+    if resume:
+        saved = Config.load(run_dir)
+        if os.path.exists(os.path.join(run_dir, MODEL_FILE)):
+            raise RunError(f"{run_dir}: this run has already finished; nothing to resume")
+        return saved
+    if os.path.exists(os.path.join(run_dir, CONFIG_FILE)):
+        raise RunError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
+    if os.path.exists(run_dir) and (not os.path.isdir(run_dir) or os.listdir(run_dir)):
+        raise RunError(f"{run_dir}: exists and is not an empty folder; choose another --out")
+    os.makedirs(run_dir, exist_ok=True)
+    config.save(run_dir)
+    return config
+
+
+def train(config: Config, x, run_dir, resume: bool = False, verbose: int = 1) -> VariationalAutoencoder:
+    """Trains the model `config` describes on rows `x` and writes the run folder.
+
+    Raises `TrainingDiverged` (after saving the last good weights) if the loss
+    stops being finite.
+    """
+    run_dir = os.fspath(run_dir)
+    x = np.asarray(x, np.float32)
+    if x.ndim != 2:
+        raise DataError(f"expected a 2-d array [rows, features], got shape {x.shape}")
+    config.input_size = x.shape[1] if config.input_size is None else config.input_size
+    config = prepare_run_dir(run_dir, config, resume)
+    if x.shape[1] != config.input_size:
+        raise DataError(f"the data has {x.shape[1]} columns; this run was trained on {config.input_size}")
+    x_train, x_valid = split(x, config.validation_split, config.seed)
+    if len(x_train) < MIN_TRAINING_ROWS or (config.validation_split > 0 and len(x_valid) == 0):
+        raise DataError(f"{len(x)} rows is too few to train with validation split {config.validation_split}; "
+                        f"need at least {MIN_TRAINING_ROWS} training rows and 1 validation row")
+
+    tf_keras.utils.set_random_seed(config.seed)
+    with make_strategy(config.strategy).scope():
+        model = config.build_model()
+        model.compile(optimizer=tf_keras.optimizers.Adam(config.learning_rate))
+    if isinstance(model, GaussianVAE):
+        model.adapt(x_train)
+
+    keep_good = KeepLastGoodWeights()
+    callbacks = [
+        tf_keras.callbacks.CSVLogger(os.path.join(run_dir, HISTORY_CSV), append=resume),
+        tf_keras.callbacks.BackupAndRestore(os.path.join(run_dir, "checkpoints")),
+        keep_good,
+        EpochScalars(os.path.join(run_dir, "logs")),
+    ]
+    if config.kl_warmup_epochs:
+        callbacks.append(KLWarmup(config.kl_warmup_epochs))
+    model.fit(x_train, validation_data=(x_valid,) if len(x_valid) else None, epochs=config.epochs,
+              batch_size=config.batch_size, shuffle=True, verbose=verbose, callbacks=callbacks)
+    save_model(model, run_dir)
+    write_history_json(run_dir)
+    if keep_good.diverged_at is not None:
+        epoch, batch = keep_good.diverged_at
+        kept = "the initial weights" if keep_good.good_epoch is None else f"the weights of epoch {keep_good.good_epoch + 1}"
+        raise TrainingDiverged(
+            f"the loss stopped being finite at epoch {epoch + 1}, batch {batch + 1}; kept {kept} in "
+            f"{os.path.join(run_dir, MODEL_FILE)}. Try a lower --learning-rate, --kl-warmup-epochs, "
+            "or --model gaussian (which standardises the data)")
+    return model
+
+
+def save_model(model: VariationalAutoencoder, run_dir: str) -> None:
+    """Writes model.keras through a temporary file, so a reader never sees half of one."""
+    staging = os.path.join(run_dir, ".staging-" + MODEL_FILE)
+    model.save(staging)
+    os.replace(staging, os.path.join(run_dir, MODEL_FILE))
+
+
+def write_history_json(run_dir: str) -> None:
+    """history.json from history.csv, one entry per epoch (a re-run epoch keeps its last row)."""
+    with open(os.path.join(run_dir, HISTORY_CSV), newline="") as file:
+        rows = {int(row["epoch"]): row for row in csv.DictReader(file)}
+    history = {}
+    for epoch in sorted(rows):
+        for name, value in rows[epoch].items():
+            if name != "epoch":
+                history.setdefault(name, []).append(float(value))
+    with open(os.path.join(run_dir, HISTORY_JSON), "w") as file:
+        json.dump(history, file, indent=2)
+
+
+def load_run(run_dir) -> tuple[Config, VariationalAutoencoder]:
+    """The config and trained model of a finished run."""
+    run_dir = os.fspath(run_dir)
+    config = Config.load(run_dir)
+    path = os.path.join(run_dir, MODEL_FILE)
+    if not os.path.exists(path):
+        raise RunError(f"{run_dir}: training has not finished (no {MODEL_FILE}); "
+                       "continue it with tfp-vae train DATA --out RUN_DIR --resume")
+    return config, tf_keras.models.load_model(path)
