@@ -1,11 +1,38 @@
-"""tfp_vae: variational autoencoders for real-valued data in TensorFlow Probability."""
+"""tfp_vae: variational autoencoders for real-valued data in TensorFlow Probability.
 
-from tfp_vae.data import DataError
-from tfp_vae.export import export_saved_model
-from tfp_vae.losses import implied_sigma
-from tfp_vae.model import GaussianVAE, VariationalAutoencoder
-from tfp_vae.question import QuestionVAE
+The public names load on first use, so `import tfp_vae` stays quick and the
+command line can quiet TensorFlow's start-up logging before TensorFlow loads.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["DataError", "export_saved_model", "GaussianVAE", "QuestionVAE", "VariationalAutoencoder", "implied_sigma", "__version__"]
+_PUBLIC = {
+    "GaussianVAE": "tfp_vae.model",
+    "VariationalAutoencoder": "tfp_vae.model",
+    "QuestionVAE": "tfp_vae.question",
+    "Config": "tfp_vae.config",
+    "train": "tfp_vae.train",
+    "load_run": "tfp_vae.train",
+    "evaluate": "tfp_vae.evaluate",
+    "export_saved_model": "tfp_vae.export",
+    "read_table": "tfp_vae.data",
+    "DataError": "tfp_vae.data",
+    "TfpVaeError": "tfp_vae.data",
+    "KLWarmup": "tfp_vae.callbacks",
+    "implied_sigma": "tfp_vae.losses",
+    "run_demo": "tfp_vae.demo",
+}
+
+__all__ = sorted(_PUBLIC) + ["__version__"]
+
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'tfp_vae' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -15,7 +15,11 @@ CONFIG_FILE = "config.json"
 
 @dataclasses.dataclass
 class Config:
-    """What `tfp_vae.train` needs besides the data. `kl_weight=None` takes the model's default."""
+    """What `tfp_vae.train` needs besides the data. `kl_weight=None` takes the model's default.
+
+    `columns` is the user's column selection (reapplied to later data files);
+    `feature_names` names the columns trained on, for the files the CLI writes.
+    """
 
     model: str = "gaussian"
     code_size: int = 2
@@ -32,6 +36,7 @@ class Config:
     strategy: str = "default"
     input_size: int | None = None
     columns: list | None = None
+    feature_names: list | None = None
 
     def __post_init__(self):
         self.hidden = tuple(int(width) for width in self.hidden)

@@ -25,12 +25,13 @@ import tempfile
 
 import tensorflow as tf
 
+from tfp_vae.data import TfpVaeError
 from tfp_vae.model import VariationalAutoencoder
 
 SIGNATURES = ("serving_default", "reconstruct", "encode", "decode", "score", "sample")
 
 
-class ExportError(ValueError):
+class ExportError(TfpVaeError):
     """An export that cannot be written: the message names the folder at fault."""
 
 

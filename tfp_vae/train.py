@@ -83,40 +83,44 @@ def split(x: np.ndarray, validation_split: float, seed: int) -> tuple[np.ndarray
     return x[order[held_out:]], x[order[:held_out]]
 
 
-def prepare_run_dir(run_dir: str, config: Config, resume: bool) -> Config:
-    """The config to train with: the saved one when resuming, else `config`, saved to a new folder."""
+def check_run_dir(run_dir: str, resume: bool) -> None:
+    """Refuses to resume what is not an unfinished run, or to write over anything."""
     if resume:
-        saved = Config.load(run_dir)
+        Config.load(run_dir)
         if os.path.exists(os.path.join(run_dir, MODEL_FILE)):
             raise RunError(f"{run_dir}: this run has already finished; nothing to resume")
-        return saved
+        return
     if os.path.exists(os.path.join(run_dir, CONFIG_FILE)):
         raise RunError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
     if os.path.exists(run_dir) and (not os.path.isdir(run_dir) or os.listdir(run_dir)):
         raise RunError(f"{run_dir}: exists and is not an empty folder; choose another --out")
-    os.makedirs(run_dir, exist_ok=True)
-    config.save(run_dir)
-    return config
 
 
 def train(config: Config, x, run_dir, resume: bool = False, verbose: int = 1) -> VariationalAutoencoder:
     """Trains the model `config` describes on rows `x` and writes the run folder.
 
-    Raises `TrainingDiverged` (after saving the last good weights) if the loss
-    stops being finite.
+    With `resume`, the run folder's own config is used and training continues
+    from its last finished epoch. Raises `TrainingDiverged` (after saving the
+    last good weights) if the loss stops being finite.
     """
     run_dir = os.fspath(run_dir)
+    check_run_dir(run_dir, resume)
     x = np.asarray(x, np.float32)
     if x.ndim != 2:
         raise DataError(f"expected a 2-d array [rows, features], got shape {x.shape}")
-    config.input_size = x.shape[1] if config.input_size is None else config.input_size
-    config = prepare_run_dir(run_dir, config, resume)
+    if resume:
+        config = Config.load(run_dir)
+    elif config.input_size is None:
+        config.input_size = x.shape[1]
     if x.shape[1] != config.input_size:
-        raise DataError(f"the data has {x.shape[1]} columns; this run was trained on {config.input_size}")
+        raise DataError(f"the data has {x.shape[1]} columns; this run was set up for {config.input_size}")
     x_train, x_valid = split(x, config.validation_split, config.seed)
     if len(x_train) < MIN_TRAINING_ROWS or (config.validation_split > 0 and len(x_valid) == 0):
         raise DataError(f"{len(x)} rows is too few to train with validation split {config.validation_split}; "
                         f"need at least {MIN_TRAINING_ROWS} training rows and 1 validation row")
+    if not resume:
+        os.makedirs(run_dir, exist_ok=True)
+        config.save(run_dir)
 
     tf_keras.utils.set_random_seed(config.seed)
     with make_strategy(config.strategy).scope():
@@ -138,6 +142,7 @@ def train(config: Config, x, run_dir, resume: bool = False, verbose: int = 1) ->
               batch_size=config.batch_size, shuffle=True, verbose=verbose, callbacks=callbacks)
     save_model(model, run_dir)
     write_history_json(run_dir)
+    _remove_if_empty(os.path.join(run_dir, "checkpoints"))
     if keep_good.diverged_at is not None:
         epoch, batch = keep_good.diverged_at
         kept = "the initial weights" if keep_good.good_epoch is None else f"the weights of epoch {keep_good.good_epoch + 1}"
@@ -166,6 +171,11 @@ def write_history_json(run_dir: str) -> None:
                 history.setdefault(name, []).append(float(value))
     with open(os.path.join(run_dir, HISTORY_JSON), "w") as file:
         json.dump(history, file, indent=2)
+
+
+def _remove_if_empty(folder: str) -> None:
+    if os.path.isdir(folder) and not os.listdir(folder):
+        os.rmdir(folder)
 
 
 def load_run(run_dir) -> tuple[Config, VariationalAutoencoder]:

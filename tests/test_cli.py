@@ -1,0 +1,182 @@
+"""The command line, through its real entry point, on real files: good runs and every kind of bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tfp_vae.cli import main
+
+FAST = ["--epochs", "2", "--hidden", "8", "--quiet"]
+
+
+@pytest.fixture
+def csv_file(tmp_path, rng):
+    x = rng.normal(size=(120, 3)) * [1e-3, 1.0, 1e5] + [0.0, 1e4, 0.0]
+    path = tmp_path / "data.csv"
+    np.savetxt(path, x, delimiter=",", header="tiny,offset,huge", comments="")
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 3)) * [1e-3, 1.0, 1e5] + [0.0, 1e4, 0.0]
+    np.savetxt(folder / "data.csv", x, delimiter=",", header="tiny,offset,huge", comments="")
+    assert main(["train", str(folder / "data.csv"), "--out", str(folder / "run"), *FAST]) == 0
+    return folder / "run"
+
+
+def fails(capsys, argv, message):
+    """Runs the CLI, expects exit 2 and one `error:` line that contains `message`."""
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    return err[0]
+
+
+def test_train_writes_a_complete_run(run_dir):
+    assert {"config.json", "model.keras", "history.csv", "history.json", "logs"} <= set(os.listdir(run_dir))
+    history = json.loads((run_dir / "history.json").read_text())
+    assert len(history["loss"]) == 2 and "val_loss" in history
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["feature_names"] == ["tiny", "offset", "huge"] and config["input_size"] == 3
+    assert os.listdir(run_dir / "logs" / "train")
+
+
+def test_evaluate_prints_one_json_object(run_dir, capsys):
+    assert main(["evaluate", str(run_dir), str(run_dir.parent / "data.csv"), "--samples", "20"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert {"elbo", "log_likelihood", "log_likelihood_stderr", "reconstruction_nll", "kl", "mse", "n"} <= set(metrics)
+    assert metrics["n"] == 120 and metrics["log_likelihood"] >= metrics["elbo"] - 1e-3
+    assert all(np.isfinite(v) for v in metrics.values() if isinstance(v, float))
+
+
+def test_export_encode_score_sample(run_dir, tmp_path, capsys):
+    data = run_dir.parent / "data.csv"
+    assert main(["export", str(run_dir), str(tmp_path / "exports")]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "exports" / "1")
+    assert os.path.exists(tmp_path / "exports" / "1" / "saved_model.pb")
+    assert main(["encode", str(run_dir), str(data), "--out", str(tmp_path / "codes.csv")]) == 0
+    codes = np.loadtxt(tmp_path / "codes.csv", delimiter=",", skiprows=1)
+    assert codes.shape == (120, 2)
+    assert main(["score", str(run_dir), str(data), "--out", str(tmp_path / "scores.npy")]) == 0
+    scores = np.load(tmp_path / "scores.npy")
+    assert scores.shape == (120, 3) and np.isfinite(scores).all()
+    np.testing.assert_allclose(scores[:, 0], scores[:, 1] - scores[:, 2], rtol=1e-4, atol=1e-3)
+    assert main(["sample", str(run_dir), "-n", "7", "--out", str(tmp_path / "samples.csv"), "--seed", "3"]) == 0
+    lines = (tmp_path / "samples.csv").read_text().splitlines()
+    assert lines[0] == "tiny,offset,huge" and len(lines) == 8
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "empty file"),
+    ("a,b,c\n", "header only"),
+    ("a,b,c\n1,2,3\n4,x,6\n", "line 3, column 'b': non-numeric value 'x'"),
+    ("a,b,c\n1,2,3\n4,,6\n", "blank or NaN cell at line 3, column 'b'"),
+    ("a,b,c\n1,2,3\n4,nan,6\n", "blank or NaN cell at line 3, column 'b'"),
+    ("a,b,c\n1,2,3\n4,5,inf\n", "infinite value inf at line 3, column 'c'"),
+    ("a,b,c\n1,2,3\n4,5\n", "line 3 has 2 cells, expected 3"),
+    ("a,b,c\n1,2,3\n4,5,1e39\n", "value 1e+39 at line 3, column 'c' is too large for float32"),
+    ("1,2,3\n4,5,6\n", "too few to train"),
+])
+def test_bad_csv_is_one_clear_error_and_no_output(tmp_path, capsys, content, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    fails(capsys, ["train", path, "--out", tmp_path / "run", *FAST], message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_unreadable_and_unsupported_files(tmp_path, capsys):
+    fails(capsys, ["train", tmp_path / "nope.csv", "--out", tmp_path / "run"], "nope.csv: no such file")
+    (tmp_path / "binary.csv").write_bytes(b"\xff\xfe\x00garbage\x81")
+    fails(capsys, ["train", tmp_path / "binary.csv", "--out", tmp_path / "run"], "binary.csv: cannot read")
+    (tmp_path / "data.txt").write_text("1,2\n")
+    fails(capsys, ["train", tmp_path / "data.txt", "--out", tmp_path / "run"], "unsupported file type")
+    fails(capsys, ["train", tmp_path / "part-*.csv", "--out", tmp_path / "run"], "no file matches")
+    np.save(tmp_path / "cube.npy", np.zeros((2, 2, 2)))
+    fails(capsys, ["train", tmp_path / "cube.npy", "--out", tmp_path / "run"], "got shape (2, 2, 2)")
+    assert not (tmp_path / "run").exists()
+
+
+def test_drop_nonfinite_skips_and_reports(tmp_path, capsys, rng):
+    x = rng.normal(size=(40, 2))
+    x[[3, 9], 1] = np.nan
+    np.savetxt(tmp_path / "holes.csv", x, delimiter=",")
+    assert main(["train", str(tmp_path / "holes.csv"), "--out", str(tmp_path / "run"), *FAST, "--drop-nonfinite"]) == 0
+    assert "dropped 2 row(s)" in capsys.readouterr().err
+
+
+def test_constant_column_trains_with_a_warning(tmp_path, capsys, rng):
+    x = rng.normal(size=(40, 3))
+    x[:, 1] = 5.0
+    np.savetxt(tmp_path / "flat.csv", x, delimiter=",")
+    assert main(["train", str(tmp_path / "flat.csv"), "--out", str(tmp_path / "run"), *FAST]) == 0
+    assert "warning: constant column(s) [1]" in capsys.readouterr().err
+
+
+def test_columns_by_name_and_index(tmp_path, csv_file, capsys):
+    assert main(["train", str(csv_file), "--out", str(tmp_path / "run"), *FAST, "--columns", "huge,0"]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["feature_names"] == ["huge", "tiny"]
+    fails(capsys, ["train", csv_file, "--out", tmp_path / "run2", "--columns", "weight"], "no column 'weight'")
+
+
+def test_wrong_width_not_a_run_and_overwrites(run_dir, tmp_path, capsys, rng):
+    np.save(tmp_path / "wide.npy", rng.normal(size=(5, 4)))
+    for command in ("evaluate", "encode", "score"):
+        extra = [] if command == "evaluate" else ["--out", tmp_path / "out.csv"]
+        fails(capsys, [command, run_dir, tmp_path / "wide.npy", *extra], "expected 3 features per row, got shape (5, 4)")
+    assert not (tmp_path / "out.csv").exists()
+    fails(capsys, ["evaluate", tmp_path, tmp_path / "wide.npy"], "not a tfp-vae run folder")
+    fails(capsys, ["export", tmp_path, tmp_path / "exports"], "not a tfp-vae run folder")
+    fails(capsys, ["train", run_dir.parent / "data.csv", "--out", run_dir], "already holds a run; pass --resume")
+    fails(capsys, ["train", run_dir.parent / "data.csv", "--out", run_dir, "--resume"], "already finished")
+    assert main(["export", str(run_dir), str(tmp_path / "exports"), "--version", "5"]) == 0
+    fails(capsys, ["export", run_dir, tmp_path / "exports", "--version", "5"], "version 5 already exists")
+
+
+def test_nan_loss_stops_cleanly_keeping_good_weights(tmp_path, capsys, rng):
+    np.savetxt(tmp_path / "huge.csv", rng.normal(size=(50, 3)) * 1e20, delimiter=",")
+    message = fails(capsys, ["train", tmp_path / "huge.csv", "--out", tmp_path / "run", "--model", "question",
+                             "--epochs", "3", "--quiet"], "stopped being finite")
+    assert "--learning-rate" in message and "kept the initial weights" in message
+    assert (tmp_path / "run" / "model.keras").exists()
+
+
+def test_console_script_exit_code_and_stderr(tmp_path):
+    completed = subprocess.run(["tfp-vae", "evaluate", str(tmp_path), str(tmp_path / "x.csv")],
+                               capture_output=True, text=True)
+    assert completed.returncode == 2
+    assert completed.stderr.strip() == f"error: {tmp_path}: not a tfp-vae run folder (no config.json)"
+    assert "Traceback" not in completed.stderr
+
+
+@pytest.mark.slow
+def test_resume_after_kill_finishes_the_same_epochs(tmp_path, rng):
+    x = rng.normal(size=(20000, 4))
+    np.save(tmp_path / "big.npy", x)
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "tfp_vae.cli", "train", str(tmp_path / "big.npy"), "--out", str(run),
+               "--epochs", "6", "--batch-size", "16", "--hidden", "8", "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        history = run / "history.csv"
+        if history.exists() and len(history.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, "training finished before it could be interrupted"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    finished_before = len((run / "history.csv").read_text().splitlines()) - 1
+    assert 2 <= finished_before < 6 and not (run / "model.keras").exists()
+    completed = subprocess.run(command + ["--resume"], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+    history = json.loads((run / "history.json").read_text())
+    assert len(history["loss"]) == 6

@@ -1,0 +1,239 @@
+"""`tfp-vae`: train, evaluate, export, encode, score, sample and demo from the command line.
+
+Argument parsing over the library, and nothing more: a problem with the user's
+input becomes one `error: ...` line on stderr and exit code 2.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+EXIT_USAGE = 2
+
+
+def _widths(text: str) -> tuple:
+    try:
+        widths = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 64,64, got {text!r}") from None
+    if any(width < 1 for width in widths):
+        raise argparse.ArgumentTypeError(f"layer widths must be positive, got {text!r}")
+    return widths
+
+
+def _names(text: str) -> list:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _data_arguments(parser):
+    parser.add_argument("data", metavar="DATA", help=".csv (header row optional), .npy, or a quoted glob of .csv files")
+    parser.add_argument("--columns", type=_names, help="comma-separated column names or indices to use")
+    parser.add_argument("--drop-nonfinite", action="store_true",
+                        help="skip rows with blank, NaN or infinite cells (and say how many)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tfp-vae", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a model on DATA into a run folder")
+    _data_arguments(train)
+    train.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder to create")
+    train.add_argument("--model", choices=("gaussian", "question"), default="gaussian")
+    train.add_argument("--code-size", type=int, default=2, metavar="K")
+    train.add_argument("--hidden", type=_widths, default=(64, 64), help="hidden widths, e.g. 64,64 (gaussian)")
+    train.add_argument("--posterior", choices=("full", "diagonal"), default="full")
+    train.add_argument("--decoder-scale", choices=("learned", "shared", "optimal", "fixed"), default="learned")
+    train.add_argument("--kl-weight", type=float, metavar="W", help="default 1 (gaussian), 1e-4 (question)")
+    train.add_argument("--kl-warmup-epochs", type=int, default=0, metavar="N")
+    train.add_argument("--epochs", type=int, default=100)
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--validation-split", type=float, default=0.1, metavar="F")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--strategy", choices=("default", "mirrored", "multiworker"), default="default")
+    train.add_argument("--resume", action="store_true", help="continue the interrupted run in RUN_DIR")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    evaluate = commands.add_parser("evaluate", help="held-out metrics of a run on DATA, as JSON")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    _data_arguments(evaluate)
+    evaluate.add_argument("--samples", type=int, default=1000, help="importance samples per row")
+    evaluate.add_argument("--seed", type=int, default=0)
+
+    export = commands.add_parser("export", help="write a SavedModel version for TensorFlow Serving")
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument("export_base", metavar="EXPORT_BASE")
+    export.add_argument("--version", type=int, help="default: one more than the highest present")
+
+    for name, text in (("encode", "code means, one row per input row"),
+                       ("score", "per-row elbo (lower is stranger), reconstruction log-prob and KL")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("run_dir", metavar="RUN_DIR")
+        _data_arguments(command)
+        command.add_argument("--out", required=True, metavar="FILE", help=".csv or .npy")
+
+    sample = commands.add_parser("sample", help="draw rows from a trained model, in raw units")
+    sample.add_argument("run_dir", metavar="RUN_DIR")
+    sample.add_argument("-n", "--num-samples", type=int, required=True, metavar="N")
+    sample.add_argument("--out", required=True, metavar="FILE", help=".csv or .npy")
+    sample.add_argument("--seed", type=int, default=0)
+
+    demo = commands.add_parser("demo", help="the question's model against the Gaussian VAE on real data")
+    demo.add_argument("--out", default="tfp-vae-demo", metavar="DIR")
+    demo.add_argument("--epochs", type=int, default=150)
+    demo.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _read(args, config=None):
+    from tfp_vae.data import read_table
+    columns = args.columns if args.columns is not None else (config.columns if config else None)
+    table = read_table(args.data, columns, args.drop_nonfinite)
+    if table.dropped_rows:
+        print(f"warning: dropped {table.dropped_rows} row(s) with blank, NaN or infinite cells", file=sys.stderr)
+    return table
+
+
+def _write_rows(path: str, values, header: list) -> None:
+    """Writes a .csv or .npy file through a temporary file beside it, so it is whole or absent."""
+    import numpy as np
+    if not path.endswith((".csv", ".npy")):
+        raise _usage_error(f"{path}: output must end in .csv or .npy")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise _usage_error(f"{path}: folder {folder} does not exist")
+    handle, staging = tempfile.mkstemp(prefix=".tfp-vae-", suffix=os.path.splitext(path)[1], dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            if path.endswith(".npy"):
+                np.save(file, np.asarray(values, np.float32))
+            else:
+                file.write((",".join(header) + "\n").encode())
+                np.savetxt(file, values, delimiter=",", fmt="%.9g")
+        os.replace(staging, path)
+    finally:
+        if os.path.exists(staging):
+            os.remove(staging)
+
+
+def _usage_error(message: str):
+    from tfp_vae.data import TfpVaeError
+    return TfpVaeError(message)
+
+
+def _train(args):
+    from tfp_vae.config import Config
+    from tfp_vae.train import train
+    if args.resume:
+        config = Config.load(args.out)
+        table = _read(args, config)
+    else:
+        table = _read(args)
+        config = Config(model=args.model, code_size=args.code_size, hidden=args.hidden, posterior=args.posterior,
+                        decoder_scale=args.decoder_scale, kl_weight=args.kl_weight,
+                        kl_warmup_epochs=args.kl_warmup_epochs, epochs=args.epochs, batch_size=args.batch_size,
+                        learning_rate=args.learning_rate, validation_split=args.validation_split, seed=args.seed,
+                        strategy=args.strategy, columns=args.columns, feature_names=table.columns)
+    train(config, table.values, args.out, resume=args.resume, verbose=0 if args.quiet else 1)
+    print(f"trained {config.model} model: {args.out}")
+
+
+def _evaluate(args):
+    from tfp_vae.evaluate import evaluate
+    from tfp_vae.train import load_run
+    config, model = load_run(args.run_dir)
+    print(json.dumps(evaluate(model, _read(args, config).values, args.samples, args.seed), indent=2))
+
+
+def _export(args):
+    from tfp_vae.export import export_saved_model
+    from tfp_vae.train import load_run
+    _, model = load_run(args.run_dir)
+    print(export_saved_model(model, args.export_base, args.version))
+
+
+def _encode(args):
+    from tfp_vae.train import load_run
+    config, model = load_run(args.run_dir)
+    x = _read(args, config).values
+    model.check_input(x, source=args.data)
+    codes = model.predict(x, batch_size=1024, verbose=0)["code_mean"]
+    _write_rows(args.out, codes, [f"code_{i}" for i in range(codes.shape[1])])
+
+
+def _score(args):
+    import numpy as np
+    from tfp_vae.train import load_run
+    config, model = load_run(args.run_dir)
+    x = _read(args, config).values
+    model.check_input(x, source=args.data)
+    names = ("elbo", "reconstruction_log_prob", "kl")
+    parts = [model.score(x[start:start + 1024]) for start in range(0, len(x), 1024)]
+    columns = np.stack([np.concatenate([part[name].numpy() for part in parts]) for name in names], axis=1)
+    _write_rows(args.out, columns, list(names))
+
+
+def _sample(args):
+    from tfp_vae.train import load_run
+    config, model = load_run(args.run_dir)
+    if args.num_samples < 1:
+        raise _usage_error(f"-n must be at least 1, got {args.num_samples}")
+    rows = model.sample(args.num_samples, args.seed).numpy()
+    _write_rows(args.out, rows, config.feature_names or [str(i) for i in range(rows.shape[1])])
+
+
+def _demo(args):
+    from tfp_vae.demo import run_demo
+    run_demo(args.out, epochs=args.epochs, verbose=0 if args.quiet else 1)
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "export": _export, "encode": _encode, "score": _score,
+            "sample": _sample, "demo": _demo}
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _start_tensorflow_quietly() -> None:
+    """Loads TensorFlow and its devices with stderr closed.
+
+    TensorFlow's C++ start-up lines (no CUDA driver, CPU features) are written
+    before any log setting applies; on a CPU machine they are noise around the
+    one line a user needs to read.
+    """
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow as tf
+            tf.config.list_logical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning
+    _start_tensorflow_quietly()
+    from tfp_vae.data import TfpVaeError
+    try:
+        COMMANDS[args.command](args)
+    except TfpVaeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
