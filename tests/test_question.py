@@ -57,3 +57,16 @@ def test_raw_data_in_the_thousands_trains_without_nan(rng):
     history = model.fit(x, epochs=3, batch_size=50, verbose=0).history
     assert np.isfinite(history["loss"]).all() and history["loss"][-1] < history["loss"][0]
     assert np.isfinite(model.score(x)["elbo"].numpy()).all()
+
+
+def test_fitted_stddev_is_the_root_mean_squared_error_and_beats_the_implied_one(rng):
+    x = (rng.normal(size=(300, 4)) * 5.0).astype(np.float32)
+    model = QuestionVAE(input_size=4, seed=0)
+    model.compile()
+    model.fit(x, epochs=3, batch_size=50, verbose=0)
+    fitted = model.with_fitted_stddev(x)
+    reconstruction = model.predict(x, verbose=0)["mean"]
+    assert fitted.stddev_ == pytest.approx(np.sqrt(np.mean((x - reconstruction) ** 2)), rel=0.2)
+    np.testing.assert_allclose(fitted.predict(x[:3], verbose=0)["stddev"], fitted.stddev_, rtol=1e-6)
+    assert fitted.elbo(x).numpy().mean() > model.elbo(x).numpy().mean()
+    np.testing.assert_array_equal(fitted.encode(x[:3]).mean(), model.encode(x[:3]).mean())

@@ -55,12 +55,18 @@ class QuestionVAE(VariationalAutoencoder):
     model.compile()
     model.fit(x_train, epochs=50, batch_size=64)
     model.implied_sigma                                    # the sigma 1e-4 stands for
+    fair = model.with_fitted_stddev(x_train)               # the best single sigma instead
     ```
+
+    Its likelihoods use one decoder sigma for every feature: `decoder_stddev`
+    when given, else `implied_sigma`. Training never looks at it.
     """
 
-    def __init__(self, input_size: int, code_size: int = 2, kl_weight: float = 1e-4, seed=None, **kwargs):
+    def __init__(self, input_size: int, code_size: int = 2, kl_weight: float = 1e-4, decoder_stddev=None,
+                 seed=None, **kwargs):
         super().__init__(input_size, code_size, seed, **kwargs)
         self.kl_weight = float(kl_weight)
+        self.decoder_stddev = None if decoder_stddev is None else float(decoder_stddev)
         dense = tf_keras.layers.Dense
         init = heads.seeded_initializer
         self.encoder_hidden = dense(input_size, tf.nn.leaky_relu, kernel_initializer=init(seed, 0))
@@ -70,8 +76,8 @@ class QuestionVAE(VariationalAutoencoder):
         self(tf.zeros([1, self.input_size]))
 
     def get_config(self):
-        return {"input_size": self.input_size, "code_size": self.code_size,
-                "kl_weight": self.kl_weight, "seed": self.seed, "name": self.name}
+        return {"input_size": self.input_size, "code_size": self.code_size, "kl_weight": self.kl_weight,
+                "decoder_stddev": self.decoder_stddev, "seed": self.seed, "name": self.name}
 
     @classmethod
     def from_config(cls, config):
@@ -81,6 +87,26 @@ class QuestionVAE(VariationalAutoencoder):
     def implied_sigma(self) -> float:
         """The fixed decoder sigma, in raw units, that makes its loss a scaled negative ELBO."""
         return losses.implied_sigma(self.kl_weight, self.input_size)
+
+    @property
+    def stddev_(self) -> float:
+        """The decoder sigma its likelihoods use."""
+        return self.implied_sigma if self.decoder_stddev is None else self.decoder_stddev
+
+    def with_fitted_stddev(self, x, num_samples: int = 16) -> "QuestionVAE":
+        """The same network with the maximum-likelihood single sigma for rows `x`.
+
+        sigma^2 is the mean squared reconstruction error over rows, features and
+        draws of q(z|x): the fixed sigma that maximises the ELBO on `x`, which
+        makes the comparison with a learned sigma fair to the question's model.
+        """
+        x = tf.convert_to_tensor(x, tf.float32)
+        posterior = self.posterior(x)
+        reconstruction, _ = self.decoder_params(reparameterize(posterior, self.fixed_noise(num_samples)))
+        sigma = float(tf.sqrt(tf.reduce_mean(tf.square(x - reconstruction))))
+        fitted = QuestionVAE.from_config({**self.get_config(), "decoder_stddev": sigma})
+        fitted.set_weights(self.get_weights())
+        return fitted
 
     def posterior(self, u):
         return self.posterior_terms(u).qz
@@ -94,7 +120,7 @@ class QuestionVAE(VariationalAutoencoder):
 
     def decoder_params(self, z):
         reconstruction = self.decoder_output(self.decoder_hidden(z))
-        return reconstruction, tf.fill(tf.shape(reconstruction), self.implied_sigma)
+        return reconstruction, tf.fill(tf.shape(reconstruction), self.stddev_)
 
     def loss_terms(self, x, eps, training: bool = False) -> dict:
         posterior, kl, _ = self.posterior_terms(x)
