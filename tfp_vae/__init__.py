@@ -13,9 +13,10 @@ _PUBLIC = {
     "VariationalAutoencoder": "tfp_vae.model",
     "QuestionVAE": "tfp_vae.question",
     "Config": "tfp_vae.config",
-    "train": "tfp_vae.train",
-    "load_run": "tfp_vae.train",
-    "evaluate": "tfp_vae.evaluate",
+    "train": "tfp_vae.training",
+    "load_run": "tfp_vae.training",
+    "read_history": "tfp_vae.training",
+    "evaluate": "tfp_vae.evaluation",
     "export_saved_model": "tfp_vae.export",
     "read_table": "tfp_vae.data",
     "DataError": "tfp_vae.data",
@@ -23,6 +24,7 @@ _PUBLIC = {
     "KLWarmup": "tfp_vae.callbacks",
     "implied_sigma": "tfp_vae.losses",
     "run_demo": "tfp_vae.demo",
+    "start_tensorflow_quietly": "tfp_vae.quiet",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]

@@ -11,7 +11,7 @@ import sys
 import tempfile
 import warnings
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tfp_vae.quiet import start_tensorflow_quietly
 
 EXIT_USAGE = 2
 
@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--kl-weight", type=float, metavar="W", help="default 1 (gaussian), 1e-4 (question)")
     train.add_argument("--kl-warmup-epochs", type=int, default=0, metavar="N")
     train.add_argument("--epochs", type=int, default=100)
+    train.add_argument("--early-stopping-patience", type=int, default=0, metavar="N",
+                       help="stop when the validation loss has not improved for N epochs, keeping the best")
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--learning-rate", type=float, default=1e-3)
     train.add_argument("--validation-split", type=float, default=0.1, metavar="F")
@@ -129,7 +131,7 @@ def _usage_error(message: str):
 
 def _train(args):
     from tfp_vae.config import Config
-    from tfp_vae.train import train
+    from tfp_vae.training import train
     if args.resume:
         config = Config.load(args.out)
         table = _read(args, config)
@@ -137,7 +139,8 @@ def _train(args):
         table = _read(args)
         config = Config(model=args.model, code_size=args.code_size, hidden=args.hidden, posterior=args.posterior,
                         decoder_scale=args.decoder_scale, kl_weight=args.kl_weight,
-                        kl_warmup_epochs=args.kl_warmup_epochs, epochs=args.epochs, batch_size=args.batch_size,
+                        kl_warmup_epochs=args.kl_warmup_epochs, early_stopping_patience=args.early_stopping_patience,
+                        epochs=args.epochs, batch_size=args.batch_size,
                         learning_rate=args.learning_rate, validation_split=args.validation_split, seed=args.seed,
                         strategy=args.strategy, columns=args.columns, feature_names=table.columns)
     train(config, table.values, args.out, resume=args.resume, verbose=0 if args.quiet else 1)
@@ -145,21 +148,21 @@ def _train(args):
 
 
 def _evaluate(args):
-    from tfp_vae.evaluate import evaluate
-    from tfp_vae.train import load_run
+    from tfp_vae.evaluation import evaluate
+    from tfp_vae.training import load_run
     config, model = load_run(args.run_dir)
     print(json.dumps(evaluate(model, _read(args, config).values, args.samples, args.seed), indent=2))
 
 
 def _export(args):
     from tfp_vae.export import export_saved_model
-    from tfp_vae.train import load_run
+    from tfp_vae.training import load_run
     _, model = load_run(args.run_dir)
     print(export_saved_model(model, args.export_base, args.version))
 
 
 def _encode(args):
-    from tfp_vae.train import load_run
+    from tfp_vae.training import load_run
     config, model = load_run(args.run_dir)
     x = _read(args, config).values
     model.check_input(x, source=args.data)
@@ -169,7 +172,7 @@ def _encode(args):
 
 def _score(args):
     import numpy as np
-    from tfp_vae.train import load_run
+    from tfp_vae.training import load_run
     config, model = load_run(args.run_dir)
     x = _read(args, config).values
     model.check_input(x, source=args.data)
@@ -180,7 +183,7 @@ def _score(args):
 
 
 def _sample(args):
-    from tfp_vae.train import load_run
+    from tfp_vae.training import load_run
     config, model = load_run(args.run_dir)
     if args.num_samples < 1:
         raise _usage_error(f"-n must be at least 1, got {args.num_samples}")
@@ -201,28 +204,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"warning: {message}", file=sys.stderr)
 
 
-def _start_tensorflow_quietly() -> None:
-    """Loads TensorFlow and its devices with stderr closed.
-
-    TensorFlow's C++ start-up lines (no CUDA driver, CPU features) are written
-    before any log setting applies; on a CPU machine they are noise around the
-    one line a user needs to read.
-    """
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            import tensorflow as tf
-            tf.config.list_logical_devices()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning
-    _start_tensorflow_quietly()
+    start_tensorflow_quietly()
     from tfp_vae.data import TfpVaeError
     try:
         COMMANDS[args.command](args)

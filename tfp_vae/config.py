@@ -19,6 +19,8 @@ class Config:
 
     `columns` is the user's column selection (reapplied to later data files);
     `feature_names` names the columns trained on, for the files the CLI writes.
+    `early_stopping_patience` > 0 stops when the validation loss has not improved
+    for that many epochs and keeps the best epoch's weights.
     """
 
     model: str = "gaussian"
@@ -28,6 +30,7 @@ class Config:
     decoder_scale: str = "learned"
     kl_weight: float | None = None
     kl_warmup_epochs: int = 0
+    early_stopping_patience: int = 0
     epochs: int = 100
     batch_size: int = 64
     learning_rate: float = 1e-3

@@ -15,9 +15,9 @@ import numpy as np
 
 from tfp_vae.config import Config
 from tfp_vae.data import TfpVaeError
-from tfp_vae.evaluate import evaluate
+from tfp_vae.evaluation import evaluate
 from tfp_vae.export import export_saved_model
-from tfp_vae.train import RunError, split, train
+from tfp_vae.training import RunError, split, train
 
 DEMO_COLUMNS = (
     ("log_likelihood", "held-out log p(x), nats", "{:.1f}"),

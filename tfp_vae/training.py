@@ -138,6 +138,11 @@ def train(config: Config, x, run_dir, resume: bool = False, verbose: int = 1) ->
     ]
     if config.kl_warmup_epochs:
         callbacks.append(KLWarmup(config.kl_warmup_epochs))
+    if config.early_stopping_patience:
+        if not len(x_valid):
+            raise TfpVaeError("early stopping watches the validation loss: set a validation split above 0")
+        callbacks.append(tf_keras.callbacks.EarlyStopping(
+            "val_loss", patience=config.early_stopping_patience, restore_best_weights=True))
     model.fit(x_train, validation_data=(x_valid,) if len(x_valid) else None, epochs=config.epochs,
               batch_size=config.batch_size, shuffle=True, verbose=verbose, callbacks=callbacks)
     save_model(model, run_dir)
@@ -160,17 +165,21 @@ def save_model(model: VariationalAutoencoder, run_dir: str) -> None:
     os.replace(staging, os.path.join(run_dir, MODEL_FILE))
 
 
-def write_history_json(run_dir: str) -> None:
-    """history.json from history.csv, one entry per epoch (a re-run epoch keeps its last row)."""
-    with open(os.path.join(run_dir, HISTORY_CSV), newline="") as file:
+def read_history(run_dir) -> dict:
+    """Each metric's per-epoch values, from history.csv (a re-run epoch keeps its last row)."""
+    with open(os.path.join(os.fspath(run_dir), HISTORY_CSV), newline="") as file:
         rows = {int(row["epoch"]): row for row in csv.DictReader(file)}
     history = {}
     for epoch in sorted(rows):
         for name, value in rows[epoch].items():
             if name != "epoch":
                 history.setdefault(name, []).append(float(value))
+    return history
+
+
+def write_history_json(run_dir: str) -> None:
     with open(os.path.join(run_dir, HISTORY_JSON), "w") as file:
-        json.dump(history, file, indent=2)
+        json.dump(read_history(run_dir), file, indent=2)
 
 
 def _remove_if_empty(folder: str) -> None:
