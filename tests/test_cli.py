@@ -131,7 +131,7 @@ def test_wrong_width_not_a_run_and_overwrites(run_dir, tmp_path, capsys, rng):
     np.save(tmp_path / "wide.npy", rng.normal(size=(5, 4)))
     for command in ("evaluate", "encode", "score"):
         extra = [] if command == "evaluate" else ["--out", tmp_path / "out.csv"]
-        fails(capsys, [command, run_dir, tmp_path / "wide.npy", *extra], "expected 3 features per row, got shape (5, 4)")
+        fails(capsys, [command, run_dir, tmp_path / "wide.npy", *extra], "expected 3 features per row")
     assert not (tmp_path / "out.csv").exists()
     fails(capsys, ["evaluate", tmp_path, tmp_path / "wide.npy"], "not a tfp-vae run folder")
     fails(capsys, ["export", tmp_path, tmp_path / "exports"], "not a tfp-vae run folder")

@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--validation-split", type=float, default=0.1, metavar="F")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--strategy", choices=("default", "mirrored", "multiworker"), default="default")
+    train.add_argument("--worker-timeout", type=float, default=120.0, metavar="SECONDS",
+                       help="multiworker: how long to wait for every worker in TF_CONFIG to join")
     train.add_argument("--resume", action="store_true", help="continue the interrupted run in RUN_DIR")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -131,27 +133,31 @@ def _usage_error(message: str):
 
 def _train(args):
     from tfp_vae.config import Config
+    from tfp_vae.pipeline import source_for
     from tfp_vae.training import train
     if args.resume:
         config = Config.load(args.out)
-        table = _read(args, config)
+        source = source_for(args.data, config.columns, args.drop_nonfinite)
     else:
-        table = _read(args)
+        source = source_for(args.data, args.columns, args.drop_nonfinite)
         config = Config(model=args.model, code_size=args.code_size, hidden=args.hidden, posterior=args.posterior,
                         decoder_scale=args.decoder_scale, kl_weight=args.kl_weight,
                         kl_warmup_epochs=args.kl_warmup_epochs, early_stopping_patience=args.early_stopping_patience,
                         epochs=args.epochs, batch_size=args.batch_size,
                         learning_rate=args.learning_rate, validation_split=args.validation_split, seed=args.seed,
-                        strategy=args.strategy, columns=args.columns, feature_names=table.columns)
-    train(config, table.values, args.out, resume=args.resume, verbose=0 if args.quiet else 1)
+                        strategy=args.strategy, columns=args.columns, feature_names=source.columns)
+    train(config, source, args.out, resume=args.resume, verbose=0 if args.quiet else 1,
+          worker_timeout=args.worker_timeout)
     print(f"trained {config.model} model: {args.out}")
 
 
 def _evaluate(args):
     from tfp_vae.evaluation import evaluate
+    from tfp_vae.pipeline import source_for
     from tfp_vae.training import load_run
     config, model = load_run(args.run_dir)
-    print(json.dumps(evaluate(model, _read(args, config).values, args.samples, args.seed), indent=2))
+    source = source_for(args.data, args.columns if args.columns is not None else config.columns, args.drop_nonfinite)
+    print(json.dumps(evaluate(model, source, args.samples, args.seed), indent=2))
 
 
 def _export(args):

@@ -116,6 +116,17 @@ class Table:
     dropped_rows: int = 0
 
 
+@dataclass
+class Block:
+    """Consecutive rows of one file: float64 values, and where each row came from (for messages)."""
+
+    path: str
+    names: list[str]
+    values: np.ndarray
+    places: list[str]
+    row_index: np.ndarray | None = None
+
+
 def expand_paths(pattern) -> list[str]:
     """A file, or the sorted files a glob such as `data/part-*.csv` matches."""
     pattern = os.fspath(pattern)
@@ -131,88 +142,81 @@ def expand_paths(pattern) -> list[str]:
     return [pattern]
 
 
-def read_table(pattern, columns=None, drop_nonfinite: bool = False) -> Table:
-    """Reads `.csv` (with or without a header row) or `.npy` files into one validated table.
-
-    `columns` selects columns by name or index. Non-finite or blank cells are an
-    error unless `drop_nonfinite`, which drops their rows and counts them.
-    """
-    tables = [_read_file(path, columns, drop_nonfinite) for path in expand_paths(pattern)]
-    for path, table in zip(expand_paths(pattern), tables[1:]):
-        if table.columns != tables[0].columns:
-            raise DataError(f"{path}: columns {table.columns} differ from the first file's {tables[0].columns}")
-    values = np.concatenate([table.values for table in tables]) if len(tables) > 1 else tables[0].values
-    return Table(values, tables[0].columns, sum(table.dropped_rows for table in tables))
-
-
-def _read_file(path: str, columns, drop_nonfinite: bool) -> Table:
+def file_blocks(path: str, rows_per_block: int = 8192) -> Iterator[Block]:
+    """Yields a `.csv` or `.npy` file's rows block by block, refusing what cannot be parsed."""
     if path.endswith(".npy"):
-        values, names, kept = _read_npy(path)
+        yield from _npy_blocks(path, rows_per_block)
     elif path.endswith(".csv"):
-        values, names, kept = _read_csv(path)
+        yield from _csv_blocks(path, rows_per_block)
     else:
         raise DataError(f"{path}: unsupported file type; use .csv or .npy")
-    selected = select_columns(names, columns, path)
-    values, names = values[:, selected], [names[i] for i in selected]
-    finite = np.isfinite(values).all(axis=1)
-    if not finite.all():
-        if not drop_nonfinite:
-            row, column = np.argwhere(~np.isfinite(values))[0]
-            raise DataError(
-                f"{path}: {_describe(values[row, column])} at {kept[row]}, column {names[column]!r}; "
-                "fix it or pass --drop-nonfinite to skip such rows")
-        values = values[finite]
-    too_large = np.abs(values) > np.finfo(np.float32).max
-    if too_large.any():
-        row, column = np.argwhere(too_large)[0]
-        raise DataError(f"{path}: value {values[row, column]:g} at {kept[np.flatnonzero(finite)[row]]}, "
-                        f"column {names[column]!r} is too large for float32")
-    if len(values) == 0:
-        raise DataError(f"{path}: no rows of data")
-    return Table(values.astype(np.float32), names, int((~finite).sum()))
 
 
-def _describe(value: float) -> str:
-    return "blank or NaN cell" if np.isnan(value) else f"infinite value {value}"
-
-
-def _read_npy(path: str):
+def _npy_blocks(path: str, rows_per_block: int) -> Iterator[Block]:
     try:
-        array = np.load(path, allow_pickle=False)
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as error:
         raise DataError(f"{path}: cannot read as .npy ({error})") from error
     if array.ndim != 2:
         raise DataError(f"{path}: expected a 2-d array [rows, features], got shape {array.shape}")
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise DataError(f"{path}: expected numbers, got dtype {array.dtype}")
-    return array.astype(np.float64), [str(i) for i in range(array.shape[1])], [f"row {i}" for i in range(len(array))]
+    if len(array) == 0:
+        raise DataError(f"{path}: no rows of data")
+    names = [str(i) for i in range(array.shape[1])]
+    for start in range(0, len(array), rows_per_block):
+        rows = np.asarray(array[start:start + rows_per_block], np.float64)
+        yield Block(path, names, rows, [f"row {i}" for i in range(start, start + len(rows))])
 
 
-def _read_csv(path: str):
+def csv_header(path: str) -> tuple[list[str], bool]:
+    """The column names of a CSV file, and whether its first line is a header (any cell not a number)."""
     try:
         with open(path, newline="") as file:
-            lines = [(number, row) for number, row in enumerate(csv.reader(file), start=1) if row]
+            first = next((row for row in csv.reader(file) if row), None)
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"{path}: cannot read ({getattr(error, 'strerror', None) or error})") from error
-    if not lines:
+    if first is None:
         raise DataError(f"{path}: empty file")
-    first = lines[0][1]
-    has_header = any(_cell_is_text(cell) for cell in first)
-    names = [cell.strip() for cell in first] if has_header else [str(i) for i in range(len(first))]
-    body = lines[1:] if has_header else lines
-    if not body:
+    if any(_cell_is_text(cell) for cell in first):
+        return [cell.strip() for cell in first], True
+    return [str(i) for i in range(len(first))], False
+
+
+def _csv_blocks(path: str, rows_per_block: int) -> Iterator[Block]:
+    names, has_header = csv_header(path)
+    values, places, seen = [], [], 0
+    try:
+        with open(path, newline="") as file:
+            reader = csv.reader(file)
+            for number, row in enumerate(reader, start=1):
+                if not row or (has_header and number == 1):
+                    continue
+                values.append(_parse_row(row, names, path, number))
+                places.append(f"line {number}")
+                if len(values) == rows_per_block:
+                    yield Block(path, names, np.array(values), places)
+                    seen += len(values)
+                    values, places = [], []
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path}: cannot read ({getattr(error, 'strerror', None) or error})") from error
+    if values:
+        yield Block(path, names, np.array(values), places)
+    elif seen == 0:
         raise DataError(f"{path}: header only, no rows of data")
-    values = np.empty((len(body), len(names)))
-    for index, (number, row) in enumerate(body):
-        if len(row) != len(names):
-            raise DataError(f"{path}: line {number} has {len(row)} cells, expected {len(names)}")
-        for column, cell in enumerate(row):
-            try:
-                values[index, column] = float(cell) if cell.strip() else np.nan
-            except ValueError:
-                raise DataError(
-                    f"{path}: line {number}, column {names[column]!r}: non-numeric value {cell.strip()!r}") from None
-    return values, names, [f"line {number}" for number, _ in body]
+
+
+def _parse_row(row: list[str], names: list[str], path: str, number: int) -> list[float]:
+    if len(row) != len(names):
+        raise DataError(f"{path}: line {number} has {len(row)} cells, expected {len(names)}")
+    parsed = []
+    for column, cell in enumerate(row):
+        try:
+            parsed.append(float(cell) if cell.strip() else np.nan)
+        except ValueError:
+            raise DataError(
+                f"{path}: line {number}, column {names[column]!r}: non-numeric value {cell.strip()!r}") from None
+    return parsed
 
 
 def _cell_is_text(cell: str) -> bool:
@@ -237,3 +241,54 @@ def select_columns(names: list[str], columns, source: str) -> list[int]:
         else:
             raise DataError(f"{source}: no column {token!r}; columns are {', '.join(names)}")
     return indices
+
+
+def clean_blocks(pattern, columns=None, drop_nonfinite: bool = False,
+                 rows_per_block: int = 8192) -> Iterator[tuple[Block, int]]:
+    """Every file's blocks, columns selected, validated: yields `(block, rows dropped from it)`.
+
+    Non-finite or blank cells are an error naming the file, line and column,
+    unless `drop_nonfinite`, which drops their rows. Files must share columns.
+    `block.row_index` numbers each kept row among all data rows read so far.
+    """
+    first_names, first_row = None, 0
+    for path in expand_paths(pattern):
+        for block in file_blocks(path, rows_per_block):
+            if first_names is None:
+                first_names = block.names
+            elif block.names != first_names:
+                raise DataError(f"{path}: columns {block.names} differ from the first file's {first_names}")
+            selected = select_columns(block.names, columns, path)
+            values, names = block.values[:, selected], [block.names[i] for i in selected]
+            finite = np.isfinite(values).all(axis=1)
+            if not finite.all() and not drop_nonfinite:
+                row, column = np.argwhere(~np.isfinite(values))[0]
+                raise DataError(
+                    f"{path}: {_describe(values[row, column])} at {block.places[row]}, column {names[column]!r}; "
+                    "fix it or pass --drop-nonfinite to skip such rows")
+            kept = np.flatnonzero(finite)
+            values = values[kept]
+            too_large = np.abs(values) > np.finfo(np.float32).max
+            if too_large.any():
+                row, column = np.argwhere(too_large)[0]
+                raise DataError(f"{path}: value {values[row, column]:g} at {block.places[kept[row]]}, "
+                                f"column {names[column]!r} is too large for float32")
+            yield (Block(path, names, values, [block.places[i] for i in kept], first_row + kept),
+                   int(len(finite) - len(kept)))
+            first_row += len(finite)
+
+
+def read_table(pattern, columns=None, drop_nonfinite: bool = False) -> Table:
+    """Reads `.csv` (header row optional) or `.npy` files, or a glob of them, into one validated table."""
+    blocks, dropped = [], 0
+    for block, dropped_here in clean_blocks(pattern, columns, drop_nonfinite):
+        blocks.append(block)
+        dropped += dropped_here
+    values = np.concatenate([block.values for block in blocks]).astype(np.float32)
+    if len(values) == 0:
+        raise DataError(f"{pattern}: no rows of data left")
+    return Table(values, blocks[0].names, dropped)
+
+
+def _describe(value: float) -> str:
+    return "blank or NaN cell" if np.isnan(value) else f"infinite value {value}"

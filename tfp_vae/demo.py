@@ -17,7 +17,8 @@ from tfp_vae.config import Config
 from tfp_vae.data import TfpVaeError
 from tfp_vae.evaluation import evaluate
 from tfp_vae.export import export_saved_model
-from tfp_vae.training import RunError, split, train
+from tfp_vae.pipeline import in_validation
+from tfp_vae.training import RunError, train
 
 DEMO_COLUMNS = (
     ("log_likelihood", "held-out log p(x), nats", "{:.1f}"),
@@ -62,7 +63,8 @@ def run_demo(out="tfp-vae-demo", epochs: int = 150, num_samples: int = 1000, ver
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise RunError(f"{out}: already exists; remove it or pass --out to a new folder")
     x, names = load_demo_data()
-    x_train, x_test = split(x, validation_split=0.2, seed=0)
+    held_out = in_validation(np.arange(len(x)), 0.2, seed=0)
+    x_train, x_test = x[~held_out], x[held_out]
     results = {}
     models = {}
     for name, config in demo_configs(epochs, names).items():

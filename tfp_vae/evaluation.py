@@ -19,7 +19,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_vae import losses
+from tfp_vae.data import DataError, RunningMoments
 from tfp_vae.model import VariationalAutoencoder, reparameterize
+from tfp_vae.pipeline import ArraySource, CsvSource
 
 ACTIVE_UNIT_VARIANCE = 0.01
 PIT_BINS = 10
@@ -78,41 +80,58 @@ def log_likelihood(model: VariationalAutoencoder, x, num_samples: int = 1000, se
     return {name: np.concatenate(values) for name, values in results.items()}
 
 
-def calibration(x, mean, stddev) -> dict:
-    """Coverage of the +-1 and +-2 sigma intervals, and the PIT histogram (shares per bin)."""
+def calibration_counts(x, mean, stddev) -> np.ndarray:
+    """Cells within 1 and 2 sigma, then the PIT histogram's counts: [2 + PIT_BINS] numbers."""
     standardised = (np.asarray(x, np.float64) - mean) / stddev
     pit = 0.5 * (1.0 + tf.math.erf(standardised / math.sqrt(2.0)).numpy())
     histogram, _ = np.histogram(pit, bins=PIT_BINS, range=(0.0, 1.0))
-    return {"coverage_1sigma": float(np.mean(np.abs(standardised) <= 1.0)),
-            "coverage_2sigma": float(np.mean(np.abs(standardised) <= 2.0)),
-            "pit_histogram": (histogram / histogram.sum()).tolist()}
+    return np.concatenate([[np.sum(np.abs(standardised) <= 1.0), np.sum(np.abs(standardised) <= 2.0)], histogram])
 
 
-def evaluate(model: VariationalAutoencoder, x, num_samples: int = 1000, seed: int = 0) -> dict:
+def evaluate(model: VariationalAutoencoder, data, num_samples: int = 1000, seed: int = 0) -> dict:
     """Per-example means, in nats of the raw data, and the model's calibration.
 
-    `log_likelihood` is the IWAE estimate with `num_samples` draws and
+    `data` is an array [rows, features] or a `pipeline.CsvSource`, read block by
+    block. `log_likelihood` is the IWAE estimate with `num_samples` draws and
     `log_likelihood_stderr` its standard error over examples; `mse` and the
     calibration use the reconstruction at the posterior mean.
     """
-    x = np.asarray(x, np.float32)
-    model.check_input(x)
-    per_example = log_likelihood(model, x, num_samples, seed)
-    outputs = model.predict(x, batch_size=1024, verbose=0)
-    code_variance = outputs["code_mean"].var(axis=0)
-    kl = per_example["reconstruction_log_prob"] - per_example["elbo"]
-    n, d = x.shape
-    log_likelihood_mean = float(per_example["log_likelihood"].mean())
+    source = data if isinstance(data, (ArraySource, CsvSource)) else ArraySource(data)
+    if source.width != model.input_size:
+        raise DataError(f"expected {model.input_size} features per row, the data has {source.width}")
+    sums = np.zeros(6)
+    counts = np.zeros(2 + PIT_BINS)
+    codes = RunningMoments()
+    n = 0
+    for number, (values, _, _) in enumerate(source.blocks()):
+        x = values.astype(np.float32)
+        per_example = log_likelihood(model, x, num_samples, seed + number)
+        outputs = {name: value.numpy() for name, value in model(x).items()}
+        ll = per_example["log_likelihood"]
+        sums += [ll.sum(), (ll**2).sum(), per_example["elbo"].sum(), per_example["reconstruction_log_prob"].sum(),
+                 (per_example["reconstruction_log_prob"] - per_example["elbo"]).sum(),
+                 np.mean((x - outputs["mean"]) ** 2, axis=1).sum()]
+        counts += calibration_counts(x, outputs["mean"], outputs["stddev"])
+        codes.update(outputs["code_mean"].astype(np.float64))
+        n += len(x)
+    if n == 0:
+        raise DataError("no rows to evaluate")
+    ll_sum, ll_squares, elbo_sum, log_px_sum, kl_sum, mse_sum = sums
+    log_likelihood_mean = ll_sum / n
+    variance = max(ll_squares / n - log_likelihood_mean**2, 0.0) * n / max(n - 1, 1)
+    cells = n * model.input_size
     return {
-        "elbo": float(per_example["elbo"].mean()),
+        "elbo": elbo_sum / n,
         "log_likelihood": log_likelihood_mean,
-        "log_likelihood_stderr": float(per_example["log_likelihood"].std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
-        "reconstruction_nll": float(-per_example["reconstruction_log_prob"].mean()),
-        "kl": float(kl.mean()),
-        "mse": float(np.mean((x - outputs["mean"]) ** 2)),
-        "bits_per_feature": -log_likelihood_mean / (d * math.log(2.0)),
-        "active_units": int(np.sum(code_variance > ACTIVE_UNIT_VARIANCE)),
-        **calibration(x, outputs["mean"], outputs["stddev"]),
+        "log_likelihood_stderr": math.sqrt(variance / n) if n > 1 else 0.0,
+        "reconstruction_nll": -log_px_sum / n,
+        "kl": kl_sum / n,
+        "mse": mse_sum / n,
+        "bits_per_feature": -log_likelihood_mean / (model.input_size * math.log(2.0)),
+        "active_units": int(np.sum(codes.variance > ACTIVE_UNIT_VARIANCE)),
+        "coverage_1sigma": counts[0] / cells,
+        "coverage_2sigma": counts[1] / cells,
+        "pit_histogram": (counts[2:] / cells).tolist(),
         "num_samples": num_samples,
         "n": n,
     }

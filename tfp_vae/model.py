@@ -30,7 +30,7 @@ import tensorflow_probability as tfp
 
 from tfp_vae import heads, losses
 from tfp_vae._keras import tf_keras
-from tfp_vae.data import DataError, check_block, features_of, moments
+from tfp_vae.data import DataError, RunningMoments, check_block, features_of, moments
 
 tfd = tfp.distributions
 
@@ -297,10 +297,13 @@ class GaussianVAE(VariationalAutoencoder):
 
     def adapt(self, data) -> "GaussianVAE":
         """Fits the standardisation to `data` (array or dataset) in one streaming pass."""
-        stats = moments(data, self.input_size, source="x")
+        return self.set_statistics(moments(data, self.input_size, source="x"))
+
+    def set_statistics(self, stats: RunningMoments) -> "GaussianVAE":
+        """Sets the standardisation from per-feature moments, warning about constant columns."""
         constant = np.flatnonzero(stats.stddev <= np.finfo(np.float32).eps * np.maximum(np.abs(stats.mean), 1.0))
         if constant.size:
-            warnings.warn(f"constant column(s) {constant.tolist()}: their scale is floored", stacklevel=2)
+            warnings.warn(f"constant column(s) {constant.tolist()}: their scale is floored", stacklevel=3)
         self.standardize.set_moments(stats.mean, stats.stddev, stats.count)
         return self
 

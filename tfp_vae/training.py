@@ -13,9 +13,16 @@ A run folder holds everything needed later:
 epoch and ends with the number of epochs first asked for.
 """
 
+import contextlib
 import csv
+import functools
 import json
 import os
+import shutil
+import sys
+import tempfile
+import threading
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -25,6 +32,7 @@ from tfp_vae.callbacks import EpochScalars, KLWarmup
 from tfp_vae.config import CONFIG_FILE, Config
 from tfp_vae.data import DataError, TfpVaeError
 from tfp_vae.model import GaussianVAE, VariationalAutoencoder
+from tfp_vae.pipeline import ArraySource, CsvSource, dataset, scan
 
 MODEL_FILE = "model.keras"
 HISTORY_CSV = "history.csv"
@@ -65,22 +73,70 @@ class KeepLastGoodWeights(tf_keras.callbacks.Callback):
             self.good_weights, self.good_epoch = self.model.get_weights(), epoch
 
 
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """`default` (one device), `mirrored` (every local GPU, or CPU) or `multiworker` (from TF_CONFIG)."""
+def make_strategy(name: str, worker_timeout: float = 120.0) -> tf.distribute.Strategy:
+    """`default` (one device), `mirrored` (every local GPU, else the CPU) or `multiworker` (from TF_CONFIG)."""
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        cluster = read_tf_config()
+        with _deadline(worker_timeout, f"not every task in TF_CONFIG ({cluster}) joined within "
+                                       f"{worker_timeout:g} s: check each address is right and each worker started"):
+            return tf.distribute.MultiWorkerMirroredStrategy()
     raise TfpVaeError(f"strategy must be one of {STRATEGIES}, got {name!r}")
 
 
-def split(x: np.ndarray, validation_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded shuffle, then the last `validation_split` of rows held out."""
-    order = np.random.default_rng(seed).permutation(len(x))
-    held_out = int(round(len(x) * validation_split))
-    return x[order[held_out:]], x[order[:held_out]]
+def read_tf_config() -> str:
+    """Checks TF_CONFIG's shape (cluster, task type and index) and returns its addresses, for messages."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        raise TfpVaeError("--strategy multiworker needs TF_CONFIG set on every worker (see the README)")
+    try:
+        tf_config = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise TfpVaeError(f"TF_CONFIG is not valid JSON ({error})") from None
+    cluster, task = (tf_config.get("cluster"), tf_config.get("task")) if isinstance(tf_config, dict) else (None, None)
+    if not isinstance(cluster, dict) or not cluster or not all(
+            isinstance(addresses, list) and addresses and all(isinstance(a, str) and ":" in a for a in addresses)
+            for addresses in cluster.values()):
+        raise TfpVaeError('TF_CONFIG needs "cluster": {"worker": ["host:port", ...]}')
+    if not isinstance(task, dict) or task.get("type") not in cluster or not isinstance(task.get("index"), int) \
+            or not 0 <= task["index"] < len(cluster[task["type"]]):
+        raise TfpVaeError(f'TF_CONFIG needs "task": {{"type": one of {sorted(cluster)}, "index": a position in '
+                          f'that list}}, got {task!r}')
+    return ", ".join(address for addresses in cluster.values() for address in addresses)
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float, message: str):
+    """Ends the process with `message` if the block has not finished in time.
+
+    Joining a cluster blocks inside TensorFlow's C++ runtime until every task
+    answers; nothing in Python can interrupt that, so a missing worker would
+    otherwise hang the command for ever.
+    """
+    def expire():
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        os._exit(2)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run folder: the chief, or worker 0 of a cluster without one."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or resolver.task_type is None:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
 
 
 def check_run_dir(run_dir: str, resume: bool) -> None:
@@ -96,58 +152,72 @@ def check_run_dir(run_dir: str, resume: bool) -> None:
         raise RunError(f"{run_dir}: exists and is not an empty folder; choose another --out")
 
 
-def train(config: Config, x, run_dir, resume: bool = False, verbose: int = 1) -> VariationalAutoencoder:
-    """Trains the model `config` describes on rows `x` and writes the run folder.
+def train(config: Config, data, run_dir, resume: bool = False, verbose: int = 1,
+          worker_timeout: float = 120.0) -> VariationalAutoencoder:
+    """Trains the model `config` describes and writes the run folder.
 
-    With `resume`, the run folder's own config is used and training continues
-    from its last finished epoch. Raises `TrainingDiverged` (after saving the
-    last good weights) if the loss stops being finite.
+    `data` is an array [rows, features] or a `pipeline.CsvSource`, which streams
+    from disk. With `resume`, the run folder's own config is used and training
+    continues from its last finished epoch. Under `multiworker`, every worker
+    calls this and the chief alone writes `run_dir`. Raises `TrainingDiverged`
+    (after saving the last good weights) if the loss stops being finite.
     """
     run_dir = os.fspath(run_dir)
-    check_run_dir(run_dir, resume)
-    x = np.asarray(x, np.float32)
-    if x.ndim != 2:
-        raise DataError(f"expected a 2-d array [rows, features], got shape {x.shape}")
+    source = data if isinstance(data, (ArraySource, CsvSource)) else ArraySource(data)
     if resume:
         config = Config.load(run_dir)
     elif config.input_size is None:
-        config.input_size = x.shape[1]
-    if x.shape[1] != config.input_size:
-        raise DataError(f"the data has {x.shape[1]} columns; this run was set up for {config.input_size}")
-    x_train, x_valid = split(x, config.validation_split, config.seed)
-    if len(x_train) < MIN_TRAINING_ROWS or (config.validation_split > 0 and len(x_valid) == 0):
-        raise DataError(f"{len(x)} rows is too few to train with validation split {config.validation_split}; "
-                        f"need at least {MIN_TRAINING_ROWS} training rows and 1 validation row")
-    if not resume:
+        config.input_size = source.width
+    strategy = make_strategy(config.strategy, worker_timeout)
+    chief = is_chief(strategy)
+    if chief:
+        check_run_dir(run_dir, resume)
+    if source.width != config.input_size:
+        raise DataError(f"the data has {source.width} columns; this run was set up for {config.input_size}")
+    found = scan(source, config.validation_split, config.seed)
+    if found.train_rows < MIN_TRAINING_ROWS or (config.validation_split > 0 and found.validation_rows == 0):
+        raise DataError(f"{found.train_rows + found.validation_rows} rows is too few to train with validation split "
+                        f"{config.validation_split}; need at least {MIN_TRAINING_ROWS} training rows and 1 "
+                        "validation row")
+    if found.dropped_rows:
+        warnings.warn(f"dropped {found.dropped_rows} row(s) with blank, NaN or infinite cells", stacklevel=2)
+    if chief and not resume:
         os.makedirs(run_dir, exist_ok=True)
         config.save(run_dir)
+    write_dir = run_dir if chief else tempfile.mkdtemp(prefix="tfp-vae-worker-")
 
     tf_keras.utils.set_random_seed(config.seed)
-    with make_strategy(config.strategy).scope():
+    with strategy.scope():
         model = config.build_model()
         model.compile(optimizer=tf_keras.optimizers.Adam(config.learning_rate))
     if isinstance(model, GaussianVAE):
-        model.adapt(x_train)
+        model.set_statistics(found.train_moments)
 
     keep_good = KeepLastGoodWeights()
     callbacks = [
-        tf_keras.callbacks.CSVLogger(os.path.join(run_dir, HISTORY_CSV), append=resume),
-        tf_keras.callbacks.BackupAndRestore(os.path.join(run_dir, "checkpoints")),
+        tf_keras.callbacks.CSVLogger(os.path.join(write_dir, HISTORY_CSV), append=resume),
+        tf_keras.callbacks.BackupAndRestore(os.path.join(write_dir, "checkpoints")),
         keep_good,
-        EpochScalars(os.path.join(run_dir, "logs")),
+        EpochScalars(os.path.join(write_dir, "logs")),
     ]
     if config.kl_warmup_epochs:
         callbacks.append(KLWarmup(config.kl_warmup_epochs))
     if config.early_stopping_patience:
-        if not len(x_valid):
+        if not found.validation_rows:
             raise TfpVaeError("early stopping watches the validation loss: set a validation split above 0")
         callbacks.append(tf_keras.callbacks.EarlyStopping(
             "val_loss", patience=config.early_stopping_patience, restore_best_weights=True))
-    model.fit(x_train, validation_data=(x_valid,) if len(x_valid) else None, epochs=config.epochs,
-              batch_size=config.batch_size, shuffle=True, verbose=verbose, callbacks=callbacks)
-    save_model(model, run_dir)
-    write_history_json(run_dir)
-    _remove_if_empty(os.path.join(run_dir, "checkpoints"))
+    batches = functools.partial(dataset, source, batch_size=config.batch_size,
+                                validation_fraction=config.validation_split, seed=config.seed)
+    model.fit(batches("train", shuffle=True),
+              validation_data=batches("validation") if found.validation_rows else None,
+              epochs=config.epochs, verbose=verbose, callbacks=callbacks)
+    if chief:
+        save_model(model, run_dir)
+        write_history_json(run_dir)
+        _remove_if_empty(os.path.join(run_dir, "checkpoints"))
+    else:
+        shutil.rmtree(write_dir, ignore_errors=True)
     if keep_good.diverged_at is not None:
         epoch, batch = keep_good.diverged_at
         kept = "the initial weights" if keep_good.good_epoch is None else f"the weights of epoch {keep_good.good_epoch + 1}"

@@ -1,0 +1,151 @@
+"""The input pipeline: data in memory or in CSV files, as tf.data datasets for training.
+
+Rows are split into training and validation by a hash of their position, so the
+split is the same on every pass, in every process and on every worker, and needs
+no shuffle of the whole data set in memory. A `CsvSource` reads its files twice:
+one validating pass in Python (clear errors, float64 statistics of the training
+rows), then tf.data streams them (`TextLineDataset` and `decode_csv`), so memory
+holds a shuffle buffer, never the file.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from tfp_vae.data import (DataError, RunningMoments, check_block, clean_blocks, csv_header, expand_paths,
+                          select_columns)
+
+HASH_MULTIPLIER = 2654435761
+LINES_PER_BLOCK = 4096
+SHUFFLE_BUFFER = 10_000
+SUBSETS = ("train", "validation", "all")
+
+
+def in_validation(row_index, fraction: float, seed: int):
+    """Whether each row (by position) is held out: a multiplicative hash below `fraction`.
+
+    The same arithmetic serves numpy arrays and int64 tensors.
+    """
+    hashed = (row_index * HASH_MULTIPLIER + seed * 40503) % 2**32
+    return hashed < int(fraction * 2**32)
+
+
+@dataclass
+class Scan:
+    """What one pass over the data found: statistics of the training rows, and counts."""
+
+    train_moments: RunningMoments
+    train_rows: int
+    validation_rows: int
+    dropped_rows: int
+
+
+class ArraySource:
+    """Rows already in memory: a float32 array [rows, features]."""
+
+    def __init__(self, values, columns=None):
+        self.values = np.asarray(values, np.float32)
+        if self.values.ndim != 2:
+            raise DataError(f"expected a 2-d array [rows, features], got shape {self.values.shape}")
+        check_block(self.values, 0, None, "x")
+        self.columns = list(columns) if columns is not None else [str(i) for i in range(self.values.shape[1])]
+
+    @property
+    def width(self) -> int:
+        return self.values.shape[1]
+
+    def blocks(self):
+        for start in range(0, len(self.values), LINES_PER_BLOCK):
+            values = self.values[start:start + LINES_PER_BLOCK].astype(np.float64)
+            yield values, np.arange(start, start + len(values)), 0
+
+    def row_blocks(self) -> tf.data.Dataset:
+        indices = np.arange(len(self.values))
+        return tf.data.Dataset.from_tensor_slices((self.values, indices)).batch(LINES_PER_BLOCK)
+
+
+class CsvSource:
+    """CSV files (a path or a glob), streamed: validated once in Python, then read by tf.data."""
+
+    def __init__(self, pattern, columns=None, drop_nonfinite: bool = False):
+        self.pattern = pattern
+        self.paths = expand_paths(pattern)
+        for path in self.paths:
+            if not path.endswith(".csv"):
+                raise DataError(f"{path}: streaming reads .csv files only")
+        self.names, self.has_header = csv_header(self.paths[0])
+        self.indices = select_columns(self.names, columns, self.paths[0])
+        self.columns = [self.names[i] for i in self.indices]
+        self.selection = columns
+        self.drop_nonfinite = drop_nonfinite
+
+    @property
+    def width(self) -> int:
+        return len(self.indices)
+
+    def blocks(self):
+        for block, dropped in clean_blocks(self.pattern, self.selection, self.drop_nonfinite):
+            yield block.values, block.row_index, dropped
+
+    def row_blocks(self) -> tf.data.Dataset:
+        """(values [n, D] float32, row index [n] int64) blocks, rows with blank or non-finite cells as NaN."""
+        skip = 1 if self.has_header else 0
+        lines = tf.data.Dataset.from_tensor_slices(self.paths).flat_map(
+            lambda path: tf.data.TextLineDataset(path).skip(skip))
+        lines = lines.map(lambda line: tf.strings.regex_replace(line, "\r$", ""))
+        lines = lines.filter(lambda line: tf.strings.length(line) > 0)
+        ordered = sorted(set(self.indices))
+        positions = [ordered.index(i) for i in self.indices]
+        defaults = [tf.constant(math.nan, tf.float32)] * len(ordered)
+
+        def decode(block_number, block):
+            columns = tf.io.decode_csv(block, record_defaults=defaults, select_cols=ordered)
+            values = tf.gather(tf.stack(columns, axis=1), positions, axis=1)
+            first = block_number * LINES_PER_BLOCK
+            return values, first + tf.range(tf.shape(values)[0], dtype=tf.int64)
+
+        return lines.batch(LINES_PER_BLOCK).enumerate().map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def source_for(pattern, columns=None, drop_nonfinite: bool = False):
+    """A `CsvSource` for CSV files, an in-memory `ArraySource` for `.npy`."""
+    from tfp_vae.data import read_table
+    if all(path.endswith(".csv") for path in expand_paths(pattern)):
+        return CsvSource(pattern, columns, drop_nonfinite)
+    table = read_table(pattern, columns, drop_nonfinite)
+    return ArraySource(table.values, table.columns)
+
+
+def scan(source, validation_fraction: float, seed: int) -> Scan:
+    """One validating pass: float64 moments of the training rows, and how many rows each side."""
+    moments, train_rows, validation_rows, dropped = RunningMoments(), 0, 0, 0
+    for values, row_index, dropped_here in source.blocks():
+        held_out = in_validation(row_index, validation_fraction, seed)
+        moments.update(values[~held_out])
+        train_rows += int((~held_out).sum())
+        validation_rows += int(held_out.sum())
+        dropped += dropped_here
+    return Scan(moments, train_rows, validation_rows, dropped)
+
+
+def dataset(source, subset: str, batch_size: int, validation_fraction: float = 0.0, seed: int = 0,
+            shuffle: bool = False) -> tf.data.Dataset:
+    """Batches of float32 rows of `subset` ("train", "validation" or "all"), streamed from `source`."""
+    if subset not in SUBSETS:
+        raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
+
+    def keep(values, row_index):
+        mask = tf.reduce_all(tf.math.is_finite(values), axis=1)
+        if subset != "all":
+            held_out = in_validation(row_index, validation_fraction, seed)
+            mask &= held_out if subset == "validation" else ~held_out
+        return tf.boolean_mask(values, mask)
+
+    rows = source.row_blocks().map(keep, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+    if shuffle:
+        rows = rows.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return rows.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
