@@ -213,7 +213,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning
-    start_tensorflow_quietly()
+    start_tensorflow_quietly(initialize_devices="TF_CONFIG" not in os.environ)
     from tfp_vae.data import TfpVaeError
     try:
         COMMANDS[args.command](args)

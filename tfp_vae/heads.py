@@ -272,7 +272,8 @@ class DecoderScale(tf_keras.layers.Layer):
                 "raw_scale", shape=[event_size], initializer=tf_keras.initializers.Constant(unit_raw))
         elif mode == "optimal":
             self.mean_squared_error = self.add_weight(
-                "mean_squared_error", shape=[event_size], initializer="ones", trainable=False)
+                "mean_squared_error", shape=[event_size], initializer="ones", trainable=False,
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
     def call(self, hidden):
         batch_shape = tf.shape(hidden)[:-1]

@@ -88,15 +88,15 @@ def implied_sigma(kl_weight: float, input_size: int) -> float:
     return math.sqrt(kl_weight * input_size / 2.0)
 
 
-def optimal_scale(squared_error: tf.Tensor, min_scale: float) -> tf.Tensor:
+def optimal_scale(mean_squared_error: tf.Tensor, min_scale: float) -> tf.Tensor:
     """The sigma-VAE scale: per feature, the root of the batch's mean squared error.
 
     It maximises the batch's Gaussian likelihood for the given means (Rybkin et
     al. 2021), floored at `min_scale` so a perfect fit cannot send it to zero.
-    `squared_error` is [..., D]; every axis but the last is averaged.
+    At that maximum the loss's derivative in sigma is zero, so gradients need
+    not flow through it.
     """
-    per_feature = tf.reshape(squared_error, [-1, tf.shape(squared_error)[-1]])
-    return tf.maximum(tf.sqrt(tf.reduce_mean(per_feature, axis=0)), min_scale)
+    return tf.maximum(tf.sqrt(mean_squared_error), min_scale)
 
 
 def iwae_bound(log_weights: tf.Tensor) -> tf.Tensor:

@@ -51,6 +51,15 @@ class Posterior(NamedTuple):
     log_scale: tf.Tensor
 
 
+def global_batch_mean(rows):
+    """The mean over axis 0 of the whole global batch, across replicas when training is distributed."""
+    total, count = tf.reduce_sum(rows, axis=0), tf.cast(tf.shape(rows)[0], rows.dtype)
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        total, count = context.all_reduce(tf.distribute.ReduceOp.SUM, [total, count])
+    return total / count
+
+
 class VariationalAutoencoder(tf_keras.Model):
     """The training loop, metrics and raw-unit outputs shared by tfp_vae's models.
 
@@ -123,10 +132,18 @@ class VariationalAutoencoder(tf_keras.Model):
         return list(self.trackers_.values())
 
     def draw_noise(self, batch_size):
-        """eps [1, B, K], a function of the seed and the step, so runs repeat and resume exactly."""
+        """eps [1, B, K], a function of the seed, the step and each row's place in the global batch.
+
+        Runs repeat and resume exactly, and a batch split across replicas gets the
+        same noise, row for row, as on one device.
+        """
         step = tf.cast(self.optimizer.iterations, tf.int32)
-        return tf.random.stateless_normal(
-            [1, batch_size, self.code_size], seed=tf.stack([self.noise_seed_, step]))
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync if context else 1
+        replica = tf.cast(context.replica_id_in_sync_group, tf.int32) if context else 0
+        eps = tf.random.stateless_normal(
+            [1, batch_size * replicas, self.code_size], seed=tf.stack([self.noise_seed_, step]))
+        return eps[:, replica * batch_size:(replica + 1) * batch_size]
 
     def fixed_noise(self, num_samples: int):
         """The same `num_samples` draws for every call: deterministic, batch-independent scores."""
@@ -338,8 +355,9 @@ class GaussianVAE(VariationalAutoencoder):
         loc, scale = self.decoder_params(reparameterize(qz, eps))
         squared_error = tf.square(u - loc)
         if training and self.decoder_scale == "optimal":
-            scale = losses.optimal_scale(squared_error, self.min_scale)
-            self.decoder_scale_params.update_optimal(tf.stop_gradient(tf.square(scale)))
+            batch_mse = global_batch_mean(tf.stop_gradient(tf.reshape(squared_error, [-1, self.input_size])))
+            scale = losses.optimal_scale(batch_mse, self.min_scale)
+            self.decoder_scale_params.update_optimal(batch_mse)
         distortion = tf.reduce_mean(losses.distortion(u, loc, scale), axis=0) + self.log_det_jacobian()
         raw_squared_error = squared_error * tf.square(self.standardize.scale)
         return {"loss": losses.beta_loss(distortion, kl, self.beta), "reconstruction_loss": distortion,

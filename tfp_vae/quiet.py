@@ -3,12 +3,14 @@
 import os
 
 
-def start_tensorflow_quietly() -> None:
-    """Loads TensorFlow and its devices with stderr closed, and keeps its Python log to errors.
+def start_tensorflow_quietly(initialize_devices: bool = True) -> None:
+    """Loads TensorFlow (and its devices) with stderr closed, and keeps its Python log to errors.
 
     TensorFlow's C++ start-up lines (no CUDA driver, CPU features) are written
     before any log setting applies; on a CPU machine they are noise around the
-    lines a reader needs. Call it before anything imports TensorFlow.
+    lines a reader needs. Call it before anything imports TensorFlow. Pass
+    `initialize_devices=False` in a process that will create a
+    `MultiWorkerMirroredStrategy`, which must configure the runtime first.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     saved = os.dup(2)
@@ -16,7 +18,8 @@ def start_tensorflow_quietly() -> None:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
             import tensorflow as tf
-            tf.config.list_logical_devices()
+            if initialize_devices:
+                tf.config.list_logical_devices()
     finally:
         os.dup2(saved, 2)
         os.close(saved)

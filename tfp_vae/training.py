@@ -13,15 +13,14 @@ A run folder holds everything needed later:
 epoch and ends with the number of epochs first asked for.
 """
 
-import contextlib
 import csv
 import functools
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
-import threading
 import warnings
 
 import numpy as np
@@ -73,17 +72,15 @@ class KeepLastGoodWeights(tf_keras.callbacks.Callback):
             self.good_weights, self.good_epoch = self.model.get_weights(), epoch
 
 
-def make_strategy(name: str, worker_timeout: float = 120.0) -> tf.distribute.Strategy:
+def make_strategy(name: str) -> tf.distribute.Strategy:
     """`default` (one device), `mirrored` (every local GPU, else the CPU) or `multiworker` (from TF_CONFIG)."""
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multiworker":
-        cluster = read_tf_config()
-        with _deadline(worker_timeout, f"not every task in TF_CONFIG ({cluster}) joined within "
-                                       f"{worker_timeout:g} s: check each address is right and each worker started"):
-            return tf.distribute.MultiWorkerMirroredStrategy()
+        read_tf_config()
+        return tf.distribute.MultiWorkerMirroredStrategy()
     raise TfpVaeError(f"strategy must be one of {STRATEGIES}, got {name!r}")
 
 
@@ -108,25 +105,46 @@ def read_tf_config() -> str:
     return ", ".join(address for addresses in cluster.values() for address in addresses)
 
 
-@contextlib.contextmanager
-def _deadline(seconds: float, message: str):
-    """Ends the process with `message` if the block has not finished in time.
-
-    Joining a cluster blocks inside TensorFlow's C++ runtime until every task
-    answers; nothing in Python can interrupt that, so a missing worker would
-    otherwise hang the command for ever.
-    """
-    def expire():
-        print(f"error: {message}", file=sys.stderr, flush=True)
-        os._exit(2)
-
-    timer = threading.Timer(seconds, expire)
-    timer.daemon = True
-    timer.start()
+WATCHDOG = """
+import os, signal, sys, time
+parent, seconds, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+deadline = time.time() + seconds
+while time.time() < deadline:
+    time.sleep(0.2)
     try:
-        yield
-    finally:
-        timer.cancel()
+        os.kill(parent, 0)
+    except OSError:
+        sys.exit(0)
+print("error: " + message, file=sys.stderr, flush=True)
+os.kill(parent, signal.SIGKILL)
+"""
+
+
+class JoinWatchdog(tf_keras.callbacks.Callback):
+    """Kills this process with a clear error unless the first training step ends within `seconds`.
+
+    Workers meet inside TensorFlow's C++ runtime (at the strategy's start and at
+    the first collective) and wait there, holding Python's lock, for every task in
+    TF_CONFIG; nothing in this process can interrupt that, so a separate watchdog
+    process ends it instead of letting a missing worker hang it for ever.
+    """
+
+    def __init__(self, seconds: float, addresses: str):
+        super().__init__()
+        message = (f"not every worker in TF_CONFIG ({addresses}) joined within {seconds:g} s; check each "
+                   "address and that every worker was started (--worker-timeout sets the wait)")
+        self.process = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), str(seconds), message])
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.stop()
+
+    def on_train_end(self, logs=None):
+        self.stop()
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -168,7 +186,8 @@ def train(config: Config, data, run_dir, resume: bool = False, verbose: int = 1,
         config = Config.load(run_dir)
     elif config.input_size is None:
         config.input_size = source.width
-    strategy = make_strategy(config.strategy, worker_timeout)
+    watchdog = JoinWatchdog(worker_timeout, read_tf_config()) if config.strategy == "multiworker" else None
+    strategy = make_strategy(config.strategy)
     chief = is_chief(strategy)
     if chief:
         check_run_dir(run_dir, resume)
@@ -200,6 +219,8 @@ def train(config: Config, data, run_dir, resume: bool = False, verbose: int = 1,
         keep_good,
         EpochScalars(os.path.join(write_dir, "logs")),
     ]
+    if watchdog:
+        callbacks.append(watchdog)
     if config.kl_warmup_epochs:
         callbacks.append(KLWarmup(config.kl_warmup_epochs))
     if config.early_stopping_patience:
@@ -212,8 +233,8 @@ def train(config: Config, data, run_dir, resume: bool = False, verbose: int = 1,
     model.fit(batches("train", shuffle=True),
               validation_data=batches("validation") if found.validation_rows else None,
               epochs=config.epochs, verbose=verbose, callbacks=callbacks)
+    save_model(model, write_dir)  # every worker saves: saving reads variables through collectives
     if chief:
-        save_model(model, run_dir)
         write_history_json(run_dir)
         _remove_if_empty(os.path.join(run_dir, "checkpoints"))
     else:
