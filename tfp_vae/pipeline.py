@@ -61,9 +61,10 @@ class ArraySource:
             values = self.values[start:start + LINES_PER_BLOCK].astype(np.float64)
             yield values, np.arange(start, start + len(values)), 0
 
-    def row_blocks(self) -> tf.data.Dataset:
-        indices = np.arange(len(self.values))
-        return tf.data.Dataset.from_tensor_slices((self.values, indices)).batch(LINES_PER_BLOCK)
+    def rows(self, subset: str, validation_fraction: float, seed: int) -> tf.data.Dataset:
+        """The subset's rows, one dataset element each, sliced from memory."""
+        mask = _subset_mask(np.arange(len(self.values)), subset, validation_fraction, seed)
+        return tf.data.Dataset.from_tensor_slices(self.values[mask])
 
 
 class CsvSource:
@@ -89,8 +90,9 @@ class CsvSource:
         for block, dropped in clean_blocks(self.pattern, self.selection, self.drop_nonfinite):
             yield block.values, block.row_index, dropped
 
-    def row_blocks(self) -> tf.data.Dataset:
-        """(values [n, D] float32, row index [n] int64) blocks, rows with blank or non-finite cells as NaN."""
+    def rows(self, subset: str, validation_fraction: float, seed: int) -> tf.data.Dataset:
+        """The subset's rows, one dataset element each, streamed from the files; rows with blank or
+        non-finite cells (kept only under `drop_nonfinite`, after the validating pass) are dropped."""
         skip = 1 if self.has_header else 0
         lines = tf.data.Dataset.from_tensor_slices(self.paths).flat_map(
             lambda path: tf.data.TextLineDataset(path).skip(skip))
@@ -106,7 +108,12 @@ class CsvSource:
             first = block_number * LINES_PER_BLOCK
             return values, first + tf.range(tf.shape(values)[0], dtype=tf.int64)
 
-        return lines.batch(LINES_PER_BLOCK).enumerate().map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+        def keep(values, row_index):
+            mask = tf.reduce_all(tf.math.is_finite(values), axis=1)
+            return tf.boolean_mask(values, mask & _subset_mask(row_index, subset, validation_fraction, seed))
+
+        blocks = lines.batch(LINES_PER_BLOCK).enumerate().map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+        return blocks.map(keep, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
 
 
 def source_for(pattern, columns=None, drop_nonfinite: bool = False):
@@ -135,17 +142,16 @@ def dataset(source, subset: str, batch_size: int, validation_fraction: float = 0
     """Batches of float32 rows of `subset` ("train", "validation" or "all"), streamed from `source`."""
     if subset not in SUBSETS:
         raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
-
-    def keep(values, row_index):
-        mask = tf.reduce_all(tf.math.is_finite(values), axis=1)
-        if subset != "all":
-            held_out = in_validation(row_index, validation_fraction, seed)
-            mask &= held_out if subset == "validation" else ~held_out
-        return tf.boolean_mask(values, mask)
-
-    rows = source.row_blocks().map(keep, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+    rows = source.rows(subset, validation_fraction, seed)
     if shuffle:
         rows = rows.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return rows.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def _subset_mask(row_index, subset: str, validation_fraction: float, seed: int):
+    if subset == "all":
+        return row_index >= 0
+    held_out = in_validation(row_index, validation_fraction, seed)
+    return held_out if subset == "validation" else ~held_out
