@@ -38,6 +38,13 @@ def test_full_posterior_has_a_lower_triangular_scale():
     assert np.all(np.diagonal(scale, axis1=1, axis2=2) > 0)
 
 
+def test_fill_scale_tril_fills_rows_in_order_with_a_positive_diagonal():
+    params = np.arange(1.0, 7.0, dtype=np.float32) - 3.0
+    softplus = lambda v: np.log1p(np.exp(v)) + 1e-5
+    expected = np.array([[softplus(-2.0), 0, 0], [-1.0, softplus(0.0), 0], [1.0, 2.0, softplus(3.0)]])
+    np.testing.assert_allclose(heads.fill_scale_tril(tf.constant(params), 3).numpy(), expected, rtol=1e-6)
+
+
 def test_decoder_scale_is_floored():
     params = tf.concat([tf.zeros([2, 3]), tf.fill([2, 3], -1e4)], axis=-1)
     px = heads.DecoderNormal(3, min_scale=0.01)(params)

@@ -133,11 +133,26 @@ def seeded_initializer(seed, offset: int):
     return tf_keras.initializers.GlorotUniform(seed=None if seed is None else seed + offset)
 
 
+def fill_scale_tril(params, event_size: int):
+    """A lower-triangular K x K scale from K (K + 1) / 2 numbers: row by row, diagonal softplus + 1e-5.
+
+    The same map as TFP's `FillScaleTriL` up to the order of the numbers, with
+    indices fixed at trace time, so XLA compiles it and its gradient.
+    """
+    rows, columns = np.tril_indices(event_size)
+    positions = np.zeros((event_size, event_size), np.int32)
+    positions[rows, columns] = np.arange(len(rows)) + 1
+    padded = tf.concat([tf.zeros_like(params[..., :1]), params], axis=-1)
+    tril = tf.gather(padded, positions, axis=-1)
+    return tf.where(np.eye(event_size, dtype=bool), tf.math.softplus(tril) + 1e-5, tril)
+
+
 @tf_keras.saving.register_keras_serializable(PACKAGE)
 class FullPosterior(RebuiltFromConfig, tfpl.MultivariateNormalTriL):
     """q(z|x) = N(loc, L L^T), a full covariance from `params_size(K)` numbers.
 
-    TFP's `MultivariateNormalTriL` with a `get_config` that rebuilds it.
+    TFP's `MultivariateNormalTriL` with a scale map XLA can compile
+    (`fill_scale_tril`) and a `get_config` that rebuilds it.
 
     #### Example
 
@@ -149,8 +164,13 @@ class FullPosterior(RebuiltFromConfig, tfpl.MultivariateNormalTriL):
     """
 
     def __init__(self, event_size: int, **kwargs):
-        super().__init__(event_size, convert_to_tensor_fn=MEAN, **kwargs)
+        tfpl.DistributionLambda.__init__(self, lambda t: FullPosterior.new(t, event_size), MEAN, **kwargs)
         self.event_size = event_size
+
+    @staticmethod
+    def new(params, event_size: int):
+        return tfd.MultivariateNormalTriL(
+            loc=params[..., :event_size], scale_tril=fill_scale_tril(params[..., event_size:], event_size))
 
     def get_config(self):
         return {**_layer_config(self), "event_size": self.event_size}

@@ -107,9 +107,16 @@ class VariationalAutoencoder(tf_keras.Model):
         raise NotImplementedError
 
     # Keras.
-    def compile(self, optimizer=None, **kwargs):
-        """Adam at 1e-3 unless another optimizer is given; the model supplies its own loss."""
-        super().compile(optimizer=optimizer or tf_keras.optimizers.Adam(1e-3), **kwargs)
+    def compile(self, optimizer=None, jit_compile=None, **kwargs):
+        """Adam at 1e-3 unless another optimizer is given; the model supplies its own loss.
+
+        The train step is compiled by XLA unless a `tf.distribute` strategy is in
+        scope (XLA cannot place a mirrored step's variables): XLA fuses the step's
+        many small ops, which are most of the time of a model this size on a CPU.
+        """
+        if jit_compile is None:
+            jit_compile = not tf.distribute.has_strategy()
+        super().compile(optimizer=optimizer or tf_keras.optimizers.Adam(1e-3), jit_compile=jit_compile, **kwargs)
 
     def compile_from_config(self, config):
         """Recompiles a loaded model, so its optimizer state comes back and training resumes."""
