@@ -23,6 +23,7 @@ from sklearn.mixture import GaussianMixture
 from sklearn.model_selection import train_test_split
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from report import write_report  # noqa: E402
 from tfp_vae import Config, evaluate, train  # noqa: E402
 
 SPLIT_SEED = 0
@@ -138,11 +139,7 @@ def main(argv=None):
                     per_seed.setdefault(model, []).append(float(value))
                 print(f"{name}, seed {seed}: done ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
         sections.append(section(name, x, x_test, per_seed, log_density))
-    report = "\n\n".join([header(args, time.time() - started), *sections]) + "\n"
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as file:
-        file.write(report)
-    print(report)
+    write_report(["\n\n".join([header(args, time.time() - started), *sections])], args.out)
 
 
 def header(args, seconds):

@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 
+from report import write_report
+
 D, HIDDEN, K, BATCH, ROWS, EPOCHS = 64, 256, 16, 256, 20_000, 5
 FLOP_PER_EXAMPLE = 1.3e6
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -324,11 +326,7 @@ def main(argv=None):
               f"- normalisation and raw-unit outputs in the graph cost {ours['p50_us'] / hand['p50_us'] - 1:+.1%} at "
               f"batch 1 and {hand['rows_per_s'] / ours['rows_per_s'] - 1:+.1%} at batch 1024 against the hand-written "
               "export (goal: at most 10%)."]
-    report = "\n".join(lines) + "\n"
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as file:
-        file.write(report)
-    print(report)
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import sys
 import tempfile
 
 import numpy as np
+from report import write_report
 
 COLUMNS = 32
 CHILD = r"""
@@ -72,11 +73,7 @@ def main(argv=None):
                   f"(goal under 20%: {'met' if memory_growth < 0.2 else 'NOT met'})",
               f"- time grows {time_ratio:.1f}x (goal about linear, within 10-12x for tenfold: "
               f"{'met' if time_ratio <= 1.2 * args.growth else 'NOT met'})"]
-    report = "\n".join(lines) + "\n"
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as file:
-        file.write(report)
-    print(report)
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":
