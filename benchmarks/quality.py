@@ -94,7 +94,7 @@ def classical_baselines(x_train, x_test, seed):
     mixture = min(mixtures, key=lambda model: model.bic(x_train))
     return {"full-covariance Gaussian": gaussian, "factor analysis (BIC)": best["factor analysis"][1],
             "probabilistic PCA (BIC)": best["probabilistic PCA"][1],
-            f"Gaussian mixture (BIC)": mixture.score_samples(x_test)}
+            "Gaussian mixture (BIC)": mixture.score_samples(x_test)}
 
 
 def vae_scores(x_train, x_test, seed, epochs, samples, workdir):

@@ -16,6 +16,7 @@ same network without the in-graph normalisation and raw-unit outputs.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -30,13 +31,23 @@ D, HIDDEN, K, BATCH, ROWS, EPOCHS = 64, 256, 16, 256, 20_000, 5
 FLOP_PER_EXAMPLE = 1.3e6
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+
+
+def training_rows():
+    """ROWS x D float32 rows: eight factors plus noise, at feature scales from 0.01 to 1,000."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(ROWS, 8)) @ rng.normal(size=(8, D)) + 0.3 * rng.normal(size=(ROWS, D))
+    return (x * np.geomspace(1e-2, 1e3, D) + 5.0).astype(np.float32)
+
+
 COMMON = f"""
 import os, sys, time, json
 import numpy as np
-D, HIDDEN, K, BATCH, ROWS, EPOCHS = {D}, {HIDDEN}, {K}, {BATCH}, {ROWS}, {EPOCHS}
+sys.path.insert(0, {HERE!r})
+from speed import D, HIDDEN, K, BATCH, ROWS, EPOCHS, training_rows
 rng = np.random.default_rng(0)
-x = (rng.normal(size=(ROWS, 8)) @ rng.normal(size=(8, D)) + 0.3 * rng.normal(size=(ROWS, D))).astype(np.float32)
-x = x * np.geomspace(1e-2, 1e3, D).astype(np.float32) + 5.0
+x = training_rows()
 def report(times):
     print(json.dumps(ROWS / np.median(times)))
 """
@@ -223,7 +234,7 @@ def write_serving_artifacts(folder):
     import tensorflow as tf
     from tfp_vae import GaussianVAE, export_saved_model
     from tfp_vae._keras import tf_keras
-    exec(COMMON.replace("def report", "def _unused"), globals())
+    x = training_rows()
     model = GaussianVAE(D, K, hidden=(HIDDEN, HIDDEN), seed=0)
     model.compile(tf_keras.optimizers.Adam(1e-3))
     model.fit(x, batch_size=BATCH, epochs=1, verbose=0)
@@ -285,17 +296,15 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(HERE, "results", "speed.md"))
     args = parser.parse_args(argv)
     root = os.path.join(HERE, "..")
-    implementations = {"tfp_vae GaussianVAE.fit": (TFP_VAE, root), "raw TF, tf.function": (RAW_TF, "plain"),
+    implementations = {"tfp_vae GaussianVAE.fit": (TFP_VAE, "xla"), "raw TF, tf.function": (RAW_TF, "plain"),
                        "raw TF, tf.function + XLA": (RAW_TF, "xla")}
-    try:
-        import torch  # noqa: F401
+    if importlib.util.find_spec("torch"):
         implementations.update({"PyTorch eager": (TORCH, "eager"), "PyTorch torch.compile": (TORCH, "compile")})
-    except ImportError:
+    else:
         print("PyTorch not installed: pip install 'tfp-vae[bench]' to include it", file=sys.stderr)
     throughput = {}
     for name, (code, arg) in implementations.items():
-        throughput[name] = statistics.median(run(code, "", arg) if code is not TFP_VAE else run(code, arg)
-                                             for _ in range(args.repeats))
+        throughput[name] = statistics.median(run(code, root, arg) for _ in range(args.repeats))
         print(f"{name}: {throughput[name]:,.0f} examples/s", file=sys.stderr, flush=True)
     described, mhz = machine()
     peak = os.cpu_count() * 32 * mhz * 1e6  # two 256-bit FMA pipes: 32 float32 FLOP per cycle per core

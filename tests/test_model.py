@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfp_vae import DataError, GaussianVAE, heads
+from tfp_vae import GaussianVAE, heads
 from tfp_vae._keras import tf_keras
 from tfp_vae.callbacks import KLWarmup
 
