@@ -186,7 +186,17 @@ def train(config: Config, data, run_dir, resume: bool = False, verbose: int = 1,
         config = Config.load(run_dir)
     elif config.input_size is None:
         config.input_size = source.width
+    if config.early_stopping_patience and not config.validation_split:
+        raise TfpVaeError("early stopping watches the validation loss: set a validation split above 0")
     watchdog = JoinWatchdog(worker_timeout, read_tf_config()) if config.strategy == "multiworker" else None
+    try:
+        return _train(config, source, run_dir, resume, verbose, watchdog)
+    finally:
+        if watchdog:
+            watchdog.stop()
+
+
+def _train(config: Config, source, run_dir: str, resume: bool, verbose: int, watchdog) -> VariationalAutoencoder:
     strategy = make_strategy(config.strategy)
     chief = is_chief(strategy)
     if chief:
@@ -224,8 +234,6 @@ def train(config: Config, data, run_dir, resume: bool = False, verbose: int = 1,
     if config.kl_warmup_epochs:
         callbacks.append(KLWarmup(config.kl_warmup_epochs))
     if config.early_stopping_patience:
-        if not found.validation_rows:
-            raise TfpVaeError("early stopping watches the validation loss: set a validation split above 0")
         callbacks.append(tf_keras.callbacks.EarlyStopping(
             "val_loss", patience=config.early_stopping_patience, restore_best_weights=True))
     batches = functools.partial(dataset, source, batch_size=config.batch_size,
