@@ -180,3 +180,13 @@ def test_resume_after_kill_finishes_the_same_epochs(tmp_path, rng):
     assert completed.returncode == 0, completed.stderr
     history = json.loads((run / "history.json").read_text())
     assert len(history["loss"]) == 6
+
+
+def test_early_stopping_keeps_the_best_epoch_and_needs_validation(tmp_path, csv_file, capsys):
+    fails(capsys, ["train", csv_file, "--out", tmp_path / "run", "--early-stopping-patience", "2",
+                   "--validation-split", "0"], "early stopping watches the validation loss")
+    assert not (tmp_path / "run").exists()
+    assert main(["train", str(csv_file), "--out", str(tmp_path / "run"), "--epochs", "40", "--hidden", "8",
+                 "--learning-rate", "0.05", "--early-stopping-patience", "1", "--quiet"]) == 0
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert len(history["loss"]) < 40
