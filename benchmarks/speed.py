@@ -88,8 +88,11 @@ def mlp(h, first, last):
         h = tf.nn.leaky_relu(h @ w + b)
     w, b = layers[last - 1]
     return h @ w + b
+data = tf.constant(x)
 @tf.function(jit_compile=jit)
-def step(batch, eps):
+def step(rows):
+    batch = tf.gather(data, rows)
+    eps = tf.random.normal([BATCH, K])
     u = (batch - mean) / scale
     with tf.GradientTape() as tape:
         params = mlp(u, 0, 3)
@@ -107,15 +110,13 @@ def step(batch, eps):
         loss = tf.reduce_mean(distortion + rate)
     optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
     return loss
-data = tf.constant(x)
 times = []
 for epoch in range(EPOCHS + 1):
-    order = tf.random.shuffle(tf.range(ROWS))
+    order = tf.reshape(tf.random.shuffle(tf.range(ROWS))[:ROWS // BATCH * BATCH], [-1, BATCH])
     start = time.perf_counter()
-    for first in range(0, ROWS - BATCH + 1, BATCH):
-        batch = tf.gather(data, order[first:first + BATCH])
-        step(batch, tf.random.normal([BATCH, K]))
-    float(step(batch, tf.random.normal([BATCH, K])))
+    for rows in order:
+        loss = step(rows)
+    float(loss)
     times.append(time.perf_counter() - start)
 report(times[1:])
 """
@@ -179,7 +180,7 @@ export, identity, weights_path, hand = sys.argv[1:5]
 loaded = tf.saved_model.load(export)
 trivial = tf.saved_model.load(identity)
 handwritten = tf.saved_model.load(hand)
-weights = np.load(weights_path)
+weights = dict(np.load(weights_path))
 def numpy_reconstruct(batch):
     u = (batch - weights["mean"]) / weights["scale"]
     h = u

@@ -73,6 +73,10 @@ def test_encode_and_decode_return_distributions(mixed_scale_data):
     assert qz.event_shape == [2] and qz.scale.to_dense().shape == (4, 2, 2)
     px = model.decode(qz.mean())
     assert px.event_shape == [5] and px.log_prob(mixed_scale_data[:4]).shape == (4,)
+    np.testing.assert_allclose(model(mixed_scale_data[:4])["code_mean"].numpy(), qz.mean().numpy(), rtol=1e-6)
+    diagonal = GaussianVAE(5, hidden=(8,), posterior="diagonal", seed=0)
+    np.testing.assert_allclose(diagonal(mixed_scale_data[:4])["code_mean"].numpy(),
+                               diagonal.encode(mixed_scale_data[:4]).mean().numpy(), rtol=1e-6)
 
 
 def test_same_seed_same_model(mixed_scale_data):

@@ -93,6 +93,10 @@ class VariationalAutoencoder(tf_keras.Model):
     def posterior(self, u):
         raise NotImplementedError
 
+    def posterior_mean(self, u):
+        """E[z|x], without building the posterior's scale (serving asks for this at every call)."""
+        return self.posterior(u).mean()
+
     def posterior_terms(self, u) -> Posterior:
         qz = self.posterior(u)
         scale_tril = qz.scale.to_dense()
@@ -200,7 +204,7 @@ class VariationalAutoencoder(tf_keras.Model):
     # Tensors in, tensors out, in raw units.
     def call(self, x):
         """Reconstruction at the posterior mean: `code_mean` [B, K], `mean` and `stddev` [B, D]."""
-        code_mean = self.encode(x).mean()
+        code_mean = self.posterior_mean(self.to_model_units(tf.convert_to_tensor(x, tf.float32)))
         mean, stddev = self.to_raw_units(*self.decoder_params(code_mean))
         return {"code_mean": code_mean, "mean": mean, "stddev": stddev}
 
@@ -349,6 +353,10 @@ class GaussianVAE(VariationalAutoencoder):
 
     def posterior(self, u):
         return self.posterior_head(self.encoder_params(self.encoder_mlp(u)))
+
+    def posterior_mean(self, u):
+        # Both posterior heads put the mean first in their parameters.
+        return self.encoder_params(self.encoder_mlp(u))[..., :self.code_size]
 
     def decoder_params(self, z):
         hidden = self.decoder_mlp(z)
