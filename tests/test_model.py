@@ -6,6 +6,8 @@ from tfp_vae import GaussianVAE, heads
 from tfp_vae._keras import tf_keras
 from tfp_vae.callbacks import KLWarmup
 
+from ppca import ppca_log_likelihood
+
 
 def trained(x, epochs=3, **kwargs):
     model = GaussianVAE(x.shape[1], **{"code_size": 2, "hidden": (16,), "seed": 0, **kwargs})
@@ -143,20 +145,6 @@ def test_kl_warmup_anneals_beta(mixed_scale_data):
     record = tf_keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(model.beta.numpy()))
     model.fit(mixed_scale_data, epochs=4, batch_size=200, verbose=0, callbacks=[KLWarmup(epochs=2), record])
     np.testing.assert_allclose(seen, [0.25, 0.5, 0.5, 0.5])
-
-
-def ppca_log_likelihood(train, test, code_size):
-    """Tipping and Bishop's maximum-likelihood pPCA, fitted on `train`, mean log-density of `test`."""
-    mean = train.mean(axis=0)
-    eigenvalues, eigenvectors = np.linalg.eigh(np.cov(train, rowvar=False, bias=True))
-    eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]
-    noise = eigenvalues[code_size:].mean()
-    loadings = eigenvectors[:, :code_size] * np.sqrt(eigenvalues[:code_size] - noise)
-    covariance = loadings @ loadings.T + noise * np.eye(train.shape[1])
-    centred = test - mean
-    _, log_det = np.linalg.slogdet(covariance)
-    mahalanobis = np.einsum("ij,jk,ik->i", centred, np.linalg.inv(covariance), centred)
-    return np.mean(-0.5 * (train.shape[1] * np.log(2 * np.pi) + log_det + mahalanobis))
 
 
 @pytest.mark.slow

@@ -1,0 +1,39 @@
+import math
+
+import numpy as np
+import pytest
+
+from tfp_vae import GaussianVAE
+from tfp_vae._keras import tf_keras
+from tfp_vae.evaluation import PIT_BINS, calibration_counts, evaluate, log_likelihood
+
+from ppca import ppca_log_likelihood
+
+
+def test_coverage_is_exact_for_data_drawn_from_the_predicted_gaussian(rng):
+    mean, stddev = rng.normal(size=(20000, 3)) * 100, rng.uniform(0.01, 50, size=(20000, 3))
+    x = mean + stddev * rng.normal(size=mean.shape)
+    counts = calibration_counts(x, mean, stddev) / x.size
+    assert counts[0] == pytest.approx(math.erf(1 / math.sqrt(2)), abs=0.01)
+    assert counts[1] == pytest.approx(math.erf(2 / math.sqrt(2)), abs=0.005)
+    np.testing.assert_allclose(counts[2:], 1 / PIT_BINS, atol=0.01)
+
+
+@pytest.mark.slow
+def test_iwae_tightens_towards_the_exact_ppca_likelihood(rng):
+    d, k = 5, 2
+    data = (rng.normal(size=(3000, k)) @ (rng.normal(size=(k, d)) * 3) + 0.5 * rng.normal(size=(3000, d))
+            + 20.0).astype(np.float32)
+    train, test = data[:2500], data[2500:]
+    model = GaussianVAE(d, code_size=k, hidden=(), decoder_scale="shared", seed=0)
+    model.compile(tf_keras.optimizers.Adam(0.02))
+    model.fit(train, epochs=40, batch_size=250, verbose=0)
+    exact = ppca_log_likelihood(train.astype(np.float64), test.astype(np.float64), k)
+    one, many = (log_likelihood(model, test, num_samples=s)["log_likelihood"].mean() for s in (1, 500))
+    assert one < many  # more importance samples tighten the bound
+    assert abs(many - exact) / d < 0.02
+    metrics = evaluate(model, test, num_samples=200)
+    assert metrics["n"] == 500 and metrics["active_units"] == k
+    assert metrics["elbo"] <= metrics["log_likelihood"] + 1e-6
+    assert metrics["coverage_1sigma"] == pytest.approx(0.68, abs=0.05)
+    assert metrics["bits_per_feature"] == pytest.approx(-metrics["log_likelihood"] / (d * math.log(2)))
