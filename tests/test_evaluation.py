@@ -35,5 +35,4 @@ def test_iwae_tightens_towards_the_exact_ppca_likelihood(rng):
     metrics = evaluate(model, test, num_samples=200)
     assert metrics["n"] == 500 and metrics["active_units"] == k
     assert metrics["elbo"] <= metrics["log_likelihood"] + 1e-6
-    assert metrics["coverage_1sigma"] == pytest.approx(0.68, abs=0.05)
     assert metrics["bits_per_feature"] == pytest.approx(-metrics["log_likelihood"] / (d * math.log(2)))
