@@ -161,3 +161,11 @@ def test_linear_vae_reaches_the_ppca_likelihood(rng):
     exact = ppca_log_likelihood(train.astype(np.float64), test.astype(np.float64), k)
     assert held_out_elbo <= exact + 0.01 * d
     assert (exact - held_out_elbo) / d < 0.05
+
+
+def test_fit_from_a_dataset_of_unknown_length(mixed_scale_data):
+    dataset = tf.data.Dataset.from_tensor_slices(mixed_scale_data).filter(lambda row: True).batch(100)
+    model = GaussianVAE(5, hidden=(8,), seed=0)
+    model.compile()
+    history = model.fit(dataset, epochs=2, verbose=0).history
+    assert len(history["loss"]) == 2 and np.isfinite(history["loss"]).all()
