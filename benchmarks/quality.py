@@ -31,7 +31,8 @@ SPLIT_SEED = 0
 
 def real_data_sets():
     digits = datasets.load_digits().data
-    digits = digits[:, digits.std(axis=0) > 0] + np.random.default_rng(0).uniform(size=digits[:, digits.std(axis=0) > 0].shape)
+    digits = digits[:, digits.std(axis=0) > 0]
+    digits = digits + np.random.default_rng(0).uniform(size=digits.shape)
     return {"wine": datasets.load_wine().data, "breast cancer": datasets.load_breast_cancer().data,
             "diabetes": np.column_stack([datasets.load_diabetes(scaled=False).data,
                                          datasets.load_diabetes(scaled=False).target]),

@@ -14,6 +14,7 @@ Phi((x - mean) / stddev), flat when calibrated.
 """
 
 import math
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -31,7 +32,17 @@ def _standard_normal_log_prob(eps):
     return -0.5 * tf.reduce_sum(tf.square(eps) + losses.LOG_2PI, axis=-1)
 
 
+_LOG_WEIGHTS = weakref.WeakKeyDictionary()
+
+
 def _log_weights_function(model: VariationalAutoencoder):
+    """The model's traced log-weight function, made once per model, not once per block of rows."""
+    if model not in _LOG_WEIGHTS:
+        _LOG_WEIGHTS[model] = _trace_log_weights(model)
+    return _LOG_WEIGHTS[model]
+
+
+def _trace_log_weights(model: VariationalAutoencoder):
     @tf.function(reduce_retracing=True)
     def log_weights(x, eps):
         """log p(x|z) + log p(z) - log q(z|x) and log p(x|z), each [S, B], for z = loc + L eps."""

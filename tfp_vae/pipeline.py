@@ -138,23 +138,22 @@ def scan(source, validation_fraction: float, seed: int) -> Scan:
 
 
 def dataset(source, subset: str, batch_size: int, validation_fraction: float = 0.0, seed: int = 0,
-            shuffle: bool = False, rows: int | None = None) -> tf.data.Dataset:
+            shuffle: bool = False, row_count: int | None = None) -> tf.data.Dataset:
     """Batches of float32 rows of `subset` ("train", "validation" or "all"), streamed from `source`.
 
-    `rows`, the subset's size when a scan has counted it, lets Keras know the
+    `row_count`, the subset's size when a scan has counted it, lets Keras know the
     number of batches, which running several steps per call needs.
     """
     if subset not in SUBSETS:
         raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
-    rows_count = rows
     rows = source.rows(subset, validation_fraction, seed)
     if shuffle:
         rows = rows.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     batches = rows.batch(batch_size)
-    if rows_count is not None:
-        batches = batches.apply(tf.data.experimental.assert_cardinality(math.ceil(rows_count / batch_size)))
+    if row_count is not None:
+        batches = batches.apply(tf.data.experimental.assert_cardinality(math.ceil(row_count / batch_size)))
     return batches.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 

@@ -238,8 +238,8 @@ def _train(config: Config, source, run_dir: str, resume: bool, verbose: int, wat
             "val_loss", patience=config.early_stopping_patience, restore_best_weights=True))
     batches = functools.partial(dataset, source, batch_size=config.batch_size,
                                 validation_fraction=config.validation_split, seed=config.seed)
-    model.fit(batches("train", shuffle=True, rows=found.train_rows),
-              validation_data=batches("validation", rows=found.validation_rows) if found.validation_rows else None,
+    model.fit(batches("train", shuffle=True, row_count=found.train_rows),
+              validation_data=batches("validation", row_count=found.validation_rows) if found.validation_rows else None,
               epochs=config.epochs, verbose=verbose, callbacks=callbacks)
     save_model(model, write_dir)  # every worker saves: saving reads variables through collectives
     if chief:
