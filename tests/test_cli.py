@@ -190,3 +190,12 @@ def test_early_stopping_keeps_the_best_epoch_and_needs_validation(tmp_path, csv_
                  "--learning-rate", "0.05", "--early-stopping-patience", "1", "--quiet"]) == 0
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert len(history["loss"]) < 40
+
+
+@pytest.mark.parametrize("model", ["gaussian", "question"])
+def test_early_stopping_waits_for_the_kl_warmup(tmp_path, csv_file, model):
+    assert main(["train", str(csv_file), "--out", str(tmp_path / "run"), "--model", model, "--epochs", "40",
+                 "--hidden", "8", "--learning-rate", "0.05", "--early-stopping-patience", "1",
+                 "--kl-warmup-epochs", "12", "--quiet"]) == 0
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert 13 <= len(history["loss"]) < 40

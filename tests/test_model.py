@@ -147,6 +147,13 @@ def test_kl_warmup_anneals_beta(mixed_scale_data):
     np.testing.assert_allclose(seen, [0.25, 0.5, 0.5, 0.5])
 
 
+def test_validation_loss_weighs_the_kl_at_its_final_weight(mixed_scale_data):
+    model = trained(mixed_scale_data, epochs=1)
+    model.beta.assign(0.1)  # mid warm-up
+    logs = model.evaluate(mixed_scale_data, batch_size=500, verbose=0, return_dict=True)
+    assert logs["loss"] == pytest.approx(logs["reconstruction_loss"] + model.kl_weight * logs["kl_loss"], rel=1e-5)
+
+
 @pytest.mark.slow
 def test_linear_vae_reaches_the_ppca_likelihood(rng):
     d, k = 6, 2

@@ -13,6 +13,8 @@ class KLWarmup(tf_keras.callbacks.Callback):
 
     Early in training the KL term can pull every posterior onto the prior before
     the decoder has learned to use the code; warming it up avoids that collapse.
+    Only the training loss sees the reduced weight: validation losses weigh the
+    KL at `kl_weight`, so they compare across epochs.
 
     #### Example
 

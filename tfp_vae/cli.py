@@ -50,10 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--posterior", choices=("full", "diagonal"), default="full")
     train.add_argument("--decoder-scale", choices=("learned", "shared", "optimal", "fixed"), default="learned")
     train.add_argument("--kl-weight", type=float, metavar="W", help="default 1 (gaussian), 1e-4 (question)")
-    train.add_argument("--kl-warmup-epochs", type=int, default=0, metavar="N")
+    train.add_argument("--kl-warmup-epochs", type=int, default=0, metavar="N",
+                       help="raise the KL weight linearly over the first N epochs; early stopping waits for them")
     train.add_argument("--epochs", type=int, default=100)
     train.add_argument("--early-stopping-patience", type=int, default=0, metavar="N",
-                       help="stop when the validation loss has not improved for N epochs, keeping the best")
+                       help="stop when the validation loss (the KL at its full weight) has not improved for "
+                            "N epochs, keeping the best")
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--learning-rate", type=float, default=1e-3)
     train.add_argument("--validation-split", type=float, default=0.1, metavar="F")

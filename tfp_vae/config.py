@@ -20,7 +20,9 @@ class Config:
     `columns` is the user's column selection (reapplied to later data files);
     `feature_names` names the columns trained on, for the files the CLI writes.
     `early_stopping_patience` > 0 stops when the validation loss has not improved
-    for that many epochs and keeps the best epoch's weights.
+    for that many epochs and keeps the best epoch's weights; it starts watching
+    after the `kl_warmup_epochs`, and the validation loss always weighs the KL at
+    `kl_weight`, so epochs inside and after a warm-up compare.
     """
 
     model: str = "gaussian"

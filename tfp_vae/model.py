@@ -68,13 +68,15 @@ class VariationalAutoencoder(tf_keras.Model):
     model), and this class maps everything it returns back to raw units.
     """
 
-    def __init__(self, input_size: int, code_size: int, seed=None, **kwargs):
+    def __init__(self, input_size: int, code_size: int, kl_weight: float, seed=None, **kwargs):
         super().__init__(**kwargs)
         if int(input_size) < 1 or int(code_size) < 1:
             raise ValueError(
                 f"input_size and code_size must be positive, got {input_size} and {code_size}")
         self.input_size = int(input_size)
         self.code_size = int(code_size)
+        self.kl_weight = float(kl_weight)
+        self.beta = tf.Variable(self.kl_weight, trainable=False, dtype=tf.float32, name="beta")
         self.seed = seed
         self.noise_seed_ = int(np.random.randint(2**31 - 1) if seed is None else seed)
         self.trackers_ = {name: tf_keras.metrics.Mean(name=name) for name in METRICS}
@@ -105,6 +107,10 @@ class VariationalAutoencoder(tf_keras.Model):
     def decoder_params(self, z):
         """Decoder mean and standard deviation, in model units."""
         raise NotImplementedError
+
+    def kl_weight_now(self, training: bool):
+        """`beta` in a train step (a warm-up anneals it), else `kl_weight`, so validation losses compare."""
+        return self.beta if training else self.kl_weight
 
     def loss_terms(self, x, eps, training: bool = False) -> dict:
         """Per-example `loss`, `reconstruction_loss`, `kl_loss` and `mse` for noise `eps` [S, B, K]."""
@@ -288,17 +294,15 @@ class GaussianVAE(VariationalAutoencoder):
     def __init__(self, input_size: int, code_size: int = 2, hidden=(64, 64), posterior: str = "full",
                  decoder_scale: str = "learned", kl_weight: float = 1.0, fixed_scale: float = 1.0,
                  min_scale: float = 1e-3, activation: str = "leaky_relu", seed=None, **kwargs):
-        super().__init__(input_size, code_size, seed, **kwargs)
+        super().__init__(input_size, code_size, kl_weight, seed, **kwargs)
         if posterior not in heads.POSTERIORS:
             raise ValueError(f"posterior must be one of {heads.POSTERIORS}, got {posterior!r}")
         self.hidden = tuple(int(width) for width in hidden)
         self.posterior_kind = posterior
         self.decoder_scale = decoder_scale
-        self.kl_weight = float(kl_weight)
         self.fixed_scale = float(fixed_scale)
         self.min_scale = float(min_scale)
         self.activation = activation
-        self.beta = tf.Variable(self.kl_weight, trainable=False, dtype=tf.float32, name="beta")
 
         self.standardize = heads.Standardize(self.input_size, name="standardize")
         head = heads.FullPosterior if posterior == "full" else heads.DiagonalPosterior
@@ -384,8 +388,8 @@ class GaussianVAE(VariationalAutoencoder):
             self.decoder_scale_params.update_optimal(batch_mse)
         distortion = tf.reduce_mean(losses.distortion(u, loc, scale), axis=0) + self.log_det_jacobian()
         raw_squared_error = squared_error * tf.square(self.standardize.scale)
-        return {"loss": losses.beta_loss(distortion, kl, self.beta), "reconstruction_loss": distortion,
-                "kl_loss": kl, "mse": tf.reduce_mean(raw_squared_error, axis=[0, -1])}
+        return {"loss": losses.beta_loss(distortion, kl, self.kl_weight_now(training)),
+                "reconstruction_loss": distortion, "kl_loss": kl, "mse": tf.reduce_mean(raw_squared_error, axis=[0, -1])}
 
 
 def _offset(seed, offset: int):

@@ -64,8 +64,7 @@ class QuestionVAE(VariationalAutoencoder):
 
     def __init__(self, input_size: int, code_size: int = 2, kl_weight: float = 1e-4, decoder_stddev=None,
                  seed=None, **kwargs):
-        super().__init__(input_size, code_size, seed, **kwargs)
-        self.kl_weight = float(kl_weight)
+        super().__init__(input_size, code_size, kl_weight, seed, **kwargs)
         self.decoder_stddev = None if decoder_stddev is None else float(decoder_stddev)
         dense = tf_keras.layers.Dense
         init = heads.seeded_initializer
@@ -126,5 +125,5 @@ class QuestionVAE(VariationalAutoencoder):
         posterior, kl, _ = self.posterior_terms(x)
         reconstruction, _ = self.decoder_params(reparameterize(posterior, eps))
         mse = tf.reduce_mean(tf.square(x - reconstruction), axis=[0, -1])
-        return {"loss": losses.question_loss(x, reconstruction, kl, self.kl_weight)[0],
+        return {"loss": losses.question_loss(x, reconstruction, kl, self.kl_weight_now(training))[0],
                 "reconstruction_loss": mse, "kl_loss": kl, "mse": mse}

@@ -235,7 +235,8 @@ def _train(config: Config, source, run_dir: str, resume: bool, verbose: int, wat
         callbacks.append(KLWarmup(config.kl_warmup_epochs))
     if config.early_stopping_patience:
         callbacks.append(tf_keras.callbacks.EarlyStopping(
-            "val_loss", patience=config.early_stopping_patience, restore_best_weights=True))
+            "val_loss", patience=config.early_stopping_patience, restore_best_weights=True,
+            start_from_epoch=config.kl_warmup_epochs))
     batches = functools.partial(dataset, source, batch_size=config.batch_size,
                                 validation_fraction=config.validation_split, seed=config.seed)
     model.fit(batches("train", shuffle=True, row_count=found.train_rows),
