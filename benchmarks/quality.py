@@ -10,11 +10,14 @@ columns are not comparable. Needs the `[bench]` extra (scikit-learn).
 """
 
 import argparse
+import functools
+import multiprocessing
 import os
 import platform
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from sklearn import datasets
@@ -116,35 +119,49 @@ def vae_scores(x_train, x_test, seed, epochs, samples, workdir):
     return scores
 
 
+def data_sets():
+    """name -> (raw rows, true log-density or None); the same rows in every process."""
+    rng = np.random.default_rng(SPLIT_SEED)
+    sets = {name: (x, None) for name, x in real_data_sets().items()}
+    sets["synthetic linear-Gaussian"] = linear_gaussian(rng)
+    sets["synthetic heteroscedastic"] = heteroscedastic(rng)
+    return sets
+
+
+def run_set(name, seeds, epochs, samples, started):
+    """One data set's section of the report: every model, every seed."""
+    x, log_density = data_sets()[name]
+    x = np.asarray(x, np.float64)
+    x_train, x_test = train_test_split(x, test_size=0.25, random_state=SPLIT_SEED)
+    per_seed = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for seed in range(seeds):
+            results = {**vae_scores(x_train.astype(np.float32), x_test.astype(np.float32), seed, epochs, samples,
+                                    workdir),
+                       **{k: float(v.mean()) for k, v in classical_baselines(x_train, x_test, seed).items()}}
+            for model, value in results.items():
+                per_seed.setdefault(model, []).append(float(value))
+            print(f"{name}, seed {seed}: done ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
+    return section(name, x, x_test, per_seed, log_density)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=1000)
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--sets", help="comma-separated data set names to run (default: all)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="data sets run side by side")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "quality.md"))
     args = parser.parse_args(argv)
     started = time.time()
-    rng = np.random.default_rng(SPLIT_SEED)
-    sets = {name: (x, None) for name, x in real_data_sets().items()}
-    sets["synthetic linear-Gaussian"] = linear_gaussian(rng)
-    sets["synthetic heteroscedastic"] = heteroscedastic(rng)
-    if args.sets:
-        sets = {name: sets[name] for name in args.sets.split(",")}
-    sections = []
-    for name, (x, log_density) in sets.items():
-        x = np.asarray(x, np.float64)
-        x_train, x_test = train_test_split(x, test_size=0.25, random_state=SPLIT_SEED)
-        per_seed = {}
-        with tempfile.TemporaryDirectory() as workdir:
-            for seed in range(args.seeds):
-                results = {**vae_scores(x_train.astype(np.float32), x_test.astype(np.float32), seed, args.epochs,
-                                        args.samples, workdir),
-                           **{k: float(v.mean()) for k, v in classical_baselines(x_train, x_test, seed).items()}}
-                for model, value in results.items():
-                    per_seed.setdefault(model, []).append(float(value))
-                print(f"{name}, seed {seed}: done ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
-        sections.append(section(name, x, x_test, per_seed, log_density))
+    names = args.sets.split(",") if args.sets else list(data_sets())
+    run = functools.partial(run_set, seeds=args.seeds, epochs=args.epochs, samples=args.samples, started=started)
+    sizes = {name: np.size(x) for name, (x, _) in data_sets().items()}
+    # A process per data set, largest first: a small model's training keeps about one core busy.
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {name: pool.submit(run, name) for name in sorted(names, key=sizes.get, reverse=True)}
+        sections = [futures[name].result() for name in names]
     write_report(["\n\n".join([header(args, time.time() - started), *sections])], args.out)
 
 
@@ -152,6 +169,7 @@ def header(args, seconds):
     import tensorflow as tf
     return (f"# Held-out log-likelihood, nats per example (higher is better)\n\n"
             f"`python benchmarks/quality.py --seeds {args.seeds} --epochs {args.epochs} --samples {args.samples}"
+            f" --jobs {args.jobs}"
             + (f" --sets '{args.sets}'" if args.sets else "") + "`: "
             f"{os.cpu_count()} CPU cores, Python {platform.python_version()}, TensorFlow {tf.__version__}, "
             f"{seconds / 60:.0f} minutes. Mean +- standard error over seeds; a fixed 75/25 split per data set. "
