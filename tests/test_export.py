@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfp_vae import GaussianVAE, QuestionVAE, export_saved_model, serving
+from tfp_vae import GaussianVAE, QuestionVAE, export, export_saved_model, serving
 from tfp_vae.export import SIGNATURES, ExportError
 
 # Runs in a fresh interpreter that cannot import tfp_vae, TFP or tf_keras, as in TF Serving.
@@ -189,6 +189,17 @@ def test_interrupted_export_leaves_no_version_folder(exported, tmp_path, monkeyp
 
     monkeypatch.setattr(tf.saved_model, "save", interrupted)
     with pytest.raises(KeyboardInterrupt):
+        export_saved_model(exported[0], tmp_path)
+    assert os.listdir(tmp_path) == []
+
+
+def test_weights_are_constants_in_the_graph(exported):
+    assert not {"ReadVariableOp", "VarHandleOp"} & set(exported[4]["ops"])
+
+
+def test_weights_too_large_to_fold_are_refused(exported, tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "MAX_FROZEN_WEIGHT_BYTES", 16)
+    with pytest.raises(ExportError, match=r"MiB of weights is more than"):
         export_saved_model(exported[0], tmp_path)
     assert os.listdir(tmp_path) == []
 

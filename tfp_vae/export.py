@@ -11,10 +11,13 @@ layout TF Serving polls, with these signatures (float32, batch-major, raw units)
 | `score`                     | `x` [B, D]                  | `elbo`, `reconstruction_log_prob`, `kl` [B]      |
 | `sample`                    | `num_samples`, `seed` int32 | `x` [num_samples, D]                             |
 
-The serving module tracks the model's variables only, never its Keras layers, so
-saving does not go through Keras's layer serialisation (which cannot trace
-distribution-valued layers) and the graph holds nothing but stock TensorFlow ops.
-The version folder is built beside its final name and renamed into place, so TF
+Each signature is traced from the model's maths and its weights are folded into
+the graph as constants: no Keras layer is saved (Keras's layer serialisation
+cannot trace distribution-valued layers), the graph holds nothing but stock
+TensorFlow ops, and a batch-1 call skips a variable read per weight, which
+is about a third of its latency above the runtime's call overhead
+(`benchmarks/speed.py`). Weights stored this way are read-only, as served
+weights are. The version folder is built beside its final name and renamed into place, so TF
 Serving never sees half of one.
 """
 
@@ -24,23 +27,37 @@ import shutil
 import tempfile
 
 import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from tfp_vae.data import TfpVaeError
 from tfp_vae.model import VariationalAutoencoder
 
 SIGNATURES = ("serving_default", "reconstruct", "encode", "decode", "score", "sample")
+# A GraphDef must stay under protobuf's 2 GiB; weights appear once per signature graph that uses them.
+MAX_FROZEN_WEIGHT_BYTES = 256 * 2**20
 
 
 class ExportError(TfpVaeError):
     """An export that cannot be written: the message names the folder at fault."""
 
 
+def frozen(function: tf.types.experimental.PolymorphicFunction) -> tf.types.experimental.PolymorphicFunction:
+    """`function` (with an input signature) with the variables it reads folded into constants.
+
+    The frozen graph returns a flat list; this repacks it so the outputs keep their names.
+    """
+    traced = function.get_concrete_function()
+    constant = convert_variables_to_constants_v2(traced)
+    inputs = traced.structured_input_signature[0]
+    return tf.function(lambda *args: tf.nest.pack_sequence_as(traced.structured_outputs, constant(*args)),
+                       input_signature=inputs)
+
+
 class ServingModule(tf.Module):
-    """The model's maths as tensor-only `tf.function`s over its variables."""
+    """The model's maths as tensor-only `tf.function`s with its weights as constants."""
 
     def __init__(self, model: VariationalAutoencoder):
         super().__init__(name="tfp_vae_serving")
-        self.model_variables = list(model.variables)
         d, k = model.input_size, model.code_size
         rows = tf.TensorSpec([None, d], tf.float32, name="x")
         codes = tf.TensorSpec([None, k], tf.float32, name="z")
@@ -66,12 +83,12 @@ class ServingModule(tf.Module):
         def sample(num_samples, seed):
             return {"x": model.sample(num_samples, seed)}
 
-        self.reconstruct = tf.function(reconstruct, input_signature=[rows])
-        self.encode = tf.function(encode, input_signature=[rows])
-        self.decode = tf.function(decode, input_signature=[codes])
-        self.score = tf.function(score, input_signature=[rows])
-        self.sample = tf.function(sample, input_signature=[
-            tf.TensorSpec([], tf.int32, name="num_samples"), tf.TensorSpec([], tf.int32, name="seed")])
+        self.reconstruct = frozen(tf.function(reconstruct, input_signature=[rows]))
+        self.encode = frozen(tf.function(encode, input_signature=[rows]))
+        self.decode = frozen(tf.function(decode, input_signature=[codes]))
+        self.score = frozen(tf.function(score, input_signature=[rows]))
+        self.sample = frozen(tf.function(sample, input_signature=[
+            tf.TensorSpec([], tf.int32, name="num_samples"), tf.TensorSpec([], tf.int32, name="seed")]))
 
     def signatures(self) -> dict:
         reconstruct = self.reconstruct.get_concrete_function()
@@ -103,6 +120,10 @@ def export_saved_model(model: VariationalAutoencoder, export_base, version: int 
     final = os.path.join(export_base, str(version))
     if os.path.exists(final):
         raise ExportError(f"{final}: version {version} already exists; TF Serving versions are immutable")
+    weight_bytes = sum(variable.shape.num_elements() * variable.dtype.size for variable in model.variables)
+    if weight_bytes > MAX_FROZEN_WEIGHT_BYTES:
+        raise ExportError(f"{final}: {weight_bytes / 2**20:.0f} MiB of weights is more than the "
+                          f"{MAX_FROZEN_WEIGHT_BYTES // 2**20} MiB that fit in a SavedModel graph as constants")
     os.makedirs(export_base, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_base)
     try:
