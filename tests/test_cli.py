@@ -199,3 +199,16 @@ def test_early_stopping_waits_for_the_kl_warmup(tmp_path, csv_file, model):
                  "--kl-warmup-epochs", "12", "--quiet"]) == 0
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert 13 <= len(history["loss"]) < 40
+
+
+def test_demo_trains_both_models_reports_and_exports(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--epochs", "3", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    for row in ("| question |", "| question, best fixed sigma |", "| gaussian |"):
+        assert row in printed
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["results"]) == {"question", "question, best fixed sigma", "gaussian"}
+    assert np.isfinite(results["results"]["gaussian"]["log_likelihood"])
+    assert os.path.exists(os.path.join(results["export"], "saved_model.pb"))
+    fails(capsys, ["demo", "--out", str(out), "--epochs", "3", "--quiet"], "already exists")

@@ -42,10 +42,10 @@ def load_demo_data():
 
 
 def demo_configs(epochs: int, feature_names) -> dict:
-    shared = dict(code_size=4, epochs=epochs, batch_size=32, learning_rate=2e-3, validation_split=0.1,
+    shared = dict(code_size=8, epochs=epochs, batch_size=32, learning_rate=2e-3, validation_split=0.1,
                   seed=0, feature_names=list(feature_names))
     return {"question": Config(model="question", **shared),
-            "gaussian": Config(model="gaussian", hidden=(64, 64), **shared)}
+            "gaussian": Config(model="gaussian", hidden=(64, 64), kl_warmup_epochs=epochs // 3, **shared)}
 
 
 def results_table(results: dict) -> str:
