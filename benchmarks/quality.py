@@ -155,9 +155,9 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "quality.md"))
     args = parser.parse_args(argv)
     started = time.time()
-    names = args.sets.split(",") if args.sets else list(data_sets())
-    run = functools.partial(run_set, seeds=args.seeds, epochs=args.epochs, samples=args.samples, started=started)
     sizes = {name: np.size(x) for name, (x, _) in data_sets().items()}
+    names = args.sets.split(",") if args.sets else list(sizes)
+    run = functools.partial(run_set, seeds=args.seeds, epochs=args.epochs, samples=args.samples, started=started)
     # A process per data set, largest first: a small model's training keeps about one core busy.
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {name: pool.submit(run, name) for name in sorted(names, key=sizes.get, reverse=True)}

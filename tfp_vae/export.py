@@ -14,11 +14,11 @@ layout TF Serving polls, with these signatures (float32, batch-major, raw units)
 Each signature is traced from the model's maths and its weights are folded into
 the graph as constants: no Keras layer is saved (Keras's layer serialisation
 cannot trace distribution-valued layers), the graph holds nothing but stock
-TensorFlow ops, and a batch-1 call skips a variable read per weight, which
-is about a third of its latency above the runtime's call overhead
-(`benchmarks/speed.py`). Weights stored this way are read-only, as served
-weights are. The version folder is built beside its final name and renamed into place, so TF
-Serving never sees half of one.
+TensorFlow ops, and a batch-1 call skips a variable read per weight, about 40%
+of its latency above the runtime's call overhead (`benchmarks/speed.py`).
+Weights stored this way are read-only, as served weights are. The version
+folder is built beside its final name and renamed into place, so TF Serving
+never sees half of one.
 """
 
 import os

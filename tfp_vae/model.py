@@ -389,7 +389,8 @@ class GaussianVAE(VariationalAutoencoder):
         distortion = tf.reduce_mean(losses.distortion(u, loc, scale), axis=0) + self.log_det_jacobian()
         raw_squared_error = squared_error * tf.square(self.standardize.scale)
         return {"loss": losses.beta_loss(distortion, kl, self.kl_weight_now(training)),
-                "reconstruction_loss": distortion, "kl_loss": kl, "mse": tf.reduce_mean(raw_squared_error, axis=[0, -1])}
+                "reconstruction_loss": distortion, "kl_loss": kl,
+                "mse": tf.reduce_mean(raw_squared_error, axis=[0, -1])}
 
 
 def _offset(seed, offset: int):
