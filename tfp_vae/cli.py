@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--hidden", type=_widths, default=(64, 64), help="hidden widths, e.g. 64,64 (gaussian)")
     train.add_argument("--posterior", choices=("full", "diagonal"), default="full")
     train.add_argument("--decoder-scale", choices=("learned", "shared", "optimal", "fixed"), default="learned")
+    train.add_argument("--normalization", choices=("standardize", "whiten"), default="standardize",
+                       help="whiten: also decorrelate the features, so the decoder's noise is correlated in raw "
+                            "units (gaussian; strongly correlated features)")
     train.add_argument("--kl-weight", type=float, metavar="W", help="default 1 (gaussian), 1e-4 (question)")
     train.add_argument("--kl-warmup-epochs", type=int, default=0, metavar="N",
                        help="raise the KL weight linearly over the first N epochs; early stopping waits for them")
@@ -143,8 +146,8 @@ def _train(args):
     else:
         source = source_for(args.data, args.columns, args.drop_nonfinite)
         config = Config(model=args.model, code_size=args.code_size, hidden=args.hidden, posterior=args.posterior,
-                        decoder_scale=args.decoder_scale, kl_weight=args.kl_weight,
-                        kl_warmup_epochs=args.kl_warmup_epochs, early_stopping_patience=args.early_stopping_patience,
+                        decoder_scale=args.decoder_scale, normalization=args.normalization,
+                        kl_weight=args.kl_weight, kl_warmup_epochs=args.kl_warmup_epochs, early_stopping_patience=args.early_stopping_patience,
                         epochs=args.epochs, batch_size=args.batch_size,
                         learning_rate=args.learning_rate, validation_split=args.validation_split, seed=args.seed,
                         strategy=args.strategy, columns=args.columns, feature_names=source.columns)

@@ -5,6 +5,7 @@ import json
 import os
 
 from tfp_vae.data import TfpVaeError
+from tfp_vae.heads import NORMALIZATIONS
 from tfp_vae.model import GaussianVAE, VariationalAutoencoder
 from tfp_vae.question import QuestionVAE
 
@@ -29,6 +30,7 @@ class Config:
     code_size: int = 2
     hidden: tuple = (64, 64)
     posterior: str = "full"
+    normalization: str = "standardize"
     decoder_scale: str = "learned"
     kl_weight: float | None = None
     kl_warmup_epochs: int = 0
@@ -47,6 +49,10 @@ class Config:
         self.hidden = tuple(int(width) for width in self.hidden)
         if self.model not in MODELS:
             raise TfpVaeError(f"model must be one of {MODELS}, got {self.model!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise TfpVaeError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+        if self.model == "question" and self.normalization != "standardize":
+            raise TfpVaeError("the question's model works in raw units: normalization applies to the gaussian model")
         if self.kl_weight is None:
             self.kl_weight = DEFAULT_KL_WEIGHT[self.model]
         for name in ("code_size", "epochs", "batch_size"):
@@ -61,7 +67,7 @@ class Config:
         if self.model == "question":
             return QuestionVAE(self.input_size, self.code_size, self.kl_weight, seed=self.seed)
         return GaussianVAE(self.input_size, self.code_size, self.hidden, self.posterior, self.decoder_scale,
-                           self.kl_weight, seed=self.seed)
+                           self.kl_weight, normalization=self.normalization, seed=self.seed)
 
     def save(self, run_dir: str) -> None:
         with open(os.path.join(run_dir, CONFIG_FILE), "w") as file:

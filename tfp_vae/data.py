@@ -65,26 +65,38 @@ def check_block(block: np.ndarray, first_row: int, input_size: int | None, sourc
 
 
 class RunningMoments:
-    """Per-feature count, mean and variance, merged block by block in float64."""
+    """Per-feature count, mean and variance, merged block by block in float64.
 
-    def __init__(self):
+    With `covariance=True` it also keeps the D x D covariance (what whitening
+    needs), at D^2 memory and work per row.
+    """
+
+    def __init__(self, covariance: bool = False):
+        self.tracks_covariance = covariance
         self.count = 0
         self.mean = None
         self._sum_squares = None
+        self._sum_products = None
 
     def update(self, block: np.ndarray) -> None:
         n = len(block)
         if n == 0:
             return
         block_mean = block.mean(axis=0)
-        block_sum_squares = ((block - block_mean) ** 2).sum(axis=0)
+        centred = block - block_mean
+        block_sum_squares = (centred**2).sum(axis=0)
+        block_sum_products = centred.T @ centred if self.tracks_covariance else None
         if self.count == 0:
-            self.count, self.mean, self._sum_squares = n, block_mean, block_sum_squares
+            self.count, self.mean = n, block_mean
+            self._sum_squares, self._sum_products = block_sum_squares, block_sum_products
             return
         total = self.count + n
         delta = block_mean - self.mean
+        weight = self.count * n / total
         self.mean = self.mean + delta * (n / total)
-        self._sum_squares = self._sum_squares + block_sum_squares + delta**2 * (self.count * n / total)
+        self._sum_squares = self._sum_squares + block_sum_squares + delta**2 * weight
+        if self.tracks_covariance:
+            self._sum_products = self._sum_products + block_sum_products + np.outer(delta, delta) * weight
         self.count = total
 
     @property
@@ -95,10 +107,15 @@ class RunningMoments:
     def stddev(self) -> np.ndarray:
         return np.sqrt(self.variance)
 
+    @property
+    def covariance(self) -> np.ndarray | None:
+        """The population covariance [D, D], or None unless asked for at construction."""
+        return None if self._sum_products is None else self._sum_products / self.count
 
-def moments(data, input_size: int | None = None, source: str = "input") -> RunningMoments:
-    """One validating pass over `data`: its per-feature mean and standard deviation."""
-    running = RunningMoments()
+
+def moments(data, input_size: int | None = None, source: str = "input", covariance: bool = False) -> RunningMoments:
+    """One validating pass over `data`: its per-feature mean and standard deviation (and covariance)."""
+    running = RunningMoments(covariance)
     for first_row, block in batches(data, source):
         check_block(block, first_row, input_size, source)
         running.update(block)

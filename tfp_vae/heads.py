@@ -1,6 +1,8 @@
 """The layers a VAE for real-valued data is built from.
 
 - `Standardize`: raw data to standardised units inside the graph, and back.
+- `Whiten`: standardised, then decorrelated (ZCA), so the decoder's independent
+  noise becomes a full covariance in raw units.
 - `MLP`: the hidden layers of the encoder and the decoder.
 - `FullPosterior` / `DiagonalPosterior`: q(z|x) from a parameter vector.
 - `DecoderScale`: the raw decoder-scale parameters for each `decoder_scale` mode.
@@ -20,6 +22,7 @@ tfd = tfp.distributions
 tfpl = tfp.layers
 
 POSTERIORS = ("full", "diagonal")
+NORMALIZATIONS = ("standardize", "whiten")
 DECODER_SCALES = ("learned", "shared", "optimal", "fixed")
 PACKAGE = "tfp_vae"
 # A DistributionLambda turns its distribution into a tensor on every call; the
@@ -77,7 +80,8 @@ class Standardize(tf_keras.layers.Layer):
         floor = np.finfo(np.float32).eps * np.maximum(np.abs(mean), 1.0)
         return np.maximum(stddev, floor)
 
-    def set_moments(self, mean, stddev, count: float = 1.0) -> None:
+    def set_moments(self, mean, stddev, count: float = 1.0, covariance=None) -> None:
+        """Sets the statistics; `covariance` is what `Whiten` needs, and is not used here."""
         mean = np.asarray(mean, np.float64)
         self.mean.assign(mean.astype(np.float32))
         self.scale.assign(self.floored_scale(mean, np.asarray(stddev, np.float64)).astype(np.float32))
@@ -86,12 +90,86 @@ class Standardize(tf_keras.layers.Layer):
     def call(self, x):
         return (x - self.mean) / self.scale
 
+    def inverse(self, u):
+        """Raw units from standardised ones."""
+        return u * self.scale + self.mean
+
+    def raw_stddev(self, stddev):
+        """The raw-unit standard deviation of each feature of N(loc, diag(stddev^2)) in model units."""
+        return stddev * self.scale
+
+    def raw_distribution(self, loc, stddev):
+        """N(loc, diag(stddev^2)) in model units, as a distribution over raw rows."""
+        return tfd.Independent(tfd.Normal(self.inverse(loc), self.raw_stddev(stddev)), reinterpreted_batch_ndims=1)
+
     def log_det_jacobian(self):
         """sum log scale: what a density loses going from standardised to raw units."""
         return tf.reduce_sum(tf.math.log(self.scale))
 
     def get_config(self):
         return {**_layer_config(self), "input_size": self.input_size}
+
+
+@tf_keras.saving.register_keras_serializable(PACKAGE)
+class Whiten(Standardize):
+    """Standardised, then decorrelated: `C^(-1/2) (x - mean) / scale` for the correlation matrix C.
+
+    ZCA whitening: of all the maps that whiten the data it moves each feature
+    least, so model unit d still mostly means feature d. A decoder whose noise is
+    independent in these units has covariance `diag(scale) C^(1/2) diag(sigma^2)
+    C^(1/2) diag(scale)` in raw units: correlated residuals, which strongly
+    correlated measurements need, at the cost of three D x D products per call.
+    Eigenvalues of C are floored at `EIGENVALUE_FLOOR`, so collinear or constant
+    columns stay finite.
+
+    #### Example
+
+    ```python
+    layer = Whiten(input_size=2)
+    layer.set_moments(mean=[0.0, 0.0], stddev=[1.0, 10.0], covariance=[[1.0, 8.0], [8.0, 100.0]])
+    layer(tf.constant([[1.0, 10.0]]))  # ==> [[0.745, 0.745]]: correlation 0.8, unit variance
+    ```
+    """
+
+    EIGENVALUE_FLOOR = 1e-6
+
+    def __init__(self, input_size: int, **kwargs):
+        super().__init__(input_size, **kwargs)
+        self.unmixing = self.add_weight("unmixing", shape=[input_size, input_size], initializer="identity",
+                                        trainable=False)
+        self.mixing = self.add_weight("mixing", shape=[input_size, input_size], initializer="identity",
+                                      trainable=False)
+        self.log_det_mixing = self.add_weight("log_det_mixing", shape=[], initializer="zeros", trainable=False)
+
+    def set_moments(self, mean, stddev, count: float = 1.0, covariance=None) -> None:
+        if covariance is None:
+            raise ValueError("whitening needs the data's covariance: pass covariance=[D, D] "
+                             "(tfp_vae.data.RunningMoments(covariance=True) keeps it)")
+        super().set_moments(mean, stddev, count)
+        scale = self.scale.numpy().astype(np.float64)
+        correlation = np.asarray(covariance, np.float64) / np.outer(scale, scale)
+        eigenvalues, eigenvectors = np.linalg.eigh(correlation)
+        eigenvalues = np.maximum(eigenvalues, self.EIGENVALUE_FLOOR)
+        self.unmixing.assign(((eigenvectors / np.sqrt(eigenvalues)) @ eigenvectors.T).astype(np.float32))
+        self.mixing.assign(((eigenvectors * np.sqrt(eigenvalues)) @ eigenvectors.T).astype(np.float32))
+        self.log_det_mixing.assign(0.5 * np.sum(np.log(eigenvalues)))
+
+    def call(self, x):
+        return tf.matmul(super().call(x), self.unmixing)
+
+    def inverse(self, u):
+        return super().inverse(tf.matmul(u, self.mixing))
+
+    def raw_stddev(self, stddev):
+        return super().raw_stddev(tf.sqrt(tf.matmul(tf.square(stddev), tf.square(self.mixing))))
+
+    def raw_distribution(self, loc, stddev):
+        # Row d of the raw scale is scale_d * C^(1/2)[d, :] * sigma; C^(1/2) is symmetric.
+        raw_scale = self.scale[:, None] * self.mixing * stddev[..., None, :]
+        return tfd.MultivariateNormalLinearOperator(self.inverse(loc), tf.linalg.LinearOperatorFullMatrix(raw_scale))
+
+    def log_det_jacobian(self):
+        return super().log_det_jacobian() + self.log_det_mixing
 
 
 @tf_keras.saving.register_keras_serializable(PACKAGE)

@@ -90,7 +90,13 @@ class VariationalAutoencoder(tf_keras.Model):
         return tf.constant(0.0)
 
     def to_raw_units(self, loc, scale):
+        """The decoder's mean and the standard deviation of each feature, in raw units."""
         return loc, scale
+
+    def raw_distribution(self, loc, scale):
+        """p(x|z) over raw rows, from its mean and standard deviation in model units."""
+        mean, stddev = self.to_raw_units(loc, scale)
+        return tfd.Independent(tfd.Normal(mean, stddev), reinterpreted_batch_ndims=1)
 
     def posterior(self, u):
         raise NotImplementedError
@@ -229,8 +235,7 @@ class VariationalAutoencoder(tf_keras.Model):
 
     def decode(self, z):
         """p(x|z) in raw units, a distribution over rows of data."""
-        mean, stddev = self.to_raw_units(*self.decoder_params(tf.convert_to_tensor(z, tf.float32)))
-        return tfd.Independent(tfd.Normal(mean, stddev), reinterpreted_batch_ndims=1)
+        return self.raw_distribution(*self.decoder_params(tf.convert_to_tensor(z, tf.float32)))
 
     def score(self, x, num_samples: int = SCORE_SAMPLES) -> dict:
         """Per-example `elbo`, `reconstruction_log_prob` and `kl` in nats of the raw data.
@@ -254,10 +259,7 @@ class VariationalAutoencoder(tf_keras.Model):
         """`num_samples` rows drawn from the model, in raw units."""
         seed = tf.stack([tf.cast(self.noise_seed_ if seed is None else seed, tf.int32), 1])
         z = tf.random.stateless_normal([num_samples, self.code_size], seed=seed)
-        loc, scale = self.decoder_params(z)
-        noise = tf.random.stateless_normal([num_samples, self.input_size], seed=seed + [0, 1])
-        mean, stddev = self.to_raw_units(loc, scale)
-        return mean + stddev * noise
+        return self.raw_distribution(*self.decoder_params(z)).sample(seed=seed + [0, 1])
 
 
 @tf_keras.saving.register_keras_serializable(heads.PACKAGE)
@@ -270,6 +272,10 @@ class GaussianVAE(VariationalAutoencoder):
       hidden: widths of the encoder's hidden layers; the decoder mirrors them.
         `()` gives a linear VAE (probabilistic PCA when `decoder_scale="shared"`).
       posterior: `"full"` (MultivariateNormalTriL) or `"diagonal"`.
+      normalization: `"standardize"` each feature, or `"whiten"` (standardise,
+        then decorrelate; `heads.Whiten`): the decoder's noise, independent in
+        model units, is then correlated in raw units, which suits strongly
+        correlated features (breast cancer's radius, perimeter and area).
       decoder_scale: `"learned"` sigma(z), `"shared"` per feature, `"optimal"`
         (sigma-VAE) or `"fixed"` at `fixed_scale`.
       kl_weight: beta, the weight of the KL term; 1 gives the ELBO. The current
@@ -293,18 +299,23 @@ class GaussianVAE(VariationalAutoencoder):
 
     def __init__(self, input_size: int, code_size: int = 2, hidden=(64, 64), posterior: str = "full",
                  decoder_scale: str = "learned", kl_weight: float = 1.0, fixed_scale: float = 1.0,
-                 min_scale: float = 1e-3, activation: str = "leaky_relu", seed=None, **kwargs):
+                 min_scale: float = 1e-3, activation: str = "leaky_relu", normalization: str = "standardize",
+                 seed=None, **kwargs):
         super().__init__(input_size, code_size, kl_weight, seed, **kwargs)
         if posterior not in heads.POSTERIORS:
             raise ValueError(f"posterior must be one of {heads.POSTERIORS}, got {posterior!r}")
+        if normalization not in heads.NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {heads.NORMALIZATIONS}, got {normalization!r}")
         self.hidden = tuple(int(width) for width in hidden)
         self.posterior_kind = posterior
         self.decoder_scale = decoder_scale
         self.fixed_scale = float(fixed_scale)
         self.min_scale = float(min_scale)
         self.activation = activation
+        self.normalization = normalization
 
-        self.standardize = heads.Standardize(self.input_size, name="standardize")
+        normalize = heads.Whiten if normalization == "whiten" else heads.Standardize
+        self.standardize = normalize(self.input_size, name="standardize")
         head = heads.FullPosterior if posterior == "full" else heads.DiagonalPosterior
         self.encoder_mlp = heads.MLP(self.hidden, activation, seed, name="encoder_mlp")
         self.encoder_params = tf_keras.layers.Dense(
@@ -324,7 +335,8 @@ class GaussianVAE(VariationalAutoencoder):
         return {"input_size": self.input_size, "code_size": self.code_size, "hidden": list(self.hidden),
                 "posterior": self.posterior_kind, "decoder_scale": self.decoder_scale,
                 "kl_weight": self.kl_weight, "fixed_scale": self.fixed_scale,
-                "min_scale": self.min_scale, "activation": self.activation, "seed": self.seed,
+                "min_scale": self.min_scale, "activation": self.activation,
+                "normalization": self.normalization, "seed": self.seed,
                 "name": self.name}
 
     @classmethod
@@ -338,15 +350,19 @@ class GaussianVAE(VariationalAutoencoder):
 
     def adapt(self, data) -> "GaussianVAE":
         """Fits the standardisation to `data` (array or dataset) in one streaming pass."""
-        return self.set_statistics(moments(data, self.input_size, source="x"))
+        return self.set_statistics(moments(data, self.input_size, source="x", covariance=self.whitens))
 
     def set_statistics(self, stats: RunningMoments) -> "GaussianVAE":
-        """Sets the standardisation from per-feature moments, warning about constant columns."""
+        """Sets the standardisation from moments (with their covariance to whiten), warning about constant columns."""
         constant = np.flatnonzero(stats.stddev <= np.finfo(np.float32).eps * np.maximum(np.abs(stats.mean), 1.0))
         if constant.size:
             warnings.warn(f"constant column(s) {constant.tolist()}: their scale is floored", stacklevel=3)
-        self.standardize.set_moments(stats.mean, stats.stddev, stats.count)
+        self.standardize.set_moments(stats.mean, stats.stddev, stats.count, stats.covariance)
         return self
+
+    @property
+    def whitens(self) -> bool:
+        return self.normalization == "whiten"
 
     def fit(self, x=None, y=None, **kwargs):
         """Adapts the standardisation to `x` on the first call, then trains."""
@@ -362,7 +378,10 @@ class GaussianVAE(VariationalAutoencoder):
         return self.standardize.log_det_jacobian()
 
     def to_raw_units(self, loc, scale):
-        return loc * self.standardize.scale + self.standardize.mean, scale * self.standardize.scale
+        return self.standardize.inverse(loc), self.standardize.raw_stddev(scale)
+
+    def raw_distribution(self, loc, scale):
+        return self.standardize.raw_distribution(loc, scale)
 
     def posterior(self, u):
         return self.posterior_head(self.encoder_params(self.encoder_mlp(u)))
@@ -387,10 +406,9 @@ class GaussianVAE(VariationalAutoencoder):
             scale = losses.optimal_scale(batch_mse, self.min_scale)
             self.decoder_scale_params.update_optimal(batch_mse)
         distortion = tf.reduce_mean(losses.distortion(u, loc, scale), axis=0) + self.log_det_jacobian()
-        raw_squared_error = squared_error * tf.square(self.standardize.scale)
         return {"loss": losses.beta_loss(distortion, kl, self.kl_weight_now(training)),
                 "reconstruction_loss": distortion, "kl_loss": kl,
-                "mse": tf.reduce_mean(raw_squared_error, axis=[0, -1])}
+                "mse": tf.reduce_mean(tf.square(x - self.standardize.inverse(loc)), axis=[0, -1])}
 
 
 def _offset(seed, offset: int):

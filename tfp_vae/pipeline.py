@@ -125,9 +125,9 @@ def source_for(pattern, columns=None, drop_nonfinite: bool = False):
     return ArraySource(table.values, table.columns)
 
 
-def scan(source, validation_fraction: float, seed: int) -> Scan:
+def scan(source, validation_fraction: float, seed: int, covariance: bool = False) -> Scan:
     """One validating pass: float64 moments of the training rows, and how many rows each side."""
-    moments, train_rows, validation_rows, dropped = RunningMoments(), 0, 0, 0
+    moments, train_rows, validation_rows, dropped = RunningMoments(covariance), 0, 0, 0
     for values, row_index, dropped_here in source.blocks():
         held_out = in_validation(row_index, validation_fraction, seed)
         moments.update(values[~held_out])

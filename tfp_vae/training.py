@@ -203,7 +203,7 @@ def _train(config: Config, source, run_dir: str, resume: bool, verbose: int, wat
         check_run_dir(run_dir, resume)
     if source.width != config.input_size:
         raise DataError(f"the data has {source.width} columns; this run was set up for {config.input_size}")
-    found = scan(source, config.validation_split, config.seed)
+    found = scan(source, config.validation_split, config.seed, covariance=config.normalization == "whiten")
     if found.train_rows < MIN_TRAINING_ROWS or (config.validation_split > 0 and found.validation_rows == 0):
         raise DataError(f"{found.train_rows + found.validation_rows} rows is too few to train with validation split "
                         f"{config.validation_split}; need at least {MIN_TRAINING_ROWS} training rows and 1 "
