@@ -201,6 +201,17 @@ def test_early_stopping_waits_for_the_kl_warmup(tmp_path, csv_file, model):
     assert 13 <= len(history["loss"]) < 40
 
 
+def test_whitened_run_trains_evaluates_and_refuses_the_question(tmp_path, csv_file, capsys):
+    out = tmp_path / "run"
+    assert main(["train", str(csv_file), "--out", str(out), "--normalization", "whiten", *FAST]) == 0
+    assert json.loads((out / "config.json").read_text())["normalization"] == "whiten"
+    capsys.readouterr()
+    assert main(["evaluate", str(out), str(csv_file), "--samples", "20"]) == 0
+    assert np.isfinite(json.loads(capsys.readouterr().out)["log_likelihood"])
+    fails(capsys, ["train", csv_file, "--out", tmp_path / "question", "--model", "question",
+                   "--normalization", "whiten", *FAST], "normalization applies to the gaussian model")
+
+
 def test_demo_trains_both_models_reports_and_exports(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--epochs", "3", "--quiet"]) == 0

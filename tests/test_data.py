@@ -13,6 +13,15 @@ def test_running_moments_match_numpy_over_uneven_blocks(rng):
     assert running.count == 1001
     np.testing.assert_allclose(running.mean, x.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(running.stddev, x.std(axis=0), rtol=1e-9)
+    assert running.covariance is None
+
+
+def test_running_covariance_matches_numpy_over_uneven_blocks(rng):
+    x = rng.normal(size=(1001, 3)) @ [[1.0, 0.5, 0.0], [0.0, 1.0, 0.2], [0.0, 0.0, 1.0]] * [1e-3, 1.0, 1e6] + 1e4
+    running = RunningMoments(covariance=True)
+    for start, stop in [(0, 1), (1, 400), (400, 1001)]:
+        running.update(x[start:stop])
+    np.testing.assert_allclose(running.covariance, np.cov(x, rowvar=False, bias=True), rtol=1e-7)
 
 
 def test_moments_of_a_dataset_equal_those_of_the_array(rng):

@@ -3,10 +3,12 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_vae import heads
+from tfp_vae import heads, losses
+from tfp_vae.data import RunningMoments
 
 LAYERS = [
     heads.Standardize(input_size=3, name="standardize"),
+    heads.Whiten(input_size=3, name="standardize"),
     heads.MLP(units=(4, 5), activation="tanh", seed=3, name="mlp"),
     heads.FullPosterior(event_size=2, name="posterior"),
     heads.DiagonalPosterior(event_size=2, name="posterior"),
@@ -77,3 +79,49 @@ def test_standardize_floors_a_constant_column_and_maps_back():
 def test_unknown_decoder_scale_is_refused():
     with pytest.raises(ValueError, match="decoder_scale must be one of"):
         heads.DecoderScale(3, mode="sometimes")
+
+
+def whitened(x):
+    stats = RunningMoments(covariance=True)
+    stats.update(x)
+    layer = heads.Whiten(x.shape[1])
+    layer.set_moments(stats.mean, stats.stddev, stats.count, stats.covariance)
+    return layer
+
+
+def test_whiten_matches_its_docstring_example():
+    layer = heads.Whiten(2)
+    layer.set_moments(mean=[0.0, 0.0], stddev=[1.0, 10.0], covariance=[[1.0, 8.0], [8.0, 100.0]])
+    np.testing.assert_allclose(layer(tf.constant([[1.0, 10.0]])).numpy(), [[1 / np.sqrt(1.8)] * 2], rtol=1e-5)
+
+
+def test_whitened_unit_noise_is_the_full_covariance_gaussian(rng):
+    x = rng.normal(size=(500, 3)) @ [[1.0, 0.9, 0.0], [0.0, 0.3, -0.5], [0.0, 0.0, 0.1]] * [1e-3, 1.0, 1e4] + [2e-3, 0, -1e4]
+    x32 = x.astype(np.float32)
+    x = x32.astype(np.float64)
+    layer = whitened(x)
+    u = layer(x32)
+    np.testing.assert_allclose(np.cov(u.numpy(), rowvar=False, bias=True), np.eye(3), atol=1e-3)
+    np.testing.assert_allclose((layer.inverse(u).numpy() - x32) / x.std(axis=0), 0.0, atol=1e-4)
+    centred, covariance = x - x.mean(axis=0), np.cov(x, rowvar=False, bias=True)
+    expected = -0.5 * (3 * np.log(2 * np.pi) + np.linalg.slogdet(covariance)[1]
+                       + np.einsum("ij,jk,ik->i", centred, np.linalg.inv(covariance), centred))
+    zeros, ones = tf.zeros([500, 3]), tf.ones([500, 3])
+    np.testing.assert_allclose(layer.raw_distribution(zeros, ones).log_prob(x32).numpy(), expected, rtol=1e-4)
+    through_model_units = losses.gaussian_log_prob(u, zeros, ones) - layer.log_det_jacobian()
+    np.testing.assert_allclose(through_model_units.numpy(), expected, rtol=1e-4)
+    np.testing.assert_allclose(layer.raw_stddev(ones).numpy()[0], x.std(axis=0), rtol=1e-4)
+
+
+def test_whiten_keeps_collinear_and_constant_columns_finite(rng):
+    a = rng.normal(size=(200, 1))
+    x = np.hstack([a, 2 * a, np.full_like(a, 3.0), rng.normal(size=(200, 1))])
+    layer = whitened(x)
+    assert np.isfinite(layer(x.astype(np.float32)).numpy()).all()
+    assert np.isfinite(layer.log_det_jacobian().numpy())
+    assert np.isfinite(layer.raw_distribution(tf.zeros([2, 4]), tf.ones([2, 4])).log_prob(x[:2]).numpy()).all()
+
+
+def test_whiten_needs_the_covariance():
+    with pytest.raises(ValueError, match="covariance"):
+        heads.Whiten(2).set_moments(mean=[0.0, 0.0], stddev=[1.0, 1.0])

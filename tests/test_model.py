@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfp_vae import GaussianVAE, heads
+from tfp_vae import GaussianVAE, heads, losses
 from tfp_vae._keras import tf_keras
 from tfp_vae.callbacks import KLWarmup
 
@@ -176,3 +176,38 @@ def test_fit_from_a_dataset_of_unknown_length(mixed_scale_data):
     model.compile()
     history = model.fit(dataset, epochs=2, verbose=0).history
     assert len(history["loss"]) == 2 and np.isfinite(history["loss"]).all()
+
+
+def test_whitened_model_reports_raw_units_consistently(mixed_scale_data, tmp_path):
+    model = trained(mixed_scale_data, normalization="whiten")
+    x = mixed_scale_data[:20]
+    outputs = model(x)
+    px = model.decode(outputs["code_mean"])
+    np.testing.assert_allclose(px.mean().numpy(), outputs["mean"].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(px.stddev().numpy(), outputs["stddev"].numpy(), rtol=1e-4)
+    loc, scale = model.decoder_params(outputs["code_mean"])
+    by_hand = losses.gaussian_log_prob(model.standardize(x), loc, scale) - model.standardize.log_det_jacobian()
+    # Rows at offsets of 1e4 carry about 1e-3 of float32 rounding into each log-density.
+    np.testing.assert_allclose(px.log_prob(x).numpy(), by_hand.numpy(), atol=1e-2)
+    samples = model.sample(2000, seed=1).numpy()
+    spread = mixed_scale_data.std(axis=0)
+    assert np.all(np.abs(samples.mean(axis=0) - mixed_scale_data.mean(axis=0)) < 0.5 * spread)
+    model.save(tmp_path / "model.keras")
+    loaded = tf_keras.models.load_model(tmp_path / "model.keras")
+    assert loaded.get_config()["normalization"] == "whiten"
+    np.testing.assert_array_equal(loaded.elbo(x).numpy(), model.elbo(x).numpy())
+
+
+def test_whitening_models_correlated_residuals(rng):
+    """Six features in pairs that move together, one code unit: only a whitened decoder sees the pairs."""
+    factors = rng.normal(size=(3000, 3))
+    x = np.repeat(factors, 2, axis=1) + 0.05 * rng.normal(size=(3000, 6))
+    x = x.astype(np.float32)
+    elbos = {normalization: trained(x, epochs=20, code_size=1, normalization=normalization).elbo(x).numpy().mean()
+             for normalization in heads.NORMALIZATIONS}
+    assert elbos["whiten"] > elbos["standardize"] + 3.0, elbos
+
+
+def test_unknown_normalization_is_refused():
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        GaussianVAE(3, normalization="minmax")

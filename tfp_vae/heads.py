@@ -139,6 +139,8 @@ class Whiten(Standardize):
                                         trainable=False)
         self.mixing = self.add_weight("mixing", shape=[input_size, input_size], initializer="identity",
                                       trainable=False)
+        self.mixing_cholesky = self.add_weight("mixing_cholesky", shape=[input_size, input_size],
+                                               initializer="identity", trainable=False)
         self.log_det_mixing = self.add_weight("log_det_mixing", shape=[], initializer="zeros", trainable=False)
 
     def set_moments(self, mean, stddev, count: float = 1.0, covariance=None) -> None:
@@ -151,7 +153,9 @@ class Whiten(Standardize):
         eigenvalues, eigenvectors = np.linalg.eigh(correlation)
         eigenvalues = np.maximum(eigenvalues, self.EIGENVALUE_FLOOR)
         self.unmixing.assign(((eigenvectors / np.sqrt(eigenvalues)) @ eigenvectors.T).astype(np.float32))
-        self.mixing.assign(((eigenvectors * np.sqrt(eigenvalues)) @ eigenvectors.T).astype(np.float32))
+        mixing = (eigenvectors * np.sqrt(eigenvalues)) @ eigenvectors.T
+        self.mixing.assign(mixing.astype(np.float32))
+        self.mixing_cholesky.assign(np.linalg.cholesky(mixing).astype(np.float32))
         self.log_det_mixing.assign(0.5 * np.sum(np.log(eigenvalues)))
 
     def call(self, x):
@@ -164,9 +168,13 @@ class Whiten(Standardize):
         return super().raw_stddev(tf.sqrt(tf.matmul(tf.square(stddev), tf.square(self.mixing))))
 
     def raw_distribution(self, loc, stddev):
-        # Row d of the raw scale is scale_d * C^(1/2)[d, :] * sigma; C^(1/2) is symmetric.
-        raw_scale = self.scale[:, None] * self.mixing * stddev[..., None, :]
-        return tfd.MultivariateNormalLinearOperator(self.inverse(loc), tf.linalg.LinearOperatorFullMatrix(raw_scale))
+        # diag(scale) C^(1/2) diag(stddev), with C^(1/2) as its Cholesky factors: solves and the log
+        # determinant stay triangular, exact and free of mixing the features' scales in one float32 matrix.
+        mixing_tril = tf.linalg.LinearOperatorLowerTriangular(self.mixing_cholesky, is_non_singular=True)
+        raw_scale = tf.linalg.LinearOperatorComposition([
+            tf.linalg.LinearOperatorDiag(self.scale, is_positive_definite=True), mixing_tril,
+            tf.linalg.LinearOperatorAdjoint(mixing_tril), tf.linalg.LinearOperatorDiag(stddev, is_positive_definite=True)])
+        return tfd.MultivariateNormalLinearOperator(self.inverse(loc), raw_scale)
 
     def log_det_jacobian(self):
         return super().log_det_jacobian() + self.log_det_mixing
