@@ -283,7 +283,7 @@ def write_serving_artifacts(folder):
     tf.saved_model.save(hand, os.path.join(folder, "hand"), signatures={"serving_default": hand.serve})
     hand.serve_frozen = frozen(hand.serve)
     tf.saved_model.save(hand, os.path.join(folder, "hand_frozen"),
-                        signatures={"serving_default": hand.serve_frozen.get_concrete_function()})
+                        signatures={"serving_default": hand.serve_frozen})
     return [export, os.path.join(folder, "identity"), os.path.join(folder, "weights.npz"),
             os.path.join(folder, "hand"), os.path.join(folder, "hand_frozen")]
 

@@ -216,10 +216,11 @@ def test_demo_trains_both_models_reports_and_exports(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--epochs", "3", "--quiet"]) == 0
     printed = capsys.readouterr().out
-    for row in ("| question |", "| question, best fixed sigma |", "| gaussian |"):
+    for row in ("| question |", "| question, best fixed sigma |", "| gaussian |", "| gaussian, whitened |"):
         assert row in printed
     results = json.loads((out / "results.json").read_text())
-    assert set(results["results"]) == {"question", "question, best fixed sigma", "gaussian"}
+    assert set(results["results"]) == {"question", "question, best fixed sigma", "gaussian", "gaussian, whitened"}
+    assert os.path.exists(out / "gaussian-whitened" / "model.keras")
     assert np.isfinite(results["results"]["gaussian"]["log_likelihood"])
     assert os.path.exists(os.path.join(results["export"], "saved_model.pb"))
     fails(capsys, ["demo", "--out", str(out), "--epochs", "3", "--quiet"], "already exists")

@@ -27,7 +27,7 @@ import shutil
 import tempfile
 
 import tensorflow as tf
-from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2_as_graph
 
 from tfp_vae.data import TfpVaeError
 from tfp_vae.model import VariationalAutoencoder
@@ -41,16 +41,19 @@ class ExportError(TfpVaeError):
     """An export that cannot be written: the message names the folder at fault."""
 
 
-def frozen(function: tf.types.experimental.PolymorphicFunction) -> tf.types.experimental.PolymorphicFunction:
-    """`function` (with an input signature) with the variables it reads folded into constants.
+def frozen(function: tf.types.experimental.PolymorphicFunction) -> tf.types.experimental.ConcreteFunction:
+    """`function` (with an input signature) as one graph with the variables it reads folded into constants.
 
-    The frozen graph returns a flat list; this repacks it so the outputs keep their names.
+    The folded graph is imported and pruned to the traced inputs and named outputs,
+    so a call runs one flat function rather than a wrapper around a nested call.
     """
     traced = function.get_concrete_function()
-    constant = convert_variables_to_constants_v2(traced)
-    inputs = traced.structured_input_signature[0]
-    return tf.function(lambda *args: tf.nest.pack_sequence_as(traced.structured_outputs, constant(*args)),
-                       input_signature=inputs)
+    constant, graph_def = convert_variables_to_constants_v2_as_graph(traced)
+    imported = tf.compat.v1.wrap_function(lambda: tf.graph_util.import_graph_def(graph_def, name=""), [])
+    tensor = imported.graph.get_tensor_by_name
+    inputs = [tensor(placeholder.name) for placeholder in traced.inputs[:len(traced.structured_input_signature[0])]]
+    outputs = tf.nest.pack_sequence_as(traced.structured_outputs, [tensor(output.name) for output in constant.outputs])
+    return imported.prune(inputs, outputs)
 
 
 class ServingModule(tf.Module):
@@ -91,10 +94,8 @@ class ServingModule(tf.Module):
             tf.TensorSpec([], tf.int32, name="num_samples"), tf.TensorSpec([], tf.int32, name="seed")]))
 
     def signatures(self) -> dict:
-        reconstruct = self.reconstruct.get_concrete_function()
-        return {"serving_default": reconstruct, "reconstruct": reconstruct,
-                "encode": self.encode.get_concrete_function(), "decode": self.decode.get_concrete_function(),
-                "score": self.score.get_concrete_function(), "sample": self.sample.get_concrete_function()}
+        return {"serving_default": self.reconstruct, "reconstruct": self.reconstruct, "encode": self.encode,
+                "decode": self.decode, "score": self.score, "sample": self.sample}
 
 
 def next_version(export_base: str) -> int:
