@@ -24,12 +24,14 @@ from sklearn import datasets
 from sklearn.decomposition import PCA, FactorAnalysis
 from sklearn.mixture import GaussianMixture
 from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import PowerTransformer
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from report import write_report  # noqa: E402
 from tfp_vae import Config, evaluate, train  # noqa: E402
 
 SPLIT_SEED = 0
+YEO_JOHNSON = "Yeo-Johnson marginals, "
 
 
 def real_data_sets():
@@ -93,12 +95,34 @@ def classical_baselines(x_train, x_test, seed):
             bic = -2 * model.score(x_train) * len(x_train) + (d * k + d) * np.log(len(x_train))
             if name not in best or bic < best[name][0]:
                 best[name] = (bic, model.score_samples(x_test))
-    mixtures = [GaussianMixture(k, covariance_type="full", reg_covar=1e-6, random_state=seed).fit(x_train)
-                for k in range(1, 7)]
-    mixture = min(mixtures, key=lambda model: model.bic(x_train))
     return {"full-covariance Gaussian": gaussian, "factor analysis (BIC)": best["factor analysis"][1],
             "probabilistic PCA (BIC)": best["probabilistic PCA"][1],
-            "Gaussian mixture (BIC)": mixture.score_samples(x_test)}
+            "Gaussian mixture (BIC)": bic_mixture(x_train, seed).score_samples(x_test)}
+
+
+def bic_mixture(x_train, seed):
+    mixtures = [GaussianMixture(k, covariance_type="full", reg_covar=1e-6, random_state=seed).fit(x_train)
+                for k in range(1, 7)]
+    return min(mixtures, key=lambda model: model.bic(x_train))
+
+
+def yeo_johnson_baselines(x_train, x_test, seed):
+    """Beyond the issue's list: a Gaussian and a BIC mixture on per-feature Yeo-Johnson transformed data.
+
+    Each feature gets the power transform whose maximum-likelihood lambda makes it most
+    Gaussian, then is standardised; the log-Jacobian of both steps returns the densities
+    to raw units.
+    """
+    power = PowerTransformer(method="yeo-johnson", standardize=False).fit(x_train)
+    y_train, y_test = power.transform(x_train), power.transform(x_test)
+    mean, scale = y_train.mean(axis=0), y_train.std(axis=0)
+    u_train, u_test = (y_train - mean) / scale, (y_test - mean) / scale
+    lambdas = power.lambdas_
+    log_jacobian = (np.where(x_test >= 0, (lambdas - 1) * np.log1p(np.abs(x_test)),
+                             (1 - lambdas) * np.log1p(np.abs(x_test))).sum(axis=1) - np.log(scale).sum())
+    gaussian = GaussianMixture(1, covariance_type="full", reg_covar=1e-6, random_state=seed).fit(u_train)
+    return {f"{YEO_JOHNSON}full-covariance Gaussian": gaussian.score_samples(u_test) + log_jacobian,
+            f"{YEO_JOHNSON}Gaussian mixture (BIC)": bic_mixture(u_train, seed).score_samples(u_test) + log_jacobian}
 
 
 def vae_scores(x_train, x_test, seed, epochs, samples, workdir):
@@ -141,7 +165,9 @@ def run_set(name, seeds, epochs, samples, started):
         for seed in range(seeds):
             results = {**vae_scores(x_train.astype(np.float32), x_test.astype(np.float32), seed, epochs, samples,
                                     workdir),
-                       **{k: float(v.mean()) for k, v in classical_baselines(x_train, x_test, seed).items()}}
+                       **{k: float(v.mean()) for k, v in classical_baselines(x_train, x_test, seed).items()},
+                       **({k: float(v.mean()) for k, v in yeo_johnson_baselines(x_train, x_test, seed).items()}
+                          if log_density is None else {})}
             for model, value in results.items():
                 per_seed.setdefault(model, []).append(float(value))
             print(f"{name}, seed {seed}: done ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
@@ -192,11 +218,15 @@ def section(name, x, x_test, per_seed, log_density):
     for model in sorted(means, key=means.get, reverse=True):
         lines.append(f"| {model} | {means[model]:.3f} | {errors[model]:.3f} | {means[model] / d:.3f} |")
     vae = max((m for m in means if m.startswith("GaussianVAE")), key=means.get)
-    classical = max((m for m in means if not m.startswith(("GaussianVAE", "question"))), key=means.get)
+    classical = max((m for m in means if not m.startswith(("GaussianVAE", "question", YEO_JOHNSON))), key=means.get)
     if log_density is None:
         verdict = "beats" if means[vae] > means[classical] else "does NOT beat"
+        transformed = max((m for m in means if m.startswith(YEO_JOHNSON)), key=means.get)
+        lead = "leads" if means[vae] > means[transformed] else "trails"
         lines += ["", f"Goal (beat the best classical baseline): best VAE ({vae}) {verdict} {classical} "
-                      f"by {(means[vae] - means[classical]):+.3f} nats per example."]
+                      f"by {(means[vae] - means[classical]):+.3f} nats per example.",
+                  f"Beyond the goal: it {lead} the best model on Yeo-Johnson marginals ({transformed}) by "
+                  f"{(means[vae] - means[transformed]):+.3f}."]
     else:
         gap = (ceiling - means[vae]) / d
         verdict = "met" if gap <= 0.05 else "NOT met"
