@@ -4,10 +4,12 @@ r"""Variational autoencoders for real-valued data, as Keras models.
 give the decoder a likelihood and let the evidence lower bound weigh the terms.
 
     u          = (x - mean) / scale                 standardised inside the graph
+                 (normalization="whiten": C^(-1/2) (x - mean) / scale, C the correlation matrix)
     q(z|x)     = N(m(u), L(u) L(u)^T)               tfp.layers.MultivariateNormalTriL
     z          = m + L eps,  eps ~ N(0, I)          reparameterised
     p(u|z)     = N(mu(z), diag(sigma(z)^2))         tfp.layers.IndependentNormal, sigma >= min_scale
-    distortion = -log p(x|z) = -log p(u|z) + sum_d log scale_d    (a density of the raw data)
+    distortion = -log p(x|z) = -log p(u|z) + sum_d log scale_d    (a density of the raw data;
+                                              whitened: + 0.5 log det C)
     rate       = KL(q(z|x) || N(0, I))              analytic
     loss       = distortion + beta * rate           (-ELBO at beta = 1)
 
