@@ -96,7 +96,8 @@ def test_whiten_matches_its_docstring_example():
 
 
 def test_whitened_unit_noise_is_the_full_covariance_gaussian(rng):
-    x = rng.normal(size=(500, 3)) @ [[1.0, 0.9, 0.0], [0.0, 0.3, -0.5], [0.0, 0.0, 0.1]] * [1e-3, 1.0, 1e4] + [2e-3, 0, -1e4]
+    mixing = [[1.0, 0.9, 0.0], [0.0, 0.3, -0.5], [0.0, 0.0, 0.1]]
+    x = rng.normal(size=(500, 3)) @ mixing * [1e-3, 1.0, 1e4] + [2e-3, 0, -1e4]
     x32 = x.astype(np.float32)
     x = x32.astype(np.float64)
     layer = whitened(x)

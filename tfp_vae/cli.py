@@ -147,7 +147,8 @@ def _train(args):
         source = source_for(args.data, args.columns, args.drop_nonfinite)
         config = Config(model=args.model, code_size=args.code_size, hidden=args.hidden, posterior=args.posterior,
                         decoder_scale=args.decoder_scale, normalization=args.normalization,
-                        kl_weight=args.kl_weight, kl_warmup_epochs=args.kl_warmup_epochs, early_stopping_patience=args.early_stopping_patience,
+                        kl_weight=args.kl_weight, kl_warmup_epochs=args.kl_warmup_epochs,
+                        early_stopping_patience=args.early_stopping_patience,
                         epochs=args.epochs, batch_size=args.batch_size,
                         learning_rate=args.learning_rate, validation_split=args.validation_split, seed=args.seed,
                         strategy=args.strategy, columns=args.columns, feature_names=source.columns)

@@ -172,8 +172,9 @@ class Whiten(Standardize):
         # determinant stay triangular, exact and free of mixing the features' scales in one float32 matrix.
         mixing_tril = tf.linalg.LinearOperatorLowerTriangular(self.mixing_cholesky, is_non_singular=True)
         raw_scale = tf.linalg.LinearOperatorComposition([
-            tf.linalg.LinearOperatorDiag(self.scale, is_positive_definite=True), mixing_tril,
-            tf.linalg.LinearOperatorAdjoint(mixing_tril), tf.linalg.LinearOperatorDiag(stddev, is_positive_definite=True)])
+            tf.linalg.LinearOperatorDiag(self.scale, is_positive_definite=True),
+            mixing_tril, tf.linalg.LinearOperatorAdjoint(mixing_tril),
+            tf.linalg.LinearOperatorDiag(stddev, is_positive_definite=True)])
         return tfd.MultivariateNormalLinearOperator(self.inverse(loc), raw_scale)
 
     def log_det_jacobian(self):
