@@ -126,3 +126,17 @@ def test_whiten_keeps_collinear_and_constant_columns_finite(rng):
 def test_whiten_needs_the_covariance():
     with pytest.raises(ValueError, match="covariance"):
         heads.Whiten(2).set_moments(mean=[0.0, 0.0], stddev=[1.0, 1.0])
+
+
+@pytest.mark.parametrize("whiten", [False, True], ids=["standardize", "whiten"])
+def test_fold_output_is_the_inverse_of_a_dense_layer(rng, whiten):
+    x = rng.normal(size=(300, 3)) @ [[1.0, 0.8, 0.0], [0.0, 0.6, 0.3], [0.0, 0.0, 1.0]] * [1e-3, 1.0, 1e4] + [5e-3, -2.0, 1e4]
+    layer = whitened(x) if whiten else heads.Standardize(3)
+    if not whiten:
+        layer.set_moments(x.mean(axis=0), x.std(axis=0))
+    hidden, kernel, bias = rng.normal(size=(7, 4)), rng.normal(size=(4, 3)), rng.normal(size=3)
+    mixing = layer.mixing.numpy().astype(np.float64) if whiten else np.eye(3)
+    scale, mean = layer.scale.numpy().astype(np.float64), layer.mean.numpy().astype(np.float64)
+    expected = (hidden @ kernel + bias) @ mixing * scale + mean
+    folded_kernel, folded_bias = layer.fold_output(tf.constant(kernel, tf.float32), tf.constant(bias, tf.float32))
+    np.testing.assert_allclose((hidden @ folded_kernel.numpy() + folded_bias.numpy() - expected) / scale, 0.0, atol=1e-4)

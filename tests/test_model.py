@@ -211,3 +211,17 @@ def test_whitening_models_correlated_residuals(rng):
 def test_unknown_normalization_is_refused():
     with pytest.raises(ValueError, match="normalization must be one of"):
         GaussianVAE(3, normalization="minmax")
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"normalization": "whiten"}, {"hidden": ()}, {"posterior": "diagonal", "decoder_scale": "shared"},
+    {"decoder_scale": "optimal", "normalization": "whiten"}], ids=str)
+def test_folded_call_gives_calls_outputs(mixed_scale_data, options):
+    model = trained(mixed_scale_data, **options)
+    expected, folded = model(mixed_scale_data), model.folded_call(mixed_scale_data)
+    spread = mixed_scale_data.std(axis=0)
+    np.testing.assert_allclose(folded["code_mean"].numpy(), expected["code_mean"].numpy(), atol=1e-6)
+    # Within 1e-5 of each feature's spread, or a few float32 steps of the value where an offset dwarfs it.
+    tolerance = 1e-5 * spread + 4 * np.finfo(np.float32).eps * np.abs(expected["mean"].numpy())
+    np.testing.assert_array_less(np.abs(folded["mean"].numpy() - expected["mean"].numpy()), tolerance)
+    np.testing.assert_allclose(folded["stddev"].numpy(), expected["stddev"].numpy(), rtol=1e-6)

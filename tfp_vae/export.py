@@ -70,7 +70,7 @@ class ServingModule(tf.Module):
             return tf.ensure_shape(x, [None, width])
 
         def reconstruct(x):
-            return model(checked(x, d))
+            return model.folded_call(checked(x, d))
 
         def encode(x):
             qz = model.encode(checked(x, d))

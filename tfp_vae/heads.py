@@ -1,6 +1,7 @@
 """The layers a VAE for real-valued data is built from.
 
-- `Standardize`: raw data to standardised units inside the graph, and back.
+- `Standardize`: raw data to standardised units inside the graph, and back
+  (`fold_output`: back, folded into the dense layer before it).
 - `Whiten`: standardised, then decorrelated (ZCA), so the decoder's independent
   noise becomes a full covariance in raw units.
 - `MLP`: the hidden layers of the encoder and the decoder.
@@ -106,6 +107,15 @@ class Standardize(tf_keras.layers.Layer):
         """sum log scale: what a density loses going from standardised to raw units."""
         return tf.reduce_sum(tf.math.log(self.scale))
 
+    def fold_output(self, kernel, bias):
+        """`(kernel', bias')` with `self.inverse(h @ kernel + bias) == h @ kernel' + bias'`: raw units out.
+
+        Only the way out folds: folding `(x - mean) / scale` into the next layer
+        would subtract `mean / scale` after multiplying, which loses float32's
+        digits to cancellation for any feature whose offset dwarfs its spread.
+        """
+        return kernel * self.scale, self.inverse(bias[tf.newaxis])[0]
+
     def get_config(self):
         return {**_layer_config(self), "input_size": self.input_size}
 
@@ -179,6 +189,9 @@ class Whiten(Standardize):
 
     def log_det_jacobian(self):
         return super().log_det_jacobian() + self.log_det_mixing
+
+    def fold_output(self, kernel, bias):
+        return tf.matmul(kernel, self.mixing) * self.scale, self.inverse(bias[tf.newaxis])[0]
 
 
 @tf_keras.saving.register_keras_serializable(PACKAGE)

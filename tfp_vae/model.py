@@ -231,6 +231,10 @@ class VariationalAutoencoder(tf_keras.Model):
         mean, stddev = self.to_raw_units(*self.decoder_params(code_mean))
         return {"code_mean": code_mean, "mean": mean, "stddev": stddev}
 
+    def folded_call(self, x):
+        """`call`'s outputs from a graph with fewer ops once the weights are constants (the export's)."""
+        return self(x)
+
     def encode(self, x):
         """q(z|x), a distribution over codes."""
         return self.posterior(self.to_model_units(tf.convert_to_tensor(x, tf.float32)))
@@ -392,6 +396,27 @@ class GaussianVAE(VariationalAutoencoder):
         # Both posterior heads put the mean first in their parameters.
         return self.encoder_params(self.encoder_mlp(u))[..., :self.code_size]
 
+    def folded_call(self, x):
+        """`call`'s outputs, its raw-unit mean folded into the decoder's mean layer.
+
+        With the weights frozen into constants, as the export does, the folded
+        weights are computed once at load: a call skips the mean's unscaling, the
+        encoder's columns of the posterior's scale, and the decoder head's
+        concatenation and slicing. On variables it would refold at every call.
+        """
+        encoder = [*self.encoder_mlp.dense_layers, self.encoder_params]
+        weights = [(layer.kernel, layer.bias) for layer in encoder]
+        kernel, bias = weights[-1]
+        weights[-1] = kernel[:, :self.code_size], bias[:self.code_size]  # both posterior heads put the mean first
+        code_mean = self.to_model_units(tf.convert_to_tensor(x, tf.float32))
+        for layer, (kernel, bias) in zip(encoder, weights):
+            code_mean = dense(code_mean, kernel, bias, layer.activation)
+        hidden = self.decoder_mlp(code_mean)
+        scale = heads.decoder_scale(self.decoder_scale_params(hidden), self.min_scale)
+        return {"code_mean": code_mean,
+                "mean": dense(hidden, *self.standardize.fold_output(self.decoder_loc.kernel, self.decoder_loc.bias)),
+                "stddev": self.standardize.raw_stddev(scale)}
+
     def decoder_params(self, z):
         hidden = self.decoder_mlp(z)
         params = tf.concat([self.decoder_loc(hidden), self.decoder_scale_params(hidden)], axis=-1)
@@ -411,6 +436,11 @@ class GaussianVAE(VariationalAutoencoder):
         return {"loss": losses.beta_loss(distortion, kl, self.kl_weight_now(training)),
                 "reconstruction_loss": distortion, "kl_loss": kl,
                 "mse": tf.reduce_mean(tf.square(x - self.standardize.inverse(loc)), axis=[0, -1])}
+
+
+def dense(x, kernel, bias, activation=tf.identity):
+    """`activation(x @ kernel + bias)` as Keras's `Dense` computes it: BiasAdd, so grappler fuses the three."""
+    return activation(tf.nn.bias_add(tf.matmul(x, kernel), bias))
 
 
 def _offset(seed, offset: int):
