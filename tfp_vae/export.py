@@ -16,6 +16,8 @@ the graph as constants: no Keras layer is saved (Keras's layer serialisation
 cannot trace distribution-valued layers), the graph holds nothing but stock
 TensorFlow ops, and a batch-1 call skips a variable read per weight, about 40%
 of its latency above the runtime's call overhead (`benchmarks/speed.py`).
+`serving_default` traces `model.folded_call`, whose raw-unit mean is folded into
+the decoder's last layer: with constant weights that folding happens once, at load.
 Weights stored this way are read-only, as served weights are. The version
 folder is built beside its final name and renamed into place, so TF Serving
 never sees half of one.
