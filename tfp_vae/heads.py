@@ -191,7 +191,7 @@ class Whiten(Standardize):
         return super().log_det_jacobian() + self.log_det_mixing
 
     def fold_output(self, kernel, bias):
-        return tf.matmul(kernel, self.mixing) * self.scale, self.inverse(bias[tf.newaxis])[0]
+        return super().fold_output(tf.matmul(kernel, self.mixing), bias)
 
 
 @tf_keras.saving.register_keras_serializable(PACKAGE)
