@@ -404,13 +404,9 @@ class GaussianVAE(VariationalAutoencoder):
         encoder's columns of the posterior's scale, and the decoder head's
         concatenation and slicing. On variables it would refold at every call.
         """
-        encoder = [*self.encoder_mlp.dense_layers, self.encoder_params]
-        weights = [(layer.kernel, layer.bias) for layer in encoder]
-        kernel, bias = weights[-1]
-        weights[-1] = kernel[:, :self.code_size], bias[:self.code_size]  # both posterior heads put the mean first
-        code_mean = self.to_model_units(tf.convert_to_tensor(x, tf.float32))
-        for layer, (kernel, bias) in zip(encoder, weights):
-            code_mean = dense(code_mean, kernel, bias, layer.activation)
+        params = self.encoder_params  # only the posterior mean's columns, which both heads put first
+        code_mean = dense(self.encoder_mlp(self.to_model_units(tf.convert_to_tensor(x, tf.float32))),
+                          params.kernel[:, :self.code_size], params.bias[:self.code_size])
         hidden = self.decoder_mlp(code_mean)
         scale = heads.decoder_scale(self.decoder_scale_params(hidden), self.min_scale)
         return {"code_mean": code_mean,
@@ -438,9 +434,9 @@ class GaussianVAE(VariationalAutoencoder):
                 "mse": tf.reduce_mean(tf.square(x - self.standardize.inverse(loc)), axis=[0, -1])}
 
 
-def dense(x, kernel, bias, activation=tf.identity):
-    """`activation(x @ kernel + bias)` as Keras's `Dense` computes it: BiasAdd, so grappler fuses the three."""
-    return activation(tf.nn.bias_add(tf.matmul(x, kernel), bias))
+def dense(x, kernel, bias):
+    """`x @ kernel + bias` as Keras's `Dense` computes it: BiasAdd, which grappler fuses into the MatMul."""
+    return tf.nn.bias_add(tf.matmul(x, kernel), bias)
 
 
 def _offset(seed, offset: int):
