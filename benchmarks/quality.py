@@ -152,11 +152,12 @@ def vae_scores(x_train, x_test, seed, epochs, samples, workdir):
     scores["question (best fixed sigma)"] = evaluate(question.with_fitted_stddev(x_train), x_test, samples,
                                                      seed)["log_likelihood"]
     for scale, normalization in (("learned", "standardize"), ("shared", "standardize"), ("optimal", "standardize"),
-                                 ("learned", "whiten")):
+                                 ("learned", "whiten"), ("full", "whiten")):
         config = Config(model="gaussian", decoder_scale=scale, normalization=normalization, hidden=(64, 64),
                         kl_warmup_epochs=50, **shared)
         model = train(config, x_train, os.path.join(workdir, f"{scale}-{normalization}-{seed}"), verbose=0)
-        name = f"GaussianVAE, {scale} sigma" + (", whitened" if normalization == "whiten" else "")
+        name = (f"GaussianVAE, {scale} sigma" if scale != "full" else "GaussianVAE, full covariance") + (
+            ", whitened" if normalization == "whiten" else "")
         scores[name] = evaluate(model, x_test, samples, seed)["log_likelihood"]
     return scores
 

@@ -13,6 +13,7 @@ LAYERS = [
     heads.FullPosterior(event_size=2, name="posterior"),
     heads.DiagonalPosterior(event_size=2, name="posterior"),
     heads.DecoderNormal(event_size=3, min_scale=0.01, name="likelihood"),
+    heads.DecoderFullNormal(event_size=3, min_scale=0.01, name="likelihood"),
     heads.DecoderScale(event_size=3, mode="fixed", min_scale=0.01, fixed_scale=0.5, seed=1, name="scale"),
 ]
 
@@ -30,6 +31,7 @@ def test_get_config_is_exactly_the_constructor_arguments(layer):
 def test_heads_are_the_tfp_layers_the_design_names():
     assert isinstance(heads.FullPosterior(2), tfp.layers.MultivariateNormalTriL)
     assert isinstance(heads.DecoderNormal(3), tfp.layers.IndependentNormal)
+    assert isinstance(heads.DecoderFullNormal(3), tfp.layers.MultivariateNormalTriL)
 
 
 def test_full_posterior_has_a_lower_triangular_scale():
@@ -60,6 +62,18 @@ def test_decoder_scale_modes_start_where_documented(mode, expected):
     raw = layer(tf.zeros([4, 7]))
     assert raw.shape == (4, 3)
     np.testing.assert_allclose(heads.decoder_scale(raw, 1e-3).numpy(), expected, rtol=1e-5)
+
+
+def test_full_decoder_scale_starts_at_the_identity_and_floors_its_diagonal():
+    layer = heads.DecoderScale(3, mode="full", min_scale=1e-3, seed=0)
+    raw = layer(tf.zeros([4, 7]))
+    assert raw.shape == (4, heads.DecoderScale.params_size(3, "full")) == (4, 6)
+    scale = layer.scale(raw)
+    assert isinstance(scale, tf.linalg.LinearOperatorLowerTriangular)
+    np.testing.assert_allclose(scale.to_dense().numpy(), np.broadcast_to(np.eye(3), (4, 3, 3)), atol=1e-6)
+    px = heads.DecoderFullNormal(3, min_scale=0.01)(tf.fill([2, heads.DecoderFullNormal.params_size(3)], -1e4))
+    np.testing.assert_allclose(np.diagonal(px.scale.to_dense().numpy(), axis1=1, axis2=2), 0.01)
+    assert np.isfinite(px.log_prob(tf.fill([2, 3], 5.0)).numpy()).all()
 
 
 def test_optimal_scale_follows_the_squared_error():
@@ -112,6 +126,31 @@ def test_whitened_unit_noise_is_the_full_covariance_gaussian(rng):
     through_model_units = losses.gaussian_log_prob(u, zeros, ones) - layer.log_det_jacobian()
     np.testing.assert_allclose(through_model_units.numpy(), expected, rtol=1e-4)
     np.testing.assert_allclose(layer.raw_stddev(ones).numpy()[0], x.std(axis=0), rtol=1e-4)
+
+
+@pytest.mark.parametrize("whiten", [False, True], ids=["standardize", "whiten"])
+def test_a_full_model_unit_scale_maps_to_its_raw_covariance(rng, whiten):
+    """Model units u = x_std M^-1 with S S^T their covariance: raw covariance diag(s) M^T S S^T M diag(s)."""
+    x = rng.normal(size=(400, 3)) @ [[1.0, 0.7, 0.0], [0.0, 0.5, 0.4], [0.0, 0.0, 1.0]] * [1e-3, 1.0, 1e4] + [5e-3, 0, -1e4]
+    layer = whitened(x) if whiten else heads.Standardize(3)
+    if not whiten:
+        layer.set_moments(x.mean(axis=0), x.std(axis=0))
+    tril = np.tril(rng.normal(size=(5, 3, 3)), -1) * 0.5 + np.eye(3) * rng.uniform(0.3, 1.5, size=(5, 1, 3))
+    scale = tf.linalg.LinearOperatorLowerTriangular(tril.astype(np.float32))
+    loc = rng.normal(size=(5, 3)).astype(np.float32)
+    mixing = layer.mixing.numpy().astype(np.float64) if whiten else np.eye(3)
+    raw_factor = layer.scale.numpy()[:, None].astype(np.float64) * (mixing.T @ tril)
+    covariance = raw_factor @ np.swapaxes(raw_factor, 1, 2)
+    np.testing.assert_allclose(layer.raw_stddev(scale).numpy(), np.sqrt(np.diagonal(covariance, axis1=1, axis2=2)),
+                               rtol=1e-5)
+    rows = layer.inverse(loc).numpy().astype(np.float64) + np.einsum("bij,bj->bi", raw_factor, rng.normal(size=(5, 3)))
+    through_model_units = losses.gaussian_log_prob(layer(rows.astype(np.float32)), loc, scale) - layer.log_det_jacobian()
+    raw = layer.raw_distribution(loc, scale).log_prob(rows.astype(np.float32))
+    np.testing.assert_allclose(raw.numpy(), through_model_units.numpy(), rtol=1e-4)
+    centred = rows - layer.inverse(loc).numpy()
+    expected = [-0.5 * (3 * np.log(2 * np.pi) + np.linalg.slogdet(c)[1] + r @ np.linalg.solve(c, r))
+                for r, c in zip(centred, covariance)]
+    np.testing.assert_allclose(raw.numpy(), expected, rtol=1e-3)
 
 
 def test_whiten_keeps_collinear_and_constant_columns_finite(rng):

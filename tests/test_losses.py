@@ -17,6 +17,23 @@ def test_gaussian_log_prob_is_the_closed_form(rng):
     np.testing.assert_allclose(losses.distortion(x, mu, sigma).numpy(), -expected, rtol=1e-10)
 
 
+def test_gaussian_log_prob_with_a_lower_triangular_scale_is_the_full_covariance_density(rng):
+    x, mu = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    tril = np.tril(rng.normal(size=(4, 3, 3)), -1) + np.eye(3) * rng.uniform(0.2, 2.0, size=(4, 1, 3))
+    expected = []
+    for row, mean, factor in zip(x, mu, tril):
+        covariance = factor @ factor.T
+        centred = row - mean
+        expected.append(-0.5 * (3 * np.log(2 * np.pi) + np.log(np.linalg.det(covariance))
+                                + centred @ np.linalg.inv(covariance) @ centred))
+    scale = tf.linalg.LinearOperatorLowerTriangular(tril)
+    np.testing.assert_allclose(losses.gaussian_log_prob(x, mu, scale).numpy(), expected, rtol=1e-10)
+    diagonal = rng.uniform(0.1, 3.0, size=(4, 3))
+    np.testing.assert_allclose(
+        losses.gaussian_log_prob(x, mu, tf.linalg.LinearOperatorLowerTriangular(np.apply_along_axis(np.diag, 1, diagonal))),
+        losses.gaussian_log_prob(x, mu, diagonal), rtol=1e-10)
+
+
 def test_rate_diagonal_is_the_questions_formula(rng):
     m, s = rng.normal(size=(5, 2)), rng.uniform(0.05, 2.0, size=(5, 2))
     expected = 0.5 * np.sum(m**2 + s**2 - np.log(s**2) - 1, axis=1)

@@ -215,7 +215,8 @@ def test_unknown_normalization_is_refused():
 
 @pytest.mark.parametrize("options", [
     {}, {"normalization": "whiten"}, {"hidden": ()}, {"posterior": "diagonal", "decoder_scale": "shared"},
-    {"decoder_scale": "optimal", "normalization": "whiten"}], ids=str)
+    {"decoder_scale": "optimal", "normalization": "whiten"}, {"decoder_scale": "full"},
+    {"decoder_scale": "full", "normalization": "whiten"}], ids=str)
 def test_folded_call_gives_calls_outputs(mixed_scale_data, options):
     model = trained(mixed_scale_data, **options)
     expected, folded = model(mixed_scale_data), model.folded_call(mixed_scale_data)

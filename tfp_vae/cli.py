@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--code-size", type=int, default=2, metavar="K")
     train.add_argument("--hidden", type=_widths, default=(64, 64), help="hidden widths, e.g. 64,64 (gaussian)")
     train.add_argument("--posterior", choices=("full", "diagonal"), default="full")
-    train.add_argument("--decoder-scale", choices=("learned", "shared", "optimal", "fixed"), default="learned")
+    train.add_argument("--decoder-scale", choices=("learned", "shared", "optimal", "fixed", "full"), default="learned",
+                       help="full: a full covariance from the network, for features whose residuals are "
+                            "correlated given the code, such as columns derived from others (gaussian)")
     train.add_argument("--normalization", choices=("standardize", "whiten"), default="standardize",
                        help="whiten: also decorrelate the features, so the decoder's noise is correlated in raw "
                             "units (gaussian; strongly correlated features)")

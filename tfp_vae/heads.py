@@ -8,6 +8,12 @@
 - `FullPosterior` / `DiagonalPosterior`: q(z|x) from a parameter vector.
 - `DecoderScale`: the raw decoder-scale parameters for each `decoder_scale` mode.
 - `DecoderNormal`: p(x|z), an `IndependentNormal` whose scale is floored.
+- `DecoderFullNormal`: p(x|z) with a full covariance (`decoder_scale="full"`),
+  a `MultivariateNormalTriL` whose scale's diagonal is floored.
+
+A decoder's scale in model units is either a tensor of per-feature standard
+deviations [..., D] or, for a full covariance, a `LinearOperatorLowerTriangular`
+S [..., D, D] with covariance S S^T (what each distribution's `.scale` holds).
 
 Every layer's `get_config` returns exactly its constructor arguments, so a saved
 model is rebuilt from its config rather than from pickled Python lambdas.
@@ -24,7 +30,7 @@ tfpl = tfp.layers
 
 POSTERIORS = ("full", "diagonal")
 NORMALIZATIONS = ("standardize", "whiten")
-DECODER_SCALES = ("learned", "shared", "optimal", "fixed")
+DECODER_SCALES = ("learned", "shared", "optimal", "fixed", "full")
 PACKAGE = "tfp_vae"
 # A DistributionLambda turns its distribution into a tensor on every call; the
 # mean costs nothing, where the default, a sample, would draw noise nobody uses.
@@ -95,13 +101,21 @@ class Standardize(tf_keras.layers.Layer):
         """Raw units from standardised ones."""
         return u * self.scale + self.mean
 
-    def raw_stddev(self, stddev):
-        """The raw-unit standard deviation of each feature of N(loc, diag(stddev^2)) in model units."""
-        return stddev * self.scale
+    def raw_stddev(self, scale):
+        """The raw-unit standard deviation of each feature of N(loc, S S^T) in model units.
 
-    def raw_distribution(self, loc, stddev):
-        """N(loc, diag(stddev^2)) in model units, as a distribution over raw rows."""
-        return tfd.Independent(tfd.Normal(self.inverse(loc), self.raw_stddev(stddev)), reinterpreted_batch_ndims=1)
+        `scale` is the per-feature standard deviations [..., D] or a lower-triangular operator S.
+        """
+        return self.standardized_stddev(scale) * self.scale
+
+    def standardized_stddev(self, scale):
+        return tf.norm(scale.to_dense(), axis=-1) if is_full(scale) else scale
+
+    def raw_distribution(self, loc, scale):
+        """N(loc, S S^T) in model units, as a distribution over raw rows (`scale` as in `raw_stddev`)."""
+        if is_full(scale):
+            return tfd.MultivariateNormalTriL(self.inverse(loc), self.scale[:, tf.newaxis] * scale.to_dense())
+        return tfd.Independent(tfd.Normal(self.inverse(loc), self.raw_stddev(scale)), reinterpreted_batch_ndims=1)
 
     def log_det_jacobian(self):
         """sum log scale: what a density loses going from standardised to raw units."""
@@ -174,17 +188,21 @@ class Whiten(Standardize):
     def inverse(self, u):
         return super().inverse(tf.matmul(u, self.mixing))
 
-    def raw_stddev(self, stddev):
-        return super().raw_stddev(tf.sqrt(tf.matmul(tf.square(stddev), tf.square(self.mixing))))
+    def standardized_stddev(self, scale):
+        # Standardised units are C^(1/2) times model units (C^(1/2) is symmetric), so their
+        # covariance is C^(1/2) S S^T C^(1/2): each feature's variance is a row norm of C^(1/2) S.
+        if is_full(scale):
+            return tf.norm(tf.matmul(self.mixing, scale.to_dense()), axis=-1)
+        return tf.sqrt(tf.matmul(tf.square(scale), tf.square(self.mixing)))
 
-    def raw_distribution(self, loc, stddev):
-        # diag(scale) C^(1/2) diag(stddev), with C^(1/2) as its Cholesky factors: solves and the log
-        # determinant stay triangular, exact and free of mixing the features' scales in one float32 matrix.
+    def raw_distribution(self, loc, scale):
+        # diag(scale) C^(1/2) S, with C^(1/2) as its Cholesky factors: solves and the log determinant
+        # stay triangular, exact and free of mixing the features' scales in one float32 matrix.
         mixing_tril = tf.linalg.LinearOperatorLowerTriangular(self.mixing_cholesky, is_non_singular=True)
+        model_scale = scale if is_full(scale) else tf.linalg.LinearOperatorDiag(scale, is_positive_definite=True)
         raw_scale = tf.linalg.LinearOperatorComposition([
             tf.linalg.LinearOperatorDiag(self.scale, is_positive_definite=True),
-            mixing_tril, tf.linalg.LinearOperatorAdjoint(mixing_tril),
-            tf.linalg.LinearOperatorDiag(stddev, is_positive_definite=True)])
+            mixing_tril, tf.linalg.LinearOperatorAdjoint(mixing_tril), model_scale])
         return tfd.MultivariateNormalLinearOperator(self.inverse(loc), raw_scale)
 
     def log_det_jacobian(self):
@@ -233,8 +251,13 @@ def seeded_initializer(seed, offset: int):
     return tf_keras.initializers.GlorotUniform(seed=None if seed is None else seed + offset)
 
 
-def fill_scale_tril(params, event_size: int):
-    """A lower-triangular K x K scale from K (K + 1) / 2 numbers: row by row, diagonal softplus + 1e-5.
+def is_full(scale) -> bool:
+    """Whether a decoder scale is a lower-triangular operator rather than per-feature stddevs."""
+    return isinstance(scale, tf.linalg.LinearOperator)
+
+
+def fill_scale_tril(params, event_size: int, diagonal_floor: float = 1e-5):
+    """A lower-triangular K x K scale from K (K + 1) / 2 numbers: row by row, diagonal softplus + floor.
 
     The same map as TFP's `FillScaleTriL` up to the order of the numbers, with
     indices fixed at trace time, so XLA compiles it and its gradient.
@@ -244,7 +267,7 @@ def fill_scale_tril(params, event_size: int):
     positions[rows, columns] = np.arange(len(rows)) + 1
     padded = tf.concat([tf.zeros_like(params[..., :1]), params], axis=-1)
     tril = tf.gather(padded, positions, axis=-1)
-    return tf.where(np.eye(event_size, dtype=bool), tf.math.softplus(tril) + 1e-5, tril)
+    return tf.where(np.eye(event_size, dtype=bool), tf.math.softplus(tril) + diagonal_floor, tril)
 
 
 @tf_keras.saving.register_keras_serializable(PACKAGE)
@@ -349,6 +372,39 @@ class DecoderNormal(RebuiltFromConfig, tfpl.IndependentNormal):
 
 
 @tf_keras.saving.register_keras_serializable(PACKAGE)
+class DecoderFullNormal(RebuiltFromConfig, tfpl.MultivariateNormalTriL):
+    """p(x|z) = N(loc, S S^T), S lower-triangular with diagonal `min_scale + softplus(raw)`.
+
+    TFP's `MultivariateNormalTriL` from `params_size(D)` numbers with `fill_scale_tril`'s
+    map: features whose noise is correlated, differently for each z (derived
+    columns, totals, ratios), get a residual covariance a diagonal cannot give.
+
+    #### Example
+
+    ```python
+    head = DecoderFullNormal(event_size=3, min_scale=1e-3)
+    px = head(tf.zeros([8, DecoderFullNormal.params_size(3)]))
+    px.scale.to_dense().shape  # ==> [8, 3, 3]; diagonal 1e-3 + log(2), zeros below it
+    ```
+    """
+
+    def __init__(self, event_size: int, min_scale: float = 1e-3, **kwargs):
+        tfpl.DistributionLambda.__init__(
+            self, lambda t: DecoderFullNormal.new(t, event_size, min_scale), MEAN, **kwargs)
+        self.event_size = event_size
+        self.min_scale = min_scale
+
+    @staticmethod
+    def new(params, event_size: int, min_scale: float = 1e-3):
+        return tfd.MultivariateNormalTriL(
+            loc=params[..., :event_size],
+            scale_tril=fill_scale_tril(params[..., event_size:], event_size, diagonal_floor=min_scale))
+
+    def get_config(self):
+        return {**_layer_config(self), "event_size": self.event_size, "min_scale": self.min_scale}
+
+
+@tf_keras.saving.register_keras_serializable(PACKAGE)
 class DecoderScale(tf_keras.layers.Layer):
     """The raw scale parameters that `DecoderNormal` turns into sigma, per `mode`.
 
@@ -356,9 +412,12 @@ class DecoderScale(tf_keras.layers.Layer):
     - `"shared"`: one learned sigma per feature;
     - `"optimal"`: the sigma-VAE scale, a running average of the per-feature root
       mean squared error that training updates through `update_optimal`;
-    - `"fixed"`: `fixed_scale` for every feature.
+    - `"fixed"`: `fixed_scale` for every feature;
+    - `"full"`: S(z), the `D (D + 1) / 2` numbers of a lower-triangular scale, a
+      dense layer on the decoder's last hidden layer (`DecoderFullNormal`).
 
-    Scales are in standardised units (multiples of each feature's standard deviation).
+    Scales are in standardised units (multiples of each feature's standard
+    deviation); every mode starts at sigma = 1 (`"fixed"`: at `fixed_scale`).
 
     #### Example
 
@@ -383,10 +442,10 @@ class DecoderScale(tf_keras.layers.Layer):
         self.fixed_scale = fixed_scale
         self.seed = seed
         unit_raw = float(softplus_inverse(np.float32(1.0 - min_scale)))
-        if mode == "learned":
+        if mode in ("learned", "full"):
             self.dense = tf_keras.layers.Dense(
-                event_size, name="dense", kernel_initializer=seeded_initializer(seed, 0),
-                bias_initializer=tf_keras.initializers.Constant(unit_raw))
+                self.params_size(event_size, mode), name="dense", kernel_initializer=seeded_initializer(seed, 0),
+                bias_initializer=tf_keras.initializers.Constant(self.unit_params(event_size, mode, unit_raw)))
         elif mode == "shared":
             self.raw_scale = self.add_weight(
                 "raw_scale", shape=[event_size], initializer=tf_keras.initializers.Constant(unit_raw))
@@ -395,9 +454,28 @@ class DecoderScale(tf_keras.layers.Layer):
                 "mean_squared_error", shape=[event_size], initializer="ones", trainable=False,
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
+    @staticmethod
+    def params_size(event_size: int, mode: str) -> int:
+        return event_size * (event_size + 1) // 2 if mode == "full" else event_size
+
+    @staticmethod
+    def unit_params(event_size: int, mode: str, unit_raw: float) -> np.ndarray:
+        """The raw parameters of sigma = 1: `unit_raw` on the diagonal, 0 off it."""
+        if mode != "full":
+            return np.full(event_size, unit_raw, np.float32)
+        rows, columns = np.tril_indices(event_size)
+        return np.where(rows == columns, unit_raw, 0.0).astype(np.float32)
+
+    def scale(self, raw_scale):
+        """The scale `raw_scale` stands for: stddevs [..., D], or for `"full"` a lower-triangular operator."""
+        if self.mode == "full":
+            return tf.linalg.LinearOperatorLowerTriangular(
+                fill_scale_tril(raw_scale, self.event_size, diagonal_floor=self.min_scale), is_non_singular=True)
+        return decoder_scale(raw_scale, self.min_scale)
+
     def call(self, hidden):
         batch_shape = tf.shape(hidden)[:-1]
-        if self.mode == "learned":
+        if self.mode in ("learned", "full"):
             return self.dense(hidden)
         if self.mode == "shared":
             per_feature = self.raw_scale

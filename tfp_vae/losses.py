@@ -5,6 +5,8 @@ For data `x` in `D` features, a code `z` in `K` dimensions, an encoder
 
     distortion = -log p(x|z)
                = sum_d [ 0.5 log(2 pi sigma_d^2) + (x_d - mu_d)^2 / (2 sigma_d^2) ]
+                 (a full-covariance decoder N(mu(z), S(z) S(z)^T):
+                  0.5 |S^-1 (x - mu)|^2 + sum_d log S_dd + 0.5 D log(2 pi))
     rate       = KL(q(z|x) || N(0, I))
                = 0.5 [ tr(L L^T) + m^T m - K - log det(L L^T) ]
     elbo       = -distortion - rate           (a lower bound on log p(x))
@@ -29,14 +31,23 @@ import tensorflow as tf
 LOG_2PI = math.log(2.0 * math.pi)
 
 
-def gaussian_log_prob(x: tf.Tensor, loc: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
-    """log N(x; loc, diag(scale^2)), summed over the last axis."""
-    z = (x - loc) / scale
-    return -tf.reduce_sum(0.5 * LOG_2PI + tf.math.log(scale) + 0.5 * tf.square(z), axis=-1)
+def gaussian_log_prob(x: tf.Tensor, loc: tf.Tensor, scale: tf.Tensor | tf.linalg.LinearOperator) -> tf.Tensor:
+    """log N(x; loc, S S^T) over the last axis, S = diag(scale) or a lower-triangular operator.
+
+    For a full S: -0.5 |S^-1 (x - loc)|^2 - sum log diag(S) - 0.5 D log(2 pi), one
+    triangular solve.
+    """
+    if isinstance(scale, tf.linalg.LinearOperator):
+        z = scale.solvevec(x - loc)
+        log_det = scale.log_abs_determinant()
+    else:
+        z = (x - loc) / scale
+        log_det = tf.reduce_sum(tf.math.log(scale), axis=-1)
+    return -log_det - tf.reduce_sum(0.5 * LOG_2PI + 0.5 * tf.square(z), axis=-1)
 
 
-def distortion(x: tf.Tensor, loc: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
-    """-log p(x|z) for a diagonal Gaussian decoder: summed over features, not averaged."""
+def distortion(x: tf.Tensor, loc: tf.Tensor, scale: tf.Tensor | tf.linalg.LinearOperator) -> tf.Tensor:
+    """-log p(x|z) for a Gaussian decoder: summed over features, not averaged."""
     return -gaussian_log_prob(x, loc, scale)
 
 

@@ -8,6 +8,7 @@ give the decoder a likelihood and let the evidence lower bound weigh the terms.
     q(z|x)     = N(m(u), L(u) L(u)^T)               tfp.layers.MultivariateNormalTriL
     z          = m + L eps,  eps ~ N(0, I)          reparameterised
     p(u|z)     = N(mu(z), diag(sigma(z)^2))         tfp.layers.IndependentNormal, sigma >= min_scale
+                 (decoder_scale="full": N(mu(z), S(z) S(z)^T), tfp.layers.MultivariateNormalTriL)
     distortion = -log p(x|z) = -log p(u|z) + sum_d log scale_d    (a density of the raw data;
                                               whitened: + 0.5 log det C)
     rate       = KL(q(z|x) || N(0, I))              analytic
@@ -113,7 +114,7 @@ class VariationalAutoencoder(tf_keras.Model):
         return Posterior(qz, losses.rate_full(qz.loc, scale_tril), tf.math.log(tf.linalg.diag_part(scale_tril)))
 
     def decoder_params(self, z):
-        """Decoder mean and standard deviation, in model units."""
+        """Decoder mean and scale (stddevs, or a lower-triangular operator), in model units."""
         raise NotImplementedError
 
     def kl_weight_now(self, training: bool):
@@ -283,7 +284,11 @@ class GaussianVAE(VariationalAutoencoder):
         model units, is then correlated in raw units, which suits strongly
         correlated features (breast cancer's radius, perimeter and area).
       decoder_scale: `"learned"` sigma(z), `"shared"` per feature, `"optimal"`
-        (sigma-VAE) or `"fixed"` at `fixed_scale`.
+        (sigma-VAE), `"fixed"` at `fixed_scale`, or `"full"`: a full covariance
+        S(z) S(z)^T from the network (`heads.DecoderFullNormal`), for features
+        whose residuals are correlated in ways that depend on z, such as columns
+        derived from others; it costs D (D + 1) / 2 outputs and a triangular
+        solve per example.
       kl_weight: beta, the weight of the KL term; 1 gives the ELBO. The current
         value lives in `model.beta`, a variable a callback can anneal.
       fixed_scale: the decoder sigma for `decoder_scale="fixed"`, in standard
@@ -334,7 +339,8 @@ class GaussianVAE(VariationalAutoencoder):
         self.decoder_scale_params = heads.DecoderScale(
             self.input_size, decoder_scale, self.min_scale, self.fixed_scale, _offset(seed, 400),
             name="decoder_scale")
-        self.decoder_head = heads.DecoderNormal(self.input_size, self.min_scale, name="likelihood")
+        likelihood = heads.DecoderFullNormal if decoder_scale == "full" else heads.DecoderNormal
+        self.decoder_head = likelihood(self.input_size, self.min_scale, name="likelihood")
         self(tf.zeros([1, self.input_size]))
 
     def get_config(self):
@@ -408,7 +414,7 @@ class GaussianVAE(VariationalAutoencoder):
         code_mean = dense(self.encoder_mlp(self.to_model_units(tf.convert_to_tensor(x, tf.float32))),
                           params.kernel[:, :self.code_size], params.bias[:self.code_size])
         hidden = self.decoder_mlp(code_mean)
-        scale = heads.decoder_scale(self.decoder_scale_params(hidden), self.min_scale)
+        scale = self.decoder_scale_params.scale(self.decoder_scale_params(hidden))
         return {"code_mean": code_mean,
                 "mean": dense(hidden, *self.standardize.fold_output(self.decoder_loc.kernel, self.decoder_loc.bias)),
                 "stddev": self.standardize.raw_stddev(scale)}
@@ -416,7 +422,9 @@ class GaussianVAE(VariationalAutoencoder):
     def decoder_params(self, z):
         hidden = self.decoder_mlp(z)
         params = tf.concat([self.decoder_loc(hidden), self.decoder_scale_params(hidden)], axis=-1)
-        px = self.decoder_head(params).distribution
+        px = self.decoder_head(params)
+        if self.decoder_scale != "full":
+            px = px.distribution  # the Independent's Normal
         return px.loc, px.scale
 
     def loss_terms(self, x, eps, training: bool = False) -> dict:
