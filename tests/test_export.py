@@ -49,13 +49,15 @@ def train(model, x):
     return model
 
 
-@pytest.fixture(scope="module", params=["gaussian", "whitened", "question"])
+@pytest.fixture(scope="module", params=["gaussian", "whitened", "whitened, full covariance", "question"])
 def exported(request, tmp_path_factory):
     rng = np.random.default_rng(1)
     x = (rng.normal(size=(400, 4)) * [1e-3, 1.0, 1e3, 10.0] + [0.0, 1e4, 0.0, 5.0]).astype(np.float32)
     if request.param != "question":
-        normalization = "whiten" if request.param == "whitened" else "standardize"
-        model = train(GaussianVAE(4, code_size=2, hidden=(8,), normalization=normalization, seed=0), x)
+        normalization = "whiten" if request.param.startswith("whitened") else "standardize"
+        decoder_scale = "full" if request.param.endswith("full covariance") else "learned"
+        model = train(GaussianVAE(4, code_size=2, hidden=(8,), normalization=normalization,
+                                  decoder_scale=decoder_scale, seed=0), x)
     else:
         model = train(QuestionVAE(4, code_size=2, seed=0), x / 100)
     path = export_saved_model(model, tmp_path_factory.mktemp("exports"))

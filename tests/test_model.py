@@ -51,6 +51,17 @@ def test_outputs_are_in_raw_units(mixed_scale_data):
     assert np.all(np.abs(samples.mean(axis=0) - mixed_scale_data.mean(axis=0)) < 0.5 * spread)
 
 
+def test_validation_loss_is_the_expected_loss_over_a_draw_per_row(mixed_scale_data):
+    """Over 2000 copies of one row, the validation loss is the mean over draws, not the loss at one draw."""
+    model = trained(mixed_scale_data, epochs=1)
+    copies = np.repeat(mixed_scale_data[:1], 2000, axis=0)
+    validation = model.evaluate(copies, batch_size=2000, verbose=0, return_dict=True)["loss"]
+    per_draw = model.loss_terms(copies, tf.random.stateless_normal([1, 2000, 2], seed=[5, 6]))["loss"].numpy()
+    assert per_draw.std() > 0.1
+    assert abs(validation - per_draw.mean()) < 5 * per_draw.std() / np.sqrt(2000)
+    assert model.evaluate(copies, batch_size=2000, verbose=0, return_dict=True)["loss"] == validation
+
+
 @pytest.mark.parametrize("decoder_scale", heads.DECODER_SCALES)
 @pytest.mark.parametrize("posterior", heads.POSTERIORS)
 def test_every_head_trains(mixed_scale_data, decoder_scale, posterior):

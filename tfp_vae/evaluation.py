@@ -63,7 +63,7 @@ def log_likelihood(model: VariationalAutoencoder, x, num_samples: int = 1000, se
     x = np.asarray(x, np.float32)
     log_weights = _log_weights_function(model)
     rng = np.random.default_rng(seed)
-    width = max(model.input_size, model.code_size)
+    width = max(model.decoder_width, model.code_size)
     results = {"log_likelihood": [], "elbo": [], "reconstruction_log_prob": []}
     for start in range(0, len(x), rows_per_chunk):
         rows = tf.constant(x[start:start + rows_per_chunk])

@@ -113,6 +113,11 @@ class VariationalAutoencoder(tf_keras.Model):
         scale_tril = qz.scale.to_dense()
         return Posterior(qz, losses.rate_full(qz.loc, scale_tril), tf.math.log(tf.linalg.diag_part(scale_tril)))
 
+    @property
+    def decoder_width(self) -> int:
+        """Numbers per row and draw in the decoder's scale: what sizes evaluation's chunks."""
+        return self.input_size
+
     def decoder_params(self, z):
         """Decoder mean and scale (stddevs, or a lower-triangular operator), in model units."""
         raise NotImplementedError
@@ -160,13 +165,13 @@ class VariationalAutoencoder(tf_keras.Model):
     def metrics(self):
         return list(self.trackers_.values())
 
-    def draw_noise(self, batch_size):
+    def draw_noise(self, batch_size, step=None):
         """eps [1, B, K], a function of the seed, the step and each row's place in the global batch.
 
         Runs repeat and resume exactly, and a batch split across replicas gets the
-        same noise, row for row, as on one device.
+        same noise, row for row, as on one device. `step` defaults to the optimizer's.
         """
-        step = tf.cast(self.optimizer.iterations, tf.int32)
+        step = tf.cast(self.optimizer.iterations if step is None else step, tf.int32)
         context = tf.distribute.get_replica_context()
         replicas = context.num_replicas_in_sync if context else 1
         replica = tf.cast(context.replica_id_in_sync_group, tf.int32) if context else 0
@@ -188,7 +193,11 @@ class VariationalAutoencoder(tf_keras.Model):
         return self.update_metrics(terms)
 
     def test_step(self, data):
-        return self.update_metrics(self.loss_terms(features_of(data), self.fixed_noise(1)))
+        # A draw per row, the same at every epoch: the validation loss is then an unbiased, repeatable
+        # estimate of the expected loss. One draw shared by every row would favour the posteriors that
+        # suit that one draw, and early stopping would stop on its noise.
+        x = features_of(data)
+        return self.update_metrics(self.loss_terms(x, self.draw_noise(tf.shape(x)[0], step=-1)))
 
     def update_metrics(self, terms):
         for name, tracker in self.trackers_.items():
@@ -371,6 +380,10 @@ class GaussianVAE(VariationalAutoencoder):
             warnings.warn(f"constant column(s) {constant.tolist()}: their scale is floored", stacklevel=3)
         self.standardize.set_moments(stats.mean, stats.stddev, stats.count, stats.covariance)
         return self
+
+    @property
+    def decoder_width(self) -> int:
+        return self.input_size**2 if self.decoder_scale == "full" else self.input_size
 
     @property
     def whitens(self) -> bool:
