@@ -39,11 +39,9 @@ def gaussian_log_prob(x: tf.Tensor, loc: tf.Tensor, scale: tf.Tensor | tf.linalg
     """
     if isinstance(scale, tf.linalg.LinearOperator):
         z = scale.solvevec(x - loc)
-        log_det = scale.log_abs_determinant()
-    else:
-        z = (x - loc) / scale
-        log_det = tf.reduce_sum(tf.math.log(scale), axis=-1)
-    return -log_det - tf.reduce_sum(0.5 * LOG_2PI + 0.5 * tf.square(z), axis=-1)
+        return -scale.log_abs_determinant() - tf.reduce_sum(0.5 * LOG_2PI + 0.5 * tf.square(z), axis=-1)
+    z = (x - loc) / scale
+    return -tf.reduce_sum(0.5 * LOG_2PI + tf.math.log(scale) + 0.5 * tf.square(z), axis=-1)
 
 
 def distortion(x: tf.Tensor, loc: tf.Tensor, scale: tf.Tensor | tf.linalg.LinearOperator) -> tf.Tensor:
