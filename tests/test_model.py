@@ -237,3 +237,13 @@ def test_folded_call_gives_calls_outputs(mixed_scale_data, options):
     tolerance = 1e-5 * spread + 4 * np.finfo(np.float32).eps * np.abs(expected["mean"].numpy())
     np.testing.assert_array_less(np.abs(folded["mean"].numpy() - expected["mean"].numpy()), tolerance)
     np.testing.assert_allclose(folded["stddev"].numpy(), expected["stddev"].numpy(), rtol=1e-6)
+
+
+def test_full_covariance_model_round_trips_through_a_keras_file(mixed_scale_data, tmp_path):
+    model = trained(mixed_scale_data, decoder_scale="full")
+    model.save(tmp_path / "model.keras")
+    loaded = tf_keras.models.load_model(tmp_path / "model.keras")
+    assert isinstance(loaded.decoder_head, heads.DecoderFullNormal)
+    x = mixed_scale_data[:20]
+    np.testing.assert_array_equal(loaded.elbo(x).numpy(), model.elbo(x).numpy())
+    np.testing.assert_array_equal(loaded(x)["stddev"].numpy(), model(x)["stddev"].numpy())

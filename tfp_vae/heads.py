@@ -334,8 +334,20 @@ def decoder_scale(raw_scale, min_scale: float):
     return min_scale + tf.math.softplus(raw_scale)
 
 
+class FlooredDecoderHead(RebuiltFromConfig):
+    """A decoder head whose distribution comes from `new(params, event_size, min_scale)`."""
+
+    def __init__(self, event_size: int, min_scale: float = 1e-3, **kwargs):
+        tfpl.DistributionLambda.__init__(self, lambda t: type(self).new(t, event_size, min_scale), MEAN, **kwargs)
+        self.event_size = event_size
+        self.min_scale = min_scale
+
+    def get_config(self):
+        return {**_layer_config(self), "event_size": self.event_size, "min_scale": self.min_scale}
+
+
 @tf_keras.saving.register_keras_serializable(PACKAGE)
-class DecoderNormal(RebuiltFromConfig, tfpl.IndependentNormal):
+class DecoderNormal(FlooredDecoderHead, tfpl.IndependentNormal):
     """p(x|z) = prod_d N(x_d; loc_d, min_scale + softplus(raw_d)) from `2 D` numbers.
 
     TFP's `IndependentNormal` lets the softplus scale reach zero, where a learned
@@ -350,12 +362,6 @@ class DecoderNormal(RebuiltFromConfig, tfpl.IndependentNormal):
     ```
     """
 
-    def __init__(self, event_size: int, min_scale: float = 1e-3, **kwargs):
-        tfpl.DistributionLambda.__init__(
-            self, lambda t: DecoderNormal.new(t, event_size, min_scale), MEAN, **kwargs)
-        self.event_size = event_size
-        self.min_scale = min_scale
-
     @staticmethod
     def new(params, event_size: int, min_scale: float = 1e-3):
         loc, raw_scale = params[..., :event_size], params[..., event_size:]
@@ -367,12 +373,9 @@ class DecoderNormal(RebuiltFromConfig, tfpl.IndependentNormal):
     def params_size(event_size: int) -> int:
         return 2 * event_size
 
-    def get_config(self):
-        return {**_layer_config(self), "event_size": self.event_size, "min_scale": self.min_scale}
-
 
 @tf_keras.saving.register_keras_serializable(PACKAGE)
-class DecoderFullNormal(RebuiltFromConfig, tfpl.MultivariateNormalTriL):
+class DecoderFullNormal(FlooredDecoderHead, tfpl.MultivariateNormalTriL):
     """p(x|z) = N(loc, S S^T), S lower-triangular with diagonal `min_scale + softplus(raw)`.
 
     TFP's `MultivariateNormalTriL` from `params_size(D)` numbers with `fill_scale_tril`'s
@@ -384,24 +387,15 @@ class DecoderFullNormal(RebuiltFromConfig, tfpl.MultivariateNormalTriL):
     ```python
     head = DecoderFullNormal(event_size=3, min_scale=1e-3)
     px = head(tf.zeros([8, DecoderFullNormal.params_size(3)]))
-    px.scale.to_dense().shape  # ==> [8, 3, 3]; diagonal 1e-3 + log(2), zeros below it
+    px.scale.to_dense().shape  # ==> [8, 3, 3]; diagonal 1e-3 + log(2), zeros off it
     ```
     """
-
-    def __init__(self, event_size: int, min_scale: float = 1e-3, **kwargs):
-        tfpl.DistributionLambda.__init__(
-            self, lambda t: DecoderFullNormal.new(t, event_size, min_scale), MEAN, **kwargs)
-        self.event_size = event_size
-        self.min_scale = min_scale
 
     @staticmethod
     def new(params, event_size: int, min_scale: float = 1e-3):
         return tfd.MultivariateNormalTriL(
             loc=params[..., :event_size],
             scale_tril=fill_scale_tril(params[..., event_size:], event_size, diagonal_floor=min_scale))
-
-    def get_config(self):
-        return {**_layer_config(self), "event_size": self.event_size, "min_scale": self.min_scale}
 
 
 @tf_keras.saving.register_keras_serializable(PACKAGE)
