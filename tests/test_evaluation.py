@@ -36,3 +36,15 @@ def test_iwae_tightens_towards_the_exact_ppca_likelihood(rng):
     assert metrics["n"] == 500 and metrics["active_units"] == k
     assert metrics["elbo"] <= metrics["log_likelihood"] + 1e-6
     assert metrics["bits_per_feature"] == pytest.approx(-metrics["log_likelihood"] / (d * math.log(2)))
+
+
+def test_iwae_over_many_chunks_of_draws_equals_one_chunk(mixed_scale_data):
+    model = GaussianVAE(5, hidden=(8,), decoder_scale="full", seed=0)
+    model.compile()
+    model.fit(mixed_scale_data, epochs=2, batch_size=100, verbose=0)
+    x = mixed_scale_data[:40]
+    one = log_likelihood(model, x, num_samples=64, rows_per_chunk=40)
+    many = log_likelihood(model, x, num_samples=64, rows_per_chunk=40, cells_per_chunk=40 * 25 * 3)  # 22 chunks
+    for name in one:
+        np.testing.assert_allclose(many[name], one[name], rtol=1e-5)
+    assert np.all(one["elbo"] <= one["log_likelihood"])

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfp_vae import GaussianVAE, heads, losses
+from tfp_vae import GaussianVAE, config, heads, losses
 from tfp_vae._keras import tf_keras
 from tfp_vae.callbacks import KLWarmup
 
@@ -30,12 +30,11 @@ def test_raw_log_likelihood_is_standardised_minus_sum_log_scale(mixed_scale_data
     x = mixed_scale_data[:20]
     z = model.encode(x).mean()
     raw = model.decode(z).log_prob(x).numpy()
-    u = model.standardize(x)
+    u = model.normalizer(x)
     hidden = model.decoder_mlp(z)
-    params = tf.concat([model.decoder_loc(hidden), model.decoder_scale_params(hidden)], -1)
-    standardised = model.decoder_head(params).log_prob(u).numpy()
-    np.testing.assert_allclose(raw, standardised - np.log(model.standardize.scale.numpy()).sum(), rtol=1e-4)
-    np.testing.assert_allclose(model.standardize.scale.numpy(), mixed_scale_data.std(axis=0), rtol=1e-3)
+    standardised = model.likelihood.distribution(model.decoder_loc(hidden), model.likelihood(hidden)).log_prob(u)
+    np.testing.assert_allclose(raw, standardised.numpy() - np.log(model.normalizer.scale.numpy()).sum(), rtol=1e-4)
+    np.testing.assert_allclose(model.normalizer.scale.numpy(), mixed_scale_data.std(axis=0), rtol=1e-3)
 
 
 def test_outputs_are_in_raw_units(mixed_scale_data):
@@ -62,8 +61,8 @@ def test_validation_loss_is_the_expected_loss_over_a_draw_per_row(mixed_scale_da
     assert model.evaluate(copies, batch_size=2000, verbose=0, return_dict=True)["loss"] == validation
 
 
-@pytest.mark.parametrize("decoder_scale", heads.DECODER_SCALES)
-@pytest.mark.parametrize("posterior", heads.POSTERIORS)
+@pytest.mark.parametrize("decoder_scale", config.DECODER_SCALES)
+@pytest.mark.parametrize("posterior", config.POSTERIORS)
 def test_every_head_trains(mixed_scale_data, decoder_scale, posterior):
     model = trained(mixed_scale_data, epochs=2, decoder_scale=decoder_scale, posterior=posterior)
     assert np.isfinite(model.history.history["loss"]).all()
@@ -103,7 +102,7 @@ def test_save_and_load_round_trip_and_resume(mixed_scale_data, tmp_path):
     model.save(tmp_path / "model.keras")
     loaded = tf_keras.models.load_model(tmp_path / "model.keras")
     assert type(loaded) is GaussianVAE and loaded.get_config() == model.get_config()
-    np.testing.assert_array_equal(loaded.standardize.mean.numpy(), model.standardize.mean.numpy())
+    np.testing.assert_array_equal(loaded.normalizer.mean.numpy(), model.normalizer.mean.numpy())
     np.testing.assert_array_equal(loaded.elbo(mixed_scale_data).numpy(), model.elbo(mixed_scale_data).numpy())
     assert loaded.optimizer.iterations.numpy() == model.optimizer.iterations.numpy() == 6
     for each in (model, loaded):
@@ -123,7 +122,7 @@ def test_fit_from_a_dataset(mixed_scale_data):
     model.compile()
     history = model.fit(dataset, epochs=2, verbose=0).history
     assert np.isfinite(history["loss"]).all()
-    np.testing.assert_allclose(model.standardize.mean.numpy(), mixed_scale_data.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(model.normalizer.mean.numpy(), mixed_scale_data.mean(axis=0), rtol=1e-5)
 
 
 def test_wrong_width_and_non_finite_input_are_clear_errors(mixed_scale_data):
@@ -197,7 +196,7 @@ def test_whitened_model_reports_raw_units_consistently(mixed_scale_data, tmp_pat
     np.testing.assert_allclose(px.mean().numpy(), outputs["mean"].numpy(), rtol=1e-5)
     np.testing.assert_allclose(px.stddev().numpy(), outputs["stddev"].numpy(), rtol=1e-4)
     loc, scale = model.decoder_params(outputs["code_mean"])
-    by_hand = losses.gaussian_log_prob(model.standardize(x), loc, scale) - model.standardize.log_det_jacobian()
+    by_hand = losses.gaussian_log_prob(model.normalizer(x), loc, scale) - model.normalizer.log_det_jacobian()
     # Rows at offsets of 1e4 carry about 1e-3 of float32 rounding into each log-density.
     np.testing.assert_allclose(px.log_prob(x).numpy(), by_hand.numpy(), atol=1e-2)
     samples = model.sample(2000, seed=1).numpy()
@@ -215,7 +214,7 @@ def test_whitening_models_correlated_residuals(rng):
     x = np.repeat(factors, 2, axis=1) + 0.05 * rng.normal(size=(3000, 6))
     x = x.astype(np.float32)
     elbos = {normalization: trained(x, epochs=20, code_size=1, normalization=normalization).elbo(x).numpy().mean()
-             for normalization in heads.NORMALIZATIONS}
+             for normalization in config.NORMALIZATIONS}
     assert elbos["whiten"] > elbos["standardize"] + 3.0, elbos
 
 
@@ -243,7 +242,7 @@ def test_full_covariance_model_round_trips_through_a_keras_file(mixed_scale_data
     model = trained(mixed_scale_data, decoder_scale="full")
     model.save(tmp_path / "model.keras")
     loaded = tf_keras.models.load_model(tmp_path / "model.keras")
-    assert isinstance(loaded.decoder_head, heads.DecoderFullNormal)
+    assert isinstance(loaded.likelihood.head, heads.DecoderFullNormal)
     x = mixed_scale_data[:20]
     np.testing.assert_array_equal(loaded.elbo(x).numpy(), model.elbo(x).numpy())
     np.testing.assert_array_equal(loaded(x)["stddev"].numpy(), model(x)["stddev"].numpy())

@@ -2,6 +2,7 @@
 
 import os
 
+import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
@@ -61,3 +62,32 @@ class EpochScalars(tf_keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         for writer in self.writers.values():
             writer.close()
+
+
+class KeepLastGoodWeights(tf_keras.callbacks.Callback):
+    """Stops at the first non-finite loss and puts back the weights of the last finished epoch.
+
+    After training, `diverged_at` is `(epoch, batch)` where the loss stopped being
+    finite (None if it never did) and `good_epoch` the epoch whose weights were kept
+    (None: the initial ones).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.diverged_at = None
+
+    def on_train_begin(self, logs=None):
+        self.good_weights, self.good_epoch = self.model.get_weights(), None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if logs and not np.isfinite(float(logs["loss"])):
+            self.diverged_at = (self.epoch, batch)
+            self.model.set_weights(self.good_weights)
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.diverged_at is None:
+            self.good_weights, self.good_epoch = self.model.get_weights(), epoch

@@ -5,12 +5,16 @@ input becomes one `error: ...` line on stderr and exit code 2.
 """
 
 import argparse
+import dataclasses
 import json
 import os
+import re
 import sys
 import tempfile
 import warnings
 
+from tfp_vae.config import DECODER_SCALES, DEFAULTS, MODELS, NORMALIZATIONS, POSTERIORS, STRATEGIES, Config
+from tfp_vae.errors import TfpVaeError
 from tfp_vae.quiet import start_tensorflow_quietly
 
 EXIT_USAGE = 2
@@ -44,28 +48,28 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model on DATA into a run folder")
     _data_arguments(train)
     train.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder to create")
-    train.add_argument("--model", choices=("gaussian", "question"), default="gaussian")
-    train.add_argument("--code-size", type=int, default=2, metavar="K")
-    train.add_argument("--hidden", type=_widths, default=(64, 64), help="hidden widths, e.g. 64,64 (gaussian)")
-    train.add_argument("--posterior", choices=("full", "diagonal"), default="full")
-    train.add_argument("--decoder-scale", choices=("learned", "shared", "optimal", "fixed", "full"), default="learned",
+    train.add_argument("--model", choices=MODELS, default=DEFAULTS.model)
+    train.add_argument("--code-size", type=int, default=DEFAULTS.code_size, metavar="K")
+    train.add_argument("--hidden", type=_widths, default=DEFAULTS.hidden, help="hidden widths, e.g. 64,64 (gaussian)")
+    train.add_argument("--posterior", choices=POSTERIORS, default=DEFAULTS.posterior)
+    train.add_argument("--decoder-scale", choices=DECODER_SCALES, default=DEFAULTS.decoder_scale,
                        help="full: a full covariance from the network, for features whose residuals are "
                             "correlated given the code, such as columns derived from others (gaussian)")
-    train.add_argument("--normalization", choices=("standardize", "whiten"), default="standardize",
+    train.add_argument("--normalization", choices=NORMALIZATIONS, default=DEFAULTS.normalization,
                        help="whiten: also decorrelate the features, so the decoder's noise is correlated in raw "
                             "units (gaussian; strongly correlated features)")
     train.add_argument("--kl-weight", type=float, metavar="W", help="default 1 (gaussian), 1e-4 (question)")
-    train.add_argument("--kl-warmup-epochs", type=int, default=0, metavar="N",
+    train.add_argument("--kl-warmup-epochs", type=int, default=DEFAULTS.kl_warmup_epochs, metavar="N",
                        help="raise the KL weight linearly over the first N epochs; early stopping waits for them")
-    train.add_argument("--epochs", type=int, default=100)
-    train.add_argument("--early-stopping-patience", type=int, default=0, metavar="N",
+    train.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
+    train.add_argument("--early-stopping-patience", type=int, default=DEFAULTS.early_stopping_patience, metavar="N",
                        help="stop when the validation loss (the KL at its full weight) has not improved for "
                             "N epochs, keeping the best")
-    train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--learning-rate", type=float, default=1e-3)
-    train.add_argument("--validation-split", type=float, default=0.1, metavar="F")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--strategy", choices=("default", "mirrored", "multiworker"), default="default")
+    train.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    train.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate)
+    train.add_argument("--validation-split", type=float, default=DEFAULTS.validation_split, metavar="F")
+    train.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    train.add_argument("--strategy", choices=STRATEGIES, default=DEFAULTS.strategy)
     train.add_argument("--worker-timeout", type=float, default=120.0, metavar="SECONDS",
                        help="multiworker: how long to wait for every worker in TF_CONFIG to join")
     train.add_argument("--resume", action="store_true", help="continue the interrupted run in RUN_DIR")
@@ -134,16 +138,15 @@ def _write_rows(path: str, values, header: list) -> None:
 
 
 def _usage_error(message: str):
-    from tfp_vae.data import TfpVaeError
     return TfpVaeError(message)
 
 
 def _train(args):
-    from tfp_vae.config import Config
     from tfp_vae.pipeline import source_for
+    from tfp_vae.runs import load_config
     from tfp_vae.training import train
     if args.resume:
-        config = Config.load(args.out)
+        config = load_config(args.out)
         source = source_for(args.data, config.columns, args.drop_nonfinite)
     else:
         source = source_for(args.data, args.columns, args.drop_nonfinite)
@@ -162,7 +165,7 @@ def _train(args):
 def _evaluate(args):
     from tfp_vae.evaluation import evaluate
     from tfp_vae.pipeline import source_for
-    from tfp_vae.training import load_run
+    from tfp_vae.runs import load_run
     config, model = load_run(args.run_dir)
     source = source_for(args.data, args.columns if args.columns is not None else config.columns, args.drop_nonfinite)
     print(json.dumps(evaluate(model, source, args.samples, args.seed), indent=2))
@@ -170,13 +173,13 @@ def _evaluate(args):
 
 def _export(args):
     from tfp_vae.export import export_saved_model
-    from tfp_vae.training import load_run
+    from tfp_vae.runs import load_run
     _, model = load_run(args.run_dir)
     print(export_saved_model(model, args.export_base, args.version))
 
 
 def _encode(args):
-    from tfp_vae.training import load_run
+    from tfp_vae.runs import load_run
     config, model = load_run(args.run_dir)
     x = _read(args, config).values
     model.check_input(x, source=args.data)
@@ -186,7 +189,7 @@ def _encode(args):
 
 def _score(args):
     import numpy as np
-    from tfp_vae.training import load_run
+    from tfp_vae.runs import load_run
     config, model = load_run(args.run_dir)
     x = _read(args, config).values
     model.check_input(x, source=args.data)
@@ -197,7 +200,7 @@ def _score(args):
 
 
 def _sample(args):
-    from tfp_vae.training import load_run
+    from tfp_vae.runs import load_run
     config, model = load_run(args.run_dir)
     if args.num_samples < 1:
         raise _usage_error(f"-n must be at least 1, got {args.num_samples}")
@@ -214,6 +217,21 @@ COMMANDS = {"train": _train, "evaluate": _evaluate, "export": _export, "encode":
             "sample": _sample, "demo": _demo}
 
 
+# Library arguments that messages name, and the flags they are given by here.
+FLAGS = {name: "--" + name.replace("_", "-") for name in
+         [field.name for field in dataclasses.fields(Config) if field.name not in ("input_size", "feature_names")]
+         + ["drop_nonfinite", "resume", "worker_timeout"]}
+FLAGS["run_dir"] = "--out"
+
+
+def in_flags(message: str) -> str:
+    """A library message in the command line's words: `drop_nonfinite=True` -> `--drop-nonfinite`, and so on."""
+    names = "|".join(sorted(FLAGS, key=len, reverse=True))
+    message = re.sub(rf"\b({names})=True\b", lambda match: FLAGS[match[1]], message)
+    message = re.sub(rf"\b({names})='([^']*)'", lambda match: f"{FLAGS[match[1]]} {match[2]}", message)
+    return re.sub(rf"\b({names})\b(?!=)", lambda match: FLAGS[match[1]] if "_" in match[1] else match[1], message)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"warning: {message}", file=sys.stderr)
 
@@ -222,11 +240,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning
     start_tensorflow_quietly(initialize_devices="TF_CONFIG" not in os.environ)
-    from tfp_vae.data import TfpVaeError
     try:
         COMMANDS[args.command](args)
     except TfpVaeError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {in_flags(str(error))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,17 +1,21 @@
-"""The settings of one training run: architecture and training, saved as JSON in the run folder."""
+"""The settings of one training run, and every choice and default the command line offers.
+
+TensorFlow-free, so the command line can read its choices and defaults, and check
+what it is given, before TensorFlow loads. The run folder keeps a `Config` as
+JSON (`tfp_vae.runs`).
+"""
 
 import dataclasses
-import json
-import os
 
-from tfp_vae.data import TfpVaeError
-from tfp_vae.heads import NORMALIZATIONS
-from tfp_vae.model import GaussianVAE, VariationalAutoencoder
-from tfp_vae.question import QuestionVAE
+from tfp_vae.errors import TfpVaeError
 
 MODELS = ("gaussian", "question")
+POSTERIORS = ("full", "diagonal")
+NORMALIZATIONS = ("standardize", "whiten")
+# The decoder likelihoods of `GaussianVAE` by name (`tfp_vae.likelihoods.LIKELIHOODS`).
+DECODER_SCALES = ("learned", "shared", "optimal", "fixed", "full")
+STRATEGIES = ("default", "mirrored", "multiworker")
 DEFAULT_KL_WEIGHT = {"gaussian": 1.0, "question": 1e-4}
-CONFIG_FILE = "config.json"
 
 
 @dataclasses.dataclass
@@ -47,10 +51,10 @@ class Config:
 
     def __post_init__(self):
         self.hidden = tuple(int(width) for width in self.hidden)
-        if self.model not in MODELS:
-            raise TfpVaeError(f"model must be one of {MODELS}, got {self.model!r}")
-        if self.normalization not in NORMALIZATIONS:
-            raise TfpVaeError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+        for name, choices in (("model", MODELS), ("posterior", POSTERIORS), ("normalization", NORMALIZATIONS),
+                              ("decoder_scale", DECODER_SCALES), ("strategy", STRATEGIES)):
+            if getattr(self, name) not in choices:
+                raise TfpVaeError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         if self.model == "question" and self.normalization != "standardize":
             raise TfpVaeError("the question's model works in raw units: normalization applies to the gaussian model")
         if self.kl_weight is None:
@@ -62,24 +66,8 @@ class Config:
             raise TfpVaeError(f"validation_split must be in [0, 1), got {self.validation_split}")
         if not self.learning_rate > 0:
             raise TfpVaeError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.early_stopping_patience and not self.validation_split:
+            raise TfpVaeError("early stopping watches the validation loss: set validation_split above 0")
 
-    def build_model(self) -> VariationalAutoencoder:
-        if self.model == "question":
-            return QuestionVAE(self.input_size, self.code_size, self.kl_weight, seed=self.seed)
-        return GaussianVAE(self.input_size, self.code_size, self.hidden, self.posterior, self.decoder_scale,
-                           self.kl_weight, normalization=self.normalization, seed=self.seed)
 
-    def save(self, run_dir: str) -> None:
-        with open(os.path.join(run_dir, CONFIG_FILE), "w") as file:
-            json.dump(dataclasses.asdict(self), file, indent=2)
-
-    @classmethod
-    def load(cls, run_dir: str) -> "Config":
-        path = os.path.join(run_dir, CONFIG_FILE)
-        try:
-            with open(path) as file:
-                return cls(**json.load(file))
-        except FileNotFoundError:
-            raise TfpVaeError(f"{run_dir}: not a tfp-vae run folder (no {CONFIG_FILE})") from None
-        except (json.JSONDecodeError, TypeError) as error:
-            raise TfpVaeError(f"{path}: unreadable run config ({error})") from None
+DEFAULTS = Config()

@@ -14,13 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from tfp_vae.errors import DataError
 
-class TfpVaeError(ValueError):
-    """A problem with what the user gave (data, a run folder, an export base), said in one line."""
-
-
-class DataError(TfpVaeError):
-    """Input data that cannot be used, with the file, row, column or shape at fault in its message."""
+FLOAT32_MAX = np.finfo(np.float32).max
 
 
 def features_of(element):
@@ -39,11 +35,31 @@ def batches(data, source: str = "input", batch_size: int = 4096) -> Iterator[tup
             yield first_row, block
             first_row += len(block)
         return
-    array = np.asarray(data)
-    if array.ndim != 2:
-        raise DataError(f"{source}: expected a 2-d array [rows, features], got shape {array.shape}")
+    array = require_2d(np.asarray(data), source)
     for start in range(0, len(array), batch_size):
         yield start, np.asarray(array[start:start + batch_size], np.float64)
+
+
+def require_2d(array: np.ndarray, source: str) -> np.ndarray:
+    """`array`, if it is 2-d [rows, features]; else a `DataError` naming its shape."""
+    if array.ndim != 2:
+        raise DataError(f"{source}: expected a 2-d array [rows, features], got shape {array.shape}")
+    return array
+
+
+def first_cell(mask: np.ndarray) -> tuple[int, int] | None:
+    """Row and column of the first true cell of a 2-d mask, or None."""
+    cells = np.argwhere(mask)
+    return (int(cells[0][0]), int(cells[0][1])) if len(cells) else None
+
+
+def refuse_too_large(values: np.ndarray, source: str, place_of_row, name_of_column) -> None:
+    """A `DataError` at the first value that float32 cannot hold, placed by the two functions."""
+    cell = first_cell(np.abs(values) > FLOAT32_MAX)
+    if cell:
+        row, column = cell
+        raise DataError(f"{source}: value {values[row, column]:g} at {place_of_row(row)}, "
+                        f"column {name_of_column(column)} is too large for float32")
 
 
 def check_block(block: np.ndarray, first_row: int, input_size: int | None, source: str) -> None:
@@ -51,17 +67,12 @@ def check_block(block: np.ndarray, first_row: int, input_size: int | None, sourc
     if input_size is not None and block.shape[-1] != input_size:
         raise DataError(
             f"{source}: expected {input_size} features per row, got shape {block.shape}")
-    bad = ~np.isfinite(block)
-    if bad.any():
-        row, column = np.argwhere(bad)[0]
+    cell = first_cell(~np.isfinite(block))
+    if cell:
+        row, column = cell
         raise DataError(
             f"{source}: non-finite value {block[row, column]} at row {first_row + row}, column {column}")
-    too_large = np.abs(block) > np.finfo(np.float32).max
-    if too_large.any():
-        row, column = np.argwhere(too_large)[0]
-        raise DataError(
-            f"{source}: value {block[row, column]:g} at row {first_row + row}, column {column} "
-            "is too large for float32")
+    refuse_too_large(block, source, lambda row: f"row {first_row + row}", str)
 
 
 class RunningMoments:
@@ -174,8 +185,7 @@ def _npy_blocks(path: str, rows_per_block: int) -> Iterator[Block]:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as error:
         raise DataError(f"{path}: cannot read as .npy ({error})") from error
-    if array.ndim != 2:
-        raise DataError(f"{path}: expected a 2-d array [rows, features], got shape {array.shape}")
+    require_2d(array, path)
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise DataError(f"{path}: expected numbers, got dtype {array.dtype}")
     if len(array) == 0:
@@ -278,18 +288,15 @@ def clean_blocks(pattern, columns=None, drop_nonfinite: bool = False,
             selected = select_columns(block.names, columns, path)
             values, names = block.values[:, selected], [block.names[i] for i in selected]
             finite = np.isfinite(values).all(axis=1)
-            if not finite.all() and not drop_nonfinite:
-                row, column = np.argwhere(~np.isfinite(values))[0]
+            cell = None if drop_nonfinite else first_cell(~np.isfinite(values))
+            if cell:
+                row, column = cell
                 raise DataError(
                     f"{path}: {_describe(values[row, column])} at {block.places[row]}, column {names[column]!r}; "
-                    "fix it or pass --drop-nonfinite to skip such rows")
+                    "fix it or pass drop_nonfinite=True to skip such rows")
             kept = np.flatnonzero(finite)
             values = values[kept]
-            too_large = np.abs(values) > np.finfo(np.float32).max
-            if too_large.any():
-                row, column = np.argwhere(too_large)[0]
-                raise DataError(f"{path}: value {values[row, column]:g} at {block.places[kept[row]]}, "
-                                f"column {names[column]!r} is too large for float32")
+            refuse_too_large(values, path, lambda row: block.places[kept[row]], lambda column: repr(names[column]))
             yield (Block(path, names, values, [block.places[i] for i in kept], first_row + kept),
                    int(len(finite) - len(kept)))
             first_row += len(finite)

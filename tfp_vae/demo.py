@@ -16,11 +16,11 @@ import os
 import numpy as np
 
 from tfp_vae.config import Config
-from tfp_vae.data import TfpVaeError
+from tfp_vae.errors import RunError, TfpVaeError
 from tfp_vae.evaluation import evaluate
 from tfp_vae.export import export_saved_model
 from tfp_vae.pipeline import in_validation
-from tfp_vae.training import RunError, train
+from tfp_vae.training import train
 
 DEMO_COLUMNS = (
     ("log_likelihood", "held-out log p(x), nats", "{:.1f}"),

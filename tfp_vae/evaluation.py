@@ -20,74 +20,54 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_vae import losses
-from tfp_vae.data import DataError, RunningMoments
-from tfp_vae.model import VariationalAutoencoder, reparameterize
-from tfp_vae.pipeline import ArraySource, CsvSource
+from tfp_vae.data import RunningMoments
+from tfp_vae.errors import DataError
+from tfp_vae.model import VariationalAutoencoder
+from tfp_vae.pipeline import as_source
 
 ACTIVE_UNIT_VARIANCE = 0.01
 PIT_BINS = 10
-
-
-def _standard_normal_log_prob(eps):
-    return -0.5 * tf.reduce_sum(tf.square(eps) + losses.LOG_2PI, axis=-1)
-
 
 _LOG_WEIGHTS = weakref.WeakKeyDictionary()
 
 
 def _log_weights_function(model: VariationalAutoencoder):
-    """The model's traced log-weight function, made once per model, not once per block of rows."""
+    """The model's traced `log_weights` (the weight and log p(x|z)), made once per model, not once per block."""
     if model not in _LOG_WEIGHTS:
-        _LOG_WEIGHTS[model] = _trace_log_weights(model)
+        @tf.function(reduce_retracing=True)
+        def log_weights(x, eps):
+            weights = model.log_weights(x, eps)
+            return weights.log_weight, weights.log_px
+        _LOG_WEIGHTS[model] = log_weights
     return _LOG_WEIGHTS[model]
-
-
-def _trace_log_weights(model: VariationalAutoencoder):
-    @tf.function(reduce_retracing=True)
-    def log_weights(x, eps):
-        """log p(x|z) + log p(z) - log q(z|x) and log p(x|z), each [S, B], for z = loc + L eps."""
-        u = model.to_model_units(x)
-        qz, _, log_scale = model.posterior_terms(u)
-        z = reparameterize(qz, eps)
-        loc, scale = model.decoder_params(z)
-        log_px = losses.gaussian_log_prob(u, loc, scale) - model.log_det_jacobian()
-        log_qz = _standard_normal_log_prob(eps) - tf.reduce_sum(log_scale, axis=-1)
-        return log_px + _standard_normal_log_prob(z) - log_qz, log_px
-
-    return log_weights
 
 
 def log_likelihood(model: VariationalAutoencoder, x, num_samples: int = 1000, seed: int = 0,
                    rows_per_chunk: int = 256, cells_per_chunk: int = 4_000_000) -> dict:
-    """Per-example IWAE log-likelihood, ELBO and reconstruction log-probability, in nats."""
+    """Per-example IWAE log-likelihood, ELBO and reconstruction log-probability, in nats.
+
+    Draws are made `cells_per_chunk` decoder numbers at a time, so memory stays
+    bounded for any number of samples; the bound itself is over all of them.
+    """
     x = np.asarray(x, np.float32)
     log_weights = _log_weights_function(model)
     rng = np.random.default_rng(seed)
-    width = max(model.decoder_width, model.code_size)
+    width = max(model.chunk_width, model.code_size)
     results = {"log_likelihood": [], "elbo": [], "reconstruction_log_prob": []}
     for start in range(0, len(x), rows_per_chunk):
         rows = tf.constant(x[start:start + rows_per_chunk])
         samples_per_chunk = max(1, cells_per_chunk // (len(rows) * width))
-        running_max = running_sum = None
-        weight_sum = np.zeros(len(rows))
-        log_px_sum = np.zeros(len(rows))
+        weights, log_px = [], []
         for first in range(0, num_samples, samples_per_chunk):
             count = min(samples_per_chunk, num_samples - first)
             eps = rng.standard_normal((count, len(rows), model.code_size)).astype(np.float32)
-            weights, log_px = (value.numpy().astype(np.float64) for value in log_weights(rows, tf.constant(eps)))
-            chunk_max = weights.max(axis=0)
-            if running_max is None:
-                running_max, running_sum = chunk_max, np.exp(weights - chunk_max).sum(axis=0)
-            else:
-                new_max = np.maximum(running_max, chunk_max)
-                running_sum = (running_sum * np.exp(running_max - new_max)
-                               + np.exp(weights - new_max).sum(axis=0))
-                running_max = new_max
-            weight_sum += weights.sum(axis=0)
-            log_px_sum += log_px.sum(axis=0)
-        results["log_likelihood"].append(running_max + np.log(running_sum) - math.log(num_samples))
-        results["elbo"].append(weight_sum / num_samples)
-        results["reconstruction_log_prob"].append(log_px_sum / num_samples)
+            chunk_weights, chunk_log_px = log_weights(rows, tf.constant(eps))
+            weights.append(chunk_weights.numpy().astype(np.float64))
+            log_px.append(chunk_log_px.numpy().astype(np.float64))
+        weights = np.concatenate(weights)
+        results["log_likelihood"].append(losses.iwae_bound(tf.constant(weights)).numpy())
+        results["elbo"].append(weights.mean(axis=0))
+        results["reconstruction_log_prob"].append(np.concatenate(log_px).mean(axis=0))
     return {name: np.concatenate(values) for name, values in results.items()}
 
 
@@ -107,7 +87,7 @@ def evaluate(model: VariationalAutoencoder, data, num_samples: int = 1000, seed:
     `log_likelihood_stderr` its standard error over examples; `mse` and the
     calibration use the reconstruction at the posterior mean.
     """
-    source = data if isinstance(data, (ArraySource, CsvSource)) else ArraySource(data)
+    source = as_source(data)
     if source.width != model.input_size:
         raise DataError(f"expected {model.input_size} features per row, the data has {source.width}")
     sums = np.zeros(6)

@@ -31,16 +31,12 @@ import tempfile
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2_as_graph
 
-from tfp_vae.data import TfpVaeError
+from tfp_vae.errors import ExportError
 from tfp_vae.model import VariationalAutoencoder
 
 SIGNATURES = ("serving_default", "reconstruct", "encode", "decode", "score", "sample")
 # A GraphDef must stay under protobuf's 2 GiB; weights appear once per signature graph that uses them.
 MAX_FROZEN_WEIGHT_BYTES = 256 * 2**20
-
-
-class ExportError(TfpVaeError):
-    """An export that cannot be written: the message names the folder at fault."""
 
 
 def frozen(function: tf.types.experimental.PolymorphicFunction) -> tf.types.experimental.ConcreteFunction:

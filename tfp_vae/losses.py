@@ -31,22 +31,25 @@ import tensorflow as tf
 LOG_2PI = math.log(2.0 * math.pi)
 
 
-def gaussian_log_prob(x: tf.Tensor, loc: tf.Tensor, scale: tf.Tensor | tf.linalg.LinearOperator) -> tf.Tensor:
-    """log N(x; loc, S S^T) over the last axis, S = diag(scale) or a lower-triangular operator.
-
-    For a full S: -0.5 |S^-1 (x - loc)|^2 - sum log diag(S) - 0.5 D log(2 pi), one
-    triangular solve.
-    """
-    if isinstance(scale, tf.linalg.LinearOperator):
-        z = scale.solvevec(x - loc)
-        return -scale.log_abs_determinant() - tf.reduce_sum(0.5 * LOG_2PI + 0.5 * tf.square(z), axis=-1)
+def gaussian_log_prob(x: tf.Tensor, loc: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
+    """log N(x; loc, diag(scale^2)) over the last axis."""
     z = (x - loc) / scale
     return -tf.reduce_sum(0.5 * LOG_2PI + tf.math.log(scale) + 0.5 * tf.square(z), axis=-1)
 
 
-def distortion(x: tf.Tensor, loc: tf.Tensor, scale: tf.Tensor | tf.linalg.LinearOperator) -> tf.Tensor:
-    """-log p(x|z) for a Gaussian decoder: summed over features, not averaged."""
-    return -gaussian_log_prob(x, loc, scale)
+def gaussian_log_prob_tril(x: tf.Tensor, loc: tf.Tensor, scale_tril: tf.Tensor) -> tf.Tensor:
+    """log N(x; loc, S S^T) over the last axis for a lower-triangular S [..., D, D] with positive diagonal.
+
+    -0.5 |S^-1 (x - loc)|^2 - sum log diag(S) - 0.5 D log(2 pi), one triangular solve.
+    """
+    scale = tf.linalg.LinearOperatorLowerTriangular(scale_tril, is_non_singular=True)
+    z = scale.solvevec(x - loc)
+    return -scale.log_abs_determinant() - tf.reduce_sum(0.5 * LOG_2PI + 0.5 * tf.square(z), axis=-1)
+
+
+def standard_normal_log_prob(z: tf.Tensor) -> tf.Tensor:
+    """log N(z; 0, I) over the last axis."""
+    return -0.5 * tf.reduce_sum(tf.square(z) + LOG_2PI, axis=-1)
 
 
 def rate_diagonal(loc: tf.Tensor, log_scale: tf.Tensor) -> tf.Tensor:
@@ -109,6 +112,11 @@ def optimal_scale(mean_squared_error: tf.Tensor, min_scale: float) -> tf.Tensor:
 
 
 def iwae_bound(log_weights: tf.Tensor) -> tf.Tensor:
-    """log (1/S) sum_s exp(log_weights[s]): the importance-weighted bound over axis 0."""
+    """log (1/S) sum_s exp(log_weights[s]): the importance-weighted bound over axis 0.
+
+    With log_weights = log p(x|z_s) + log p(z_s) - log q(z_s|x) for S draws of
+    q(z|x), it is a lower bound on log p(x) that tightens as S grows (Burda et al.
+    2016); their mean is the ELBO.
+    """
     num_samples = tf.cast(tf.shape(log_weights)[0], log_weights.dtype)
     return tf.reduce_logsumexp(log_weights, axis=0) - tf.math.log(num_samples)

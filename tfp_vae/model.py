@@ -31,9 +31,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_vae import heads, losses
-from tfp_vae._keras import tf_keras
-from tfp_vae.data import DataError, RunningMoments, check_block, features_of, moments
+from tfp_vae import heads, losses, saving
+from tfp_vae._keras import serializable, tf_keras
+from tfp_vae.data import RunningMoments, check_block, features_of, moments, require_2d
+from tfp_vae.errors import DataError
+from tfp_vae.likelihoods import make_likelihood
+from tfp_vae.normalization import NORMALIZERS, constant_columns
 
 tfd = tfp.distributions
 
@@ -54,22 +57,37 @@ class Posterior(NamedTuple):
     log_scale: tf.Tensor
 
 
-def global_batch_mean(rows):
-    """The mean over axis 0 of the whole global batch, across replicas when training is distributed."""
-    total, count = tf.reduce_sum(rows, axis=0), tf.cast(tf.shape(rows)[0], rows.dtype)
-    context = tf.distribute.get_replica_context()
-    if context is not None and context.num_replicas_in_sync > 1:
-        total, count = context.all_reduce(tf.distribute.ReduceOp.SUM, [total, count])
-    return total / count
+class LogWeights(NamedTuple):
+    """What one pass of rows `x` [B, D] and noise `eps` [S, B, K] gives, per draw and row.
+
+    `log_px` [S, B]: log p(x|z) in nats of the raw data; `log_pz` and `log_qz`
+    [S, B]: log p(z) and log q(z|x) at the same z; `rate` [B]: the analytic
+    KL(q(z|x) || p(z)); `mean` [S, B, D]: the decoder's mean in raw units.
+    The importance weight of a draw is `log_px + log_pz - log_qz` (`log_weight`).
+    """
+
+    log_px: tf.Tensor
+    log_pz: tf.Tensor
+    log_qz: tf.Tensor
+    rate: tf.Tensor
+    mean: tf.Tensor
+
+    @property
+    def log_weight(self) -> tf.Tensor:
+        return self.log_px + self.log_pz - self.log_qz
 
 
-class VariationalAutoencoder(tf_keras.Model):
+class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
     """The training loop, metrics and raw-unit outputs shared by tfp_vae's models.
 
-    A subclass defines the posterior, the decoder's parameters and the loss; it
-    works in "model units" (standardised for `GaussianVAE`, raw for the question's
-    model), and this class maps everything it returns back to raw units.
+    A subclass defines the posterior, the decoder's parameters, its likelihood and
+    the loss; it works in "model units" (standardised for `GaussianVAE`, raw for
+    the question's model), and this class maps everything it returns back to raw
+    units. Every loss, score and bound is built on one method, `log_weights`.
     """
+
+    # Layers whose weights moved since the first file layout, and where that layout kept them.
+    legacy_weight_paths: dict = {}
 
     def __init__(self, input_size: int, code_size: int, kl_weight: float, seed=None, **kwargs):
         super().__init__(**kwargs)
@@ -92,14 +110,21 @@ class VariationalAutoencoder(tf_keras.Model):
         """sum_d log(d model unit / d raw unit)^-1: 0 when the model works in raw units."""
         return tf.constant(0.0)
 
-    def to_raw_units(self, loc, scale):
-        """The decoder's mean and the standard deviation of each feature, in raw units."""
-        return loc, scale
+    def raw_mean(self, loc):
+        """The decoder's mean in raw units."""
+        return loc
+
+    def raw_stddev(self, scale):
+        """Each feature's standard deviation in raw units."""
+        return scale
 
     def raw_distribution(self, loc, scale):
-        """p(x|z) over raw rows, from its mean and standard deviation in model units."""
-        mean, stddev = self.to_raw_units(loc, scale)
-        return tfd.Independent(tfd.Normal(mean, stddev), reinterpreted_batch_ndims=1)
+        """p(x|z) over raw rows, from the decoder's parameters in model units."""
+        return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
+
+    def decoder_log_prob(self, u, loc, scale, training: bool = False):
+        """log p(u|z) per row in model units (`training`: as a training step scores it)."""
+        return losses.gaussian_log_prob(u, loc, scale)
 
     def posterior(self, u):
         raise NotImplementedError
@@ -114,12 +139,21 @@ class VariationalAutoencoder(tf_keras.Model):
         return Posterior(qz, losses.rate_full(qz.loc, scale_tril), tf.math.log(tf.linalg.diag_part(scale_tril)))
 
     @property
-    def decoder_width(self) -> int:
+    def chunk_width(self) -> int:
         """Numbers per row and draw in the decoder's scale: what sizes evaluation's chunks."""
         return self.input_size
 
+    @property
+    def needs_covariance(self) -> bool:
+        """Whether `set_statistics` needs the training rows' covariance."""
+        return False
+
+    def set_statistics(self, stats: RunningMoments) -> "VariationalAutoencoder":
+        """Takes what it needs from the training rows' moments: nothing, unless it normalises."""
+        return self
+
     def decoder_params(self, z):
-        """Decoder mean and scale (stddevs, or a lower-triangular operator), in model units."""
+        """Decoder mean and scale (per-feature sigma, or a lower-triangular S [..., D, D]), in model units."""
         raise NotImplementedError
 
     def kl_weight_now(self, training: bool):
@@ -129,6 +163,17 @@ class VariationalAutoencoder(tf_keras.Model):
     def loss_terms(self, x, eps, training: bool = False) -> dict:
         """Per-example `loss`, `reconstruction_loss`, `kl_loss` and `mse` for noise `eps` [S, B, K]."""
         raise NotImplementedError
+
+    # The one seam: every loss, score and bound.
+    def log_weights(self, x, eps, training: bool = False) -> LogWeights:
+        """log p(x|z), log p(z), log q(z|x) for z = loc + L eps, eps [S, B, K], with the rate and the raw mean."""
+        u = self.to_model_units(x)
+        qz, rate, log_scale = self.posterior_terms(u)
+        z = reparameterize(qz, eps)
+        loc, scale = self.decoder_params(z)
+        log_px = self.decoder_log_prob(u, loc, scale, training) - self.log_det_jacobian()
+        log_qz = losses.standard_normal_log_prob(eps) - tf.reduce_sum(log_scale, axis=-1)
+        return LogWeights(log_px, losses.standard_normal_log_prob(z), log_qz, rate, self.raw_mean(loc))
 
     # Keras.
     def compile(self, optimizer=None, jit_compile=None, steps_per_execution=16, **kwargs):
@@ -160,6 +205,15 @@ class VariationalAutoencoder(tf_keras.Model):
                 f"save to a path ending in .keras, got {str(filepath)!r}; for a SavedModel that "
                 "TensorFlow Serving loads, use tfp_vae.export_saved_model")
         super().save(filepath, *args, **kwargs)
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        saving.stamp_layout(store)
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        layers = {getattr(self, name): paths for name, paths in self.legacy_weight_paths.items()}
+        saving.restore_legacy_layout(store, {layer: paths for layer, paths in layers.items() if layer is not None})
 
     @property
     def metrics(self):
@@ -222,24 +276,21 @@ class VariationalAutoencoder(tf_keras.Model):
         return super().evaluate(x, y, **kwargs)
 
     def check_input(self, x, source: str = "x") -> None:
-        """A clear `ValueError` for data of the wrong width or with non-finite values."""
+        """A clear `DataError` for data of the wrong width or with non-finite values."""
         if isinstance(x, tf.data.Dataset):
             width = tf.TensorShape(features_of(x.element_spec).shape)[-1]
             if width is not None and width != self.input_size:
                 raise DataError(
                     f"{source}: expected {self.input_size} features per row, dataset yields {width}")
             return
-        array = np.asarray(x)
-        if array.ndim != 2:
-            raise DataError(f"{source}: expected a 2-d array [rows, features], got shape {array.shape}")
-        check_block(array, 0, self.input_size, source)
+        check_block(require_2d(np.asarray(x), source), 0, self.input_size, source)
 
     # Tensors in, tensors out, in raw units.
     def call(self, x):
         """Reconstruction at the posterior mean: `code_mean` [B, K], `mean` and `stddev` [B, D]."""
         code_mean = self.posterior_mean(self.to_model_units(tf.convert_to_tensor(x, tf.float32)))
-        mean, stddev = self.to_raw_units(*self.decoder_params(code_mean))
-        return {"code_mean": code_mean, "mean": mean, "stddev": stddev}
+        loc, scale = self.decoder_params(code_mean)
+        return {"code_mean": code_mean, "mean": self.raw_mean(loc), "stddev": self.raw_stddev(scale)}
 
     def folded_call(self, x):
         """`call`'s outputs from a graph with fewer ops once the weights are constants (the export's)."""
@@ -259,13 +310,10 @@ class VariationalAutoencoder(tf_keras.Model):
         The expectation over q(z|x) uses the same `num_samples` draws for every row
         and call, so a row's score does not depend on its batch.
         """
-        u = self.to_model_units(tf.convert_to_tensor(x, tf.float32))
-        qz, kl, _ = self.posterior_terms(u)
-        loc, scale = self.decoder_params(reparameterize(qz, self.fixed_noise(num_samples)))
-        reconstruction_log_prob = (
-            tf.reduce_mean(losses.gaussian_log_prob(u, loc, scale), axis=0) - self.log_det_jacobian())
-        return {"elbo": losses.elbo(-reconstruction_log_prob, kl),
-                "reconstruction_log_prob": reconstruction_log_prob, "kl": kl}
+        weights = self.log_weights(tf.convert_to_tensor(x, tf.float32), self.fixed_noise(num_samples))
+        reconstruction_log_prob = tf.reduce_mean(weights.log_px, axis=0)
+        return {"elbo": losses.elbo(-reconstruction_log_prob, weights.rate),
+                "reconstruction_log_prob": reconstruction_log_prob, "kl": weights.rate}
 
     def elbo(self, x, num_samples: int = SCORE_SAMPLES):
         """The evidence lower bound of each row, in nats of the raw data."""
@@ -278,7 +326,7 @@ class VariationalAutoencoder(tf_keras.Model):
         return self.raw_distribution(*self.decoder_params(z)).sample(seed=seed + [0, 1])
 
 
-@tf_keras.saving.register_keras_serializable(heads.PACKAGE)
+@serializable
 class GaussianVAE(VariationalAutoencoder):
     """A VAE whose decoder is a Gaussian with learned mean and scale.
 
@@ -288,22 +336,22 @@ class GaussianVAE(VariationalAutoencoder):
       hidden: widths of the encoder's hidden layers; the decoder mirrors them.
         `()` gives a linear VAE (probabilistic PCA when `decoder_scale="shared"`).
       posterior: `"full"` (MultivariateNormalTriL) or `"diagonal"`.
-      normalization: `"standardize"` each feature, or `"whiten"` (standardise,
-        then decorrelate; `heads.Whiten`): the decoder's noise, independent in
-        model units, is then correlated in raw units, which suits strongly
-        correlated features (breast cancer's radius, perimeter and area).
-      decoder_scale: `"learned"` sigma(z), `"shared"` per feature, `"optimal"`
-        (sigma-VAE), `"fixed"` at `fixed_scale`, or `"full"`: a full covariance
-        S(z) S(z)^T from the network (`heads.DecoderFullNormal`), for features
-        whose residuals are correlated in ways that depend on z, such as columns
-        derived from others; it costs D (D + 1) / 2 outputs and a triangular
-        solve per example.
+      decoder_scale: the decoder's likelihood (`tfp_vae.likelihoods`):
+        `"learned"` sigma(z), `"shared"` per feature, `"optimal"` (sigma-VAE),
+        `"fixed"` at `fixed_scale`, or `"full"`: a full covariance S(z) S(z)^T
+        from the network, for features whose residuals are correlated in ways
+        that depend on z, such as columns derived from others; it costs
+        D (D + 1) / 2 outputs and a triangular solve per example.
       kl_weight: beta, the weight of the KL term; 1 gives the ELBO. The current
         value lives in `model.beta`, a variable a callback can anneal.
       fixed_scale: the decoder sigma for `decoder_scale="fixed"`, in standard
         deviations of each feature.
       min_scale: the floor of the decoder sigma, in standard deviations.
       activation: the hidden layers' activation.
+      normalization: `"standardize"` each feature, or `"whiten"` (standardise,
+        then decorrelate; `tfp_vae.normalization.Whiten`): the decoder's noise,
+        independent in model units, is then correlated in raw units, which suits
+        strongly correlated features (breast cancer's radius, perimeter and area).
       seed: fixes the initial weights and the noise of every step.
 
     #### Example
@@ -317,15 +365,22 @@ class GaussianVAE(VariationalAutoencoder):
     ```
     """
 
+    # tfp_vae 0.1.0 kept the normaliser at `standardize` and the likelihood's weights in `DecoderScale`.
+    legacy_weight_paths = {
+        "normalizer": ["standardize"],
+        "likelihood": ["layers/decoder_scale"],
+        "likelihood_dense": ["layers/decoder_scale/dense"],
+    }
+
     def __init__(self, input_size: int, code_size: int = 2, hidden=(64, 64), posterior: str = "full",
                  decoder_scale: str = "learned", kl_weight: float = 1.0, fixed_scale: float = 1.0,
                  min_scale: float = 1e-3, activation: str = "leaky_relu", normalization: str = "standardize",
                  seed=None, **kwargs):
         super().__init__(input_size, code_size, kl_weight, seed, **kwargs)
-        if posterior not in heads.POSTERIORS:
-            raise ValueError(f"posterior must be one of {heads.POSTERIORS}, got {posterior!r}")
-        if normalization not in heads.NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {heads.NORMALIZATIONS}, got {normalization!r}")
+        if posterior not in heads.POSTERIOR_HEADS:
+            raise ValueError(f"posterior must be one of {tuple(heads.POSTERIOR_HEADS)}, got {posterior!r}")
+        if normalization not in NORMALIZERS:
+            raise ValueError(f"normalization must be one of {tuple(NORMALIZERS)}, got {normalization!r}")
         self.hidden = tuple(int(width) for width in hidden)
         self.posterior_kind = posterior
         self.decoder_scale = decoder_scale
@@ -334,9 +389,8 @@ class GaussianVAE(VariationalAutoencoder):
         self.activation = activation
         self.normalization = normalization
 
-        normalize = heads.Whiten if normalization == "whiten" else heads.Standardize
-        self.standardize = normalize(self.input_size, name="standardize")
-        head = heads.FullPosterior if posterior == "full" else heads.DiagonalPosterior
+        self.normalizer = NORMALIZERS[normalization](self.input_size, name="normalizer")
+        head = heads.POSTERIOR_HEADS[posterior]
         self.encoder_mlp = heads.MLP(self.hidden, activation, seed, name="encoder_mlp")
         self.encoder_params = tf_keras.layers.Dense(
             head.params_size(self.code_size), name="encoder_params",
@@ -345,11 +399,8 @@ class GaussianVAE(VariationalAutoencoder):
         self.decoder_mlp = heads.MLP(self.hidden[::-1], activation, _offset(seed, 200), name="decoder_mlp")
         self.decoder_loc = tf_keras.layers.Dense(
             self.input_size, name="decoder_loc", kernel_initializer=heads.seeded_initializer(seed, 300))
-        self.decoder_scale_params = heads.DecoderScale(
-            self.input_size, decoder_scale, self.min_scale, self.fixed_scale, _offset(seed, 400),
-            name="decoder_scale")
-        likelihood = heads.DecoderFullNormal if decoder_scale == "full" else heads.DecoderNormal
-        self.decoder_head = likelihood(self.input_size, self.min_scale, name="likelihood")
+        self.likelihood = make_likelihood(decoder_scale, self.input_size, self.min_scale, _offset(seed, 400),
+                                          self.fixed_scale, name="likelihood")
         self(tf.zeros([1, self.input_size]))
 
     def get_config(self):
@@ -360,53 +411,62 @@ class GaussianVAE(VariationalAutoencoder):
                 "normalization": self.normalization, "seed": self.seed,
                 "name": self.name}
 
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
+    @property
+    def likelihood_dense(self):
+        """The likelihood's dense layer, where it has one (for reading older files)."""
+        return getattr(self.likelihood, "dense", None)
 
     # Normalisation.
     @property
     def is_adapted(self) -> bool:
-        return self.standardize.is_adapted
+        return self.normalizer.is_adapted
+
+    @property
+    def needs_covariance(self) -> bool:
+        return self.normalizer.needs_covariance
 
     def adapt(self, data) -> "GaussianVAE":
-        """Fits the standardisation to `data` (array or dataset) in one streaming pass."""
-        return self.set_statistics(moments(data, self.input_size, source="x", covariance=self.whitens))
+        """Fits the normalisation to `data` (array or dataset) in one streaming pass."""
+        return self.set_statistics(moments(data, self.input_size, source="x", covariance=self.needs_covariance))
 
     def set_statistics(self, stats: RunningMoments) -> "GaussianVAE":
-        """Sets the standardisation from moments (with their covariance to whiten), warning about constant columns."""
-        constant = np.flatnonzero(stats.stddev <= np.finfo(np.float32).eps * np.maximum(np.abs(stats.mean), 1.0))
+        """Sets the normalisation from moments (with their covariance to whiten), warning about constant columns."""
+        constant = constant_columns(stats.mean, stats.stddev)
         if constant.size:
             warnings.warn(f"constant column(s) {constant.tolist()}: their scale is floored", stacklevel=3)
-        self.standardize.set_moments(stats.mean, stats.stddev, stats.count, stats.covariance)
+        self.normalizer.set_moments(stats.mean, stats.stddev, stats.count, stats.covariance)
         return self
 
-    @property
-    def decoder_width(self) -> int:
-        return self.input_size**2 if self.decoder_scale == "full" else self.input_size
-
-    @property
-    def whitens(self) -> bool:
-        return self.normalization == "whiten"
-
     def fit(self, x=None, y=None, **kwargs):
-        """Adapts the standardisation to `x` on the first call, then trains."""
+        """Adapts the normalisation to `x` on the first call, then trains."""
         if not self.is_adapted:
             self.adapt(x)
         return super().fit(x, y, **kwargs)
 
     # The maths.
+    @property
+    def chunk_width(self) -> int:
+        return self.likelihood.chunk_width(self.input_size)
+
     def to_model_units(self, x):
-        return self.standardize(x)
+        return self.normalizer(x)
 
     def log_det_jacobian(self):
-        return self.standardize.log_det_jacobian()
+        return self.normalizer.log_det_jacobian()
 
-    def to_raw_units(self, loc, scale):
-        return self.standardize.inverse(loc), self.standardize.raw_stddev(scale)
+    def raw_mean(self, loc):
+        return self.normalizer.inverse(loc)
+
+    def raw_stddev(self, scale):
+        return self.likelihood.raw_stddev(self.normalizer, scale)
 
     def raw_distribution(self, loc, scale):
-        return self.standardize.raw_distribution(loc, scale)
+        return self.likelihood.raw_distribution(self.normalizer, loc, scale)
+
+    def decoder_log_prob(self, u, loc, scale, training: bool = False):
+        if training:
+            scale = self.likelihood.training_scale(u, loc, scale)
+        return self.likelihood.log_prob(u, loc, scale)
 
     def posterior(self, u):
         return self.posterior_head(self.encoder_params(self.encoder_mlp(u)))
@@ -427,32 +487,20 @@ class GaussianVAE(VariationalAutoencoder):
         code_mean = dense(self.encoder_mlp(self.to_model_units(tf.convert_to_tensor(x, tf.float32))),
                           params.kernel[:, :self.code_size], params.bias[:self.code_size])
         hidden = self.decoder_mlp(code_mean)
-        scale = self.decoder_scale_params.scale(self.decoder_scale_params(hidden))
         return {"code_mean": code_mean,
-                "mean": dense(hidden, *self.standardize.fold_output(self.decoder_loc.kernel, self.decoder_loc.bias)),
-                "stddev": self.standardize.raw_stddev(scale)}
+                "mean": dense(hidden, *self.normalizer.fold_output(self.decoder_loc.kernel, self.decoder_loc.bias)),
+                "stddev": self.raw_stddev(self.likelihood.scale(self.likelihood(hidden)))}
 
     def decoder_params(self, z):
         hidden = self.decoder_mlp(z)
-        params = tf.concat([self.decoder_loc(hidden), self.decoder_scale_params(hidden)], axis=-1)
-        px = self.decoder_head(params)
-        if self.decoder_scale != "full":
-            px = px.distribution  # the Independent's Normal
-        return px.loc, px.scale
+        return self.likelihood.parameters(self.decoder_loc(hidden), self.likelihood(hidden))
 
     def loss_terms(self, x, eps, training: bool = False) -> dict:
-        u = self.to_model_units(x)
-        qz, kl, _ = self.posterior_terms(u)
-        loc, scale = self.decoder_params(reparameterize(qz, eps))
-        squared_error = tf.square(u - loc)
-        if training and self.decoder_scale == "optimal":
-            batch_mse = global_batch_mean(tf.stop_gradient(tf.reshape(squared_error, [-1, self.input_size])))
-            scale = losses.optimal_scale(batch_mse, self.min_scale)
-            self.decoder_scale_params.update_optimal(batch_mse)
-        distortion = tf.reduce_mean(losses.distortion(u, loc, scale), axis=0) + self.log_det_jacobian()
-        return {"loss": losses.beta_loss(distortion, kl, self.kl_weight_now(training)),
-                "reconstruction_loss": distortion, "kl_loss": kl,
-                "mse": tf.reduce_mean(tf.square(x - self.standardize.inverse(loc)), axis=[0, -1])}
+        weights = self.log_weights(x, eps, training)
+        distortion = -tf.reduce_mean(weights.log_px, axis=0)
+        return {"loss": losses.beta_loss(distortion, weights.rate, self.kl_weight_now(training)),
+                "reconstruction_loss": distortion, "kl_loss": weights.rate,
+                "mse": tf.reduce_mean(tf.square(x - weights.mean), axis=[0, -1])}
 
 
 def dense(x, kernel, bias):

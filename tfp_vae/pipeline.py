@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from tfp_vae.data import (DataError, RunningMoments, check_block, clean_blocks, csv_header, expand_paths,
-                          select_columns)
+from tfp_vae.data import (RunningMoments, check_block, clean_blocks, csv_header, expand_paths, read_table,
+                          require_2d, select_columns)
+from tfp_vae.errors import DataError
 
 HASH_MULTIPLIER = 2654435761
 LINES_PER_BLOCK = 4096
@@ -46,9 +47,7 @@ class ArraySource:
     """Rows already in memory: a float32 array [rows, features]."""
 
     def __init__(self, values, columns=None):
-        self.values = np.asarray(values, np.float32)
-        if self.values.ndim != 2:
-            raise DataError(f"expected a 2-d array [rows, features], got shape {self.values.shape}")
+        self.values = require_2d(np.asarray(values, np.float32), "x")
         check_block(self.values, 0, None, "x")
         self.columns = list(columns) if columns is not None else [str(i) for i in range(self.values.shape[1])]
 
@@ -118,11 +117,15 @@ class CsvSource:
 
 def source_for(pattern, columns=None, drop_nonfinite: bool = False):
     """A `CsvSource` for CSV files, an in-memory `ArraySource` for `.npy`."""
-    from tfp_vae.data import read_table
     if all(path.endswith(".csv") for path in expand_paths(pattern)):
         return CsvSource(pattern, columns, drop_nonfinite)
     table = read_table(pattern, columns, drop_nonfinite)
     return ArraySource(table.values, table.columns)
+
+
+def as_source(data):
+    """`data` if it is a source already, else an `ArraySource` of the array it is."""
+    return data if isinstance(data, (ArraySource, CsvSource)) else ArraySource(data)
 
 
 def scan(source, validation_fraction: float, seed: int, covariance: bool = False) -> Scan:

@@ -35,13 +35,13 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_vae import heads, losses
-from tfp_vae._keras import tf_keras
-from tfp_vae.model import Posterior, VariationalAutoencoder, reparameterize
+from tfp_vae._keras import serializable, tf_keras
+from tfp_vae.model import Posterior, VariationalAutoencoder
 
 tfd = tfp.distributions
 
 
-@tf_keras.saving.register_keras_serializable(heads.PACKAGE)
+@serializable
 class QuestionVAE(VariationalAutoencoder):
     """The question's VAE: one `leaky_relu` layer of width D each side, MSE + kl_weight * KL.
 
@@ -78,10 +78,6 @@ class QuestionVAE(VariationalAutoencoder):
         return {"input_size": self.input_size, "code_size": self.code_size, "kl_weight": self.kl_weight,
                 "decoder_stddev": self.decoder_stddev, "seed": self.seed, "name": self.name}
 
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
     @property
     def implied_sigma(self) -> float:
         """The fixed decoder sigma, in raw units, that makes its loss a scaled negative ELBO."""
@@ -100,8 +96,7 @@ class QuestionVAE(VariationalAutoencoder):
         makes the comparison with a learned sigma fair to the question's model.
         """
         x = tf.convert_to_tensor(x, tf.float32)
-        posterior = self.posterior(x)
-        reconstruction, _ = self.decoder_params(reparameterize(posterior, self.fixed_noise(num_samples)))
+        reconstruction = self.log_weights(x, self.fixed_noise(num_samples)).mean
         sigma = float(tf.sqrt(tf.reduce_mean(tf.square(x - reconstruction))))
         fitted = QuestionVAE.from_config({**self.get_config(), "decoder_stddev": sigma})
         fitted.set_weights(self.get_weights())
@@ -122,8 +117,7 @@ class QuestionVAE(VariationalAutoencoder):
         return reconstruction, tf.fill(tf.shape(reconstruction), self.stddev_)
 
     def loss_terms(self, x, eps, training: bool = False) -> dict:
-        posterior, kl, _ = self.posterior_terms(x)
-        reconstruction, _ = self.decoder_params(reparameterize(posterior, eps))
-        mse = tf.reduce_mean(tf.square(x - reconstruction), axis=[0, -1])
-        return {"loss": losses.question_loss(x, reconstruction, kl, self.kl_weight_now(training))[0],
-                "reconstruction_loss": mse, "kl_loss": kl, "mse": mse}
+        weights = self.log_weights(x, eps)
+        mse = tf.reduce_mean(tf.square(x - weights.mean), axis=[0, -1])
+        return {"loss": losses.question_loss(x, weights.mean, weights.rate, self.kl_weight_now(training))[0],
+                "reconstruction_loss": mse, "kl_loss": weights.rate, "mse": mse}

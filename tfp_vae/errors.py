@@ -1,0 +1,25 @@
+"""Every exception tfp_vae raises for a problem with what it was given, each said in one line.
+
+Messages speak in the library's terms (argument names such as `drop_nonfinite=True`);
+the command line maps those names to its flags.
+"""
+
+
+class TfpVaeError(ValueError):
+    """A problem with what the user gave (data, settings, a run folder, an export base), said in one line."""
+
+
+class DataError(TfpVaeError):
+    """Input data that cannot be used, with the file, row, column or shape at fault in its message."""
+
+
+class RunError(TfpVaeError):
+    """A run folder that cannot be used as asked."""
+
+
+class TrainingDiverged(TfpVaeError):
+    """The loss became NaN or infinite; the last good weights were kept."""
+
+
+class ExportError(TfpVaeError):
+    """An export that cannot be written: the message names the folder at fault."""

@@ -1,0 +1,96 @@
+"""The run folder: its file names, what may be written where, and reading a finished run back.
+
+    RUN_DIR/config.json     the Config, written before training starts
+    RUN_DIR/model.keras     the trained model (weights, normalisation, optimizer state)
+    RUN_DIR/history.csv     one row per finished epoch, appended as training goes
+    RUN_DIR/history.json    the same, written at the end
+    RUN_DIR/logs/           TensorBoard event files
+    RUN_DIR/checkpoints/    the last finished epoch, while training is under way
+"""
+
+import csv
+import dataclasses
+import json
+import os
+
+from tfp_vae.config import Config
+from tfp_vae.errors import RunError
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.keras"
+HISTORY_CSV = "history.csv"
+HISTORY_JSON = "history.json"
+LOGS = "logs"
+CHECKPOINTS = "checkpoints"
+
+
+def save_config(config: Config, run_dir: str) -> None:
+    with open(os.path.join(run_dir, CONFIG_FILE), "w") as file:
+        json.dump(dataclasses.asdict(config), file, indent=2)
+
+
+def load_config(run_dir) -> Config:
+    run_dir = os.fspath(run_dir)
+    path = os.path.join(run_dir, CONFIG_FILE)
+    try:
+        with open(path) as file:
+            return Config(**json.load(file))
+    except FileNotFoundError:
+        raise RunError(f"{run_dir}: not a tfp-vae run folder (no {CONFIG_FILE})") from None
+    except (json.JSONDecodeError, TypeError) as error:
+        raise RunError(f"{path}: unreadable run config ({error})") from None
+
+
+def check_run_dir(run_dir: str, resume: bool) -> None:
+    """Refuses to resume what is not an unfinished run, or to write over anything."""
+    if resume:
+        load_config(run_dir)
+        if os.path.exists(os.path.join(run_dir, MODEL_FILE)):
+            raise RunError(f"{run_dir}: this run has already finished; nothing to resume")
+        return
+    if os.path.exists(os.path.join(run_dir, CONFIG_FILE)):
+        raise RunError(f"{run_dir}: already holds a run; pass resume=True to continue it or choose another run_dir")
+    if os.path.exists(run_dir) and (not os.path.isdir(run_dir) or os.listdir(run_dir)):
+        raise RunError(f"{run_dir}: exists and is not an empty folder; choose another run_dir")
+
+
+def save_model(model, run_dir: str) -> None:
+    """Writes model.keras through a temporary file, so a reader never sees half of one."""
+    staging = os.path.join(run_dir, ".staging-" + MODEL_FILE)
+    model.save(staging)
+    os.replace(staging, os.path.join(run_dir, MODEL_FILE))
+
+
+def read_history(run_dir) -> dict:
+    """Each metric's per-epoch values, from history.csv (a re-run epoch keeps its last row)."""
+    with open(os.path.join(os.fspath(run_dir), HISTORY_CSV), newline="") as file:
+        rows = {int(row["epoch"]): row for row in csv.DictReader(file)}
+    history = {}
+    for epoch in sorted(rows):
+        for name, value in rows[epoch].items():
+            if name != "epoch":
+                history.setdefault(name, []).append(float(value))
+    return history
+
+
+def write_history_json(run_dir: str) -> None:
+    with open(os.path.join(run_dir, HISTORY_JSON), "w") as file:
+        json.dump(read_history(run_dir), file, indent=2)
+
+
+def remove_if_empty(folder: str) -> None:
+    if os.path.isdir(folder) and not os.listdir(folder):
+        os.rmdir(folder)
+
+
+def load_run(run_dir):
+    """The config and trained model of a finished run."""
+    # TensorFlow loads here, not at import, so the command line can check a run folder before it starts.
+    from tfp_vae import model as _, question as _  # noqa: F401, F811 (registers the classes a model file names)
+    from tfp_vae._keras import tf_keras
+    run_dir = os.fspath(run_dir)
+    config = load_config(run_dir)
+    path = os.path.join(run_dir, MODEL_FILE)
+    if not os.path.exists(path):
+        raise RunError(f"{run_dir}: training has not finished (no {MODEL_FILE}); continue it with resume=True")
+    return config, tf_keras.models.load_model(path)
