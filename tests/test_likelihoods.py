@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 from scipy import stats
 
-from tfp_vae import config, heads, likelihoods
+from tfp_vae import config, heads
 from tfp_vae.errors import TfpVaeError
 from tfp_vae.likelihoods import LIKELIHOODS, FixedNormal, FullCovarianceNormal, OptimalNormal, make_likelihood
 from tfp_vae.normalization import Standardize

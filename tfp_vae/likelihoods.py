@@ -44,6 +44,7 @@ class DiagonalNormal(RestorableLayer, tf_keras.layers.Layer):
     """
 
     HEAD = heads.DecoderNormal
+    log_prob = staticmethod(losses.gaussian_log_prob)
 
     def __init__(self, event_size: int, min_scale: float = 1e-3, seed=None, **kwargs):
         super().__init__(**kwargs)
@@ -75,9 +76,6 @@ class DiagonalNormal(RestorableLayer, tf_keras.layers.Layer):
         """`(loc, sigma)` of `distribution(loc, raw)`."""
         normal = self.distribution(loc, raw).distribution  # the Independent's Normal
         return normal.loc, normal.scale
-
-    def log_prob(self, u, loc, scale):
-        return losses.gaussian_log_prob(u, loc, scale)
 
     def raw_stddev(self, normalizer, scale):
         return normalizer.raw_stddev(scale)
@@ -220,6 +218,7 @@ class FullCovarianceNormal(LearnedNormal):
     """
 
     HEAD = heads.DecoderFullNormal
+    log_prob = staticmethod(losses.gaussian_log_prob_tril)
 
     @staticmethod
     def params_size(event_size: int) -> int:
@@ -240,9 +239,6 @@ class FullCovarianceNormal(LearnedNormal):
     def parameters(self, loc, raw):
         normal = self.distribution(loc, raw)
         return normal.loc, normal.scale.to_dense()
-
-    def log_prob(self, u, loc, scale):
-        return losses.gaussian_log_prob_tril(u, loc, scale)
 
     def raw_stddev(self, normalizer, scale):
         return normalizer.raw_stddev_tril(scale)

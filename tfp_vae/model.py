@@ -62,7 +62,7 @@ class LogWeights(NamedTuple):
 
     `log_px` [S, B]: log p(x|z) in nats of the raw data; `log_pz` and `log_qz`
     [S, B]: log p(z) and log q(z|x) at the same z; `rate` [B]: the analytic
-    KL(q(z|x) || p(z)); `mean` [S, B, D]: the decoder's mean in raw units.
+    KL(q(z|x) || p(z)); `loc` [S, B, D]: the decoder's mean in model units.
     The importance weight of a draw is `log_px + log_pz - log_qz` (`log_weight`).
     """
 
@@ -70,7 +70,7 @@ class LogWeights(NamedTuple):
     log_pz: tf.Tensor
     log_qz: tf.Tensor
     rate: tf.Tensor
-    mean: tf.Tensor
+    loc: tf.Tensor
 
     @property
     def log_weight(self) -> tf.Tensor:
@@ -166,14 +166,14 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
 
     # The one seam: every loss, score and bound.
     def log_weights(self, x, eps, training: bool = False) -> LogWeights:
-        """log p(x|z), log p(z), log q(z|x) for z = loc + L eps, eps [S, B, K], with the rate and the raw mean."""
+        """log p(x|z), log p(z), log q(z|x) for z = loc + L eps, eps [S, B, K], with the rate and the decoder's mean."""
         u = self.to_model_units(x)
         qz, rate, log_scale = self.posterior_terms(u)
         z = reparameterize(qz, eps)
         loc, scale = self.decoder_params(z)
         log_px = self.decoder_log_prob(u, loc, scale, training) - self.log_det_jacobian()
         log_qz = losses.standard_normal_log_prob(eps) - tf.reduce_sum(log_scale, axis=-1)
-        return LogWeights(log_px, losses.standard_normal_log_prob(z), log_qz, rate, self.raw_mean(loc))
+        return LogWeights(log_px, losses.standard_normal_log_prob(z), log_qz, rate, loc)
 
     # Keras.
     def compile(self, optimizer=None, jit_compile=None, steps_per_execution=16, **kwargs):
@@ -500,7 +500,7 @@ class GaussianVAE(VariationalAutoencoder):
         distortion = -tf.reduce_mean(weights.log_px, axis=0)
         return {"loss": losses.beta_loss(distortion, weights.rate, self.kl_weight_now(training)),
                 "reconstruction_loss": distortion, "kl_loss": weights.rate,
-                "mse": tf.reduce_mean(tf.square(x - weights.mean), axis=[0, -1])}
+                "mse": tf.reduce_mean(tf.square(x - self.raw_mean(weights.loc)), axis=[0, -1])}
 
 
 def dense(x, kernel, bias):

@@ -96,7 +96,7 @@ class QuestionVAE(VariationalAutoencoder):
         makes the comparison with a learned sigma fair to the question's model.
         """
         x = tf.convert_to_tensor(x, tf.float32)
-        reconstruction = self.log_weights(x, self.fixed_noise(num_samples)).mean
+        reconstruction = self.log_weights(x, self.fixed_noise(num_samples)).loc
         sigma = float(tf.sqrt(tf.reduce_mean(tf.square(x - reconstruction))))
         fitted = QuestionVAE.from_config({**self.get_config(), "decoder_stddev": sigma})
         fitted.set_weights(self.get_weights())
@@ -118,6 +118,6 @@ class QuestionVAE(VariationalAutoencoder):
 
     def loss_terms(self, x, eps, training: bool = False) -> dict:
         weights = self.log_weights(x, eps)
-        mse = tf.reduce_mean(tf.square(x - weights.mean), axis=[0, -1])
-        return {"loss": losses.question_loss(x, weights.mean, weights.rate, self.kl_weight_now(training))[0],
+        mse = tf.reduce_mean(tf.square(x - weights.loc), axis=[0, -1])
+        return {"loss": losses.question_loss(x, weights.loc, weights.rate, self.kl_weight_now(training))[0],
                 "reconstruction_loss": mse, "kl_loss": weights.rate, "mse": mse}

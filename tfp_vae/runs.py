@@ -86,11 +86,13 @@ def remove_if_empty(folder: str) -> None:
 def load_run(run_dir):
     """The config and trained model of a finished run."""
     # TensorFlow loads here, not at import, so the command line can check a run folder before it starts.
-    from tfp_vae import model as _, question as _  # noqa: F401, F811 (registers the classes a model file names)
-    from tfp_vae._keras import tf_keras
+    from tfp_vae._keras import PACKAGE, tf_keras
+    from tfp_vae.model import GaussianVAE
+    from tfp_vae.question import QuestionVAE
     run_dir = os.fspath(run_dir)
     config = load_config(run_dir)
     path = os.path.join(run_dir, MODEL_FILE)
     if not os.path.exists(path):
         raise RunError(f"{run_dir}: training has not finished (no {MODEL_FILE}); continue it with resume=True")
-    return config, tf_keras.models.load_model(path)
+    models = {f"{PACKAGE}>{model.__name__}": model for model in (GaussianVAE, QuestionVAE)}
+    return config, tf_keras.models.load_model(path, custom_objects=models)
