@@ -12,7 +12,7 @@ import pytest
 
 from tfp_vae.cli import main
 
-FAST = ["--epochs", "2", "--hidden", "8", "--quiet"]
+FAST = ["--select", "none", "--epochs", "2", "--hidden", "8", "--quiet"]
 
 
 @pytest.fixture
@@ -163,7 +163,7 @@ def test_resume_after_kill_finishes_the_same_epochs(tmp_path, rng):
     np.save(tmp_path / "big.npy", x)
     run = tmp_path / "run"
     command = [sys.executable, "-m", "tfp_vae.cli", "train", str(tmp_path / "big.npy"), "--out", str(run),
-               "--epochs", "6", "--batch-size", "16", "--hidden", "8", "--quiet"]
+               "--select", "none", "--epochs", "6", "--batch-size", "16", "--hidden", "8", "--quiet"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
@@ -186,7 +186,8 @@ def test_early_stopping_keeps_the_best_epoch_and_needs_validation(tmp_path, csv_
     fails(capsys, ["train", csv_file, "--out", tmp_path / "run", "--early-stopping-patience", "2",
                    "--validation-split", "0"], "early stopping watches the validation loss")
     assert not (tmp_path / "run").exists()
-    assert main(["train", str(csv_file), "--out", str(tmp_path / "run"), "--epochs", "40", "--hidden", "8",
+    assert main(["train", str(csv_file), "--out", str(tmp_path / "run"), "--select", "none", "--epochs", "40",
+                 "--hidden", "8",
                  "--learning-rate", "0.05", "--early-stopping-patience", "1", "--quiet"]) == 0
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert len(history["loss"]) < 40
@@ -194,7 +195,8 @@ def test_early_stopping_keeps_the_best_epoch_and_needs_validation(tmp_path, csv_
 
 @pytest.mark.parametrize("model", ["gaussian", "question"])
 def test_early_stopping_waits_for_the_kl_warmup(tmp_path, csv_file, model):
-    assert main(["train", str(csv_file), "--out", str(tmp_path / "run"), "--model", model, "--epochs", "40",
+    assert main(["train", str(csv_file), "--out", str(tmp_path / "run"), "--model", model, "--select", "none",
+                 "--epochs", "40",
                  "--hidden", "8", "--learning-rate", "0.05", "--early-stopping-patience", "1",
                  "--kl-warmup-epochs", "12", "--quiet"]) == 0
     history = json.loads((tmp_path / "run" / "history.json").read_text())
@@ -224,3 +226,19 @@ def test_demo_trains_both_models_reports_and_exports(tmp_path, capsys):
     assert np.isfinite(results["results"]["gaussian"]["log_likelihood"])
     assert os.path.exists(os.path.join(results["export"], "saved_model.pb"))
     fails(capsys, ["demo", "--out", str(out), "--epochs", "3", "--quiet"], "already exists")
+
+
+def test_train_with_no_model_flags_chooses_among_candidates_and_says_which(tmp_path, csv_file, capsys):
+    assert main(["train", str(csv_file), "--out", str(tmp_path / "run"), "--epochs", "3", "--kl-warmup-epochs", "1",
+                 "--early-stopping-patience", "1", "--hidden", "8", "--normalization", "whiten", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "| name |" in out and "chose whiten-8-" in out and "| whiten-8-shared-k3 |" in out
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["select"] == "auto" and config["normalization"] == "whiten" and config["hidden"] == [8]
+    assert len((tmp_path / "run" / "candidates.csv").read_text().splitlines()) == 4  # header + 3 candidates
+    assert main(["evaluate", str(tmp_path / "run"), str(csv_file), "--samples", "10"]) == 0
+
+
+def test_library_messages_name_the_command_lines_flags(tmp_path, csv_file, capsys):
+    fails(capsys, ["train", csv_file, "--out", tmp_path / "run", "--strategy", "multiworker"],
+          "pass --select none to train it with --strategy multiworker")

@@ -40,7 +40,8 @@ import sys
 import numpy as np
 from tfp_vae import Config, train
 x = (np.random.default_rng(0).normal(size=(512, 4)) * [1, 10, 100, 0.1]).astype(np.float32)
-model = train(Config(strategy="multiworker", hidden=(8,), epochs=2, batch_size=64, seed=0), x, sys.argv[2],
+model = train(Config(strategy="multiworker", select="none", hidden=(8,), epochs=2, batch_size=64, seed=0), x,
+              sys.argv[2],
               verbose=0, worker_timeout=120)
 np.savez(sys.argv[1], *model.get_weights())
 """
@@ -109,7 +110,8 @@ def test_two_workers_train_together_and_the_chief_alone_writes(tmp_path):
 def test_malformed_tf_config_is_a_clear_error(tmp_path, capsys, monkeypatch, value, message):
     np.savetxt(tmp_path / "d.csv", np.random.default_rng(0).normal(size=(20, 2)), delimiter=",")
     monkeypatch.setenv("TF_CONFIG", value)
-    assert main(["train", str(tmp_path / "d.csv"), "--out", str(tmp_path / "run"), "--strategy", "multiworker"]) == 2
+    assert main(["train", str(tmp_path / "d.csv"), "--out", str(tmp_path / "run"), "--strategy", "multiworker",
+                 "--select", "none"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
     assert not (tmp_path / "run").exists()
@@ -120,7 +122,7 @@ def test_a_missing_worker_ends_with_a_clear_error_not_a_hang(tmp_path):
     started = time.time()
     completed = subprocess.run(
         [sys.executable, "-m", "tfp_vae.cli", "train", str(tmp_path / "d.csv"), "--out", str(tmp_path / "run"),
-         "--strategy", "multiworker", "--worker-timeout", "5", "--quiet"],
+         "--strategy", "multiworker", "--select", "none", "--worker-timeout", "5", "--quiet"],
         env={**os.environ, "TF_CONFIG": tf_config(free_ports(2), 0)}, capture_output=True, text=True, timeout=120)
     assert completed.returncode != 0 and time.time() - started < 60
     assert "error: not every worker in TF_CONFIG" in completed.stderr

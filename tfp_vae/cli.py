@@ -13,7 +13,8 @@ import sys
 import tempfile
 import warnings
 
-from tfp_vae.config import DECODER_SCALES, DEFAULTS, MODELS, NORMALIZATIONS, POSTERIORS, STRATEGIES, Config
+from tfp_vae.config import (DECODER_SCALES, DEFAULTS, MODELS, NORMALIZATIONS, POSTERIORS, SELECTS, STRATEGIES,
+                            Config)
 from tfp_vae.errors import TfpVaeError
 from tfp_vae.quiet import start_tensorflow_quietly
 
@@ -49,25 +50,36 @@ def build_parser() -> argparse.ArgumentParser:
     _data_arguments(train)
     train.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder to create")
     train.add_argument("--model", choices=MODELS, default=DEFAULTS.model)
-    train.add_argument("--code-size", type=int, default=DEFAULTS.code_size, metavar="K")
-    train.add_argument("--hidden", type=_widths, default=DEFAULTS.hidden, help="hidden widths, e.g. 64,64 (gaussian)")
+    train.add_argument("--select", choices=SELECTS, default=DEFAULTS.select,
+                       help="auto: fit a few candidates and keep the best by validation log-likelihood "
+                            "(candidates.csv in RUN_DIR); none: train exactly what the flags say. Each of "
+                            "--normalization, --decoder-scale, --code-size and --hidden given pins that choice")
+    train.add_argument("--code-size", type=int, metavar="K", help="default: chosen from the data (--select none: 2)")
+    train.add_argument("--hidden", type=_widths,
+                       help="hidden widths, e.g. 64,64, or '' for a linear model (gaussian; default: chosen from "
+                            "the data; --select none: 64,64)")
     train.add_argument("--posterior", choices=POSTERIORS, default=DEFAULTS.posterior)
-    train.add_argument("--decoder-scale", choices=DECODER_SCALES, default=DEFAULTS.decoder_scale,
+    train.add_argument("--decoder-scale", choices=DECODER_SCALES,
                        help="full: a full covariance from the network, for features whose residuals are "
-                            "correlated given the code, such as columns derived from others (gaussian)")
-    train.add_argument("--normalization", choices=NORMALIZATIONS, default=DEFAULTS.normalization,
+                            "correlated given the code, such as columns derived from others (gaussian; default: "
+                            "chosen from the data; --select none: learned)")
+    train.add_argument("--normalization", choices=NORMALIZATIONS,
                        help="whiten: also decorrelate the features, so the decoder's noise is correlated in raw "
-                            "units (gaussian; strongly correlated features)")
+                            "units (gaussian; default: chosen from the data; --select none: standardize)")
     train.add_argument("--kl-weight", type=float, metavar="W", help="default 1 (gaussian), 1e-4 (question)")
-    train.add_argument("--kl-warmup-epochs", type=int, default=DEFAULTS.kl_warmup_epochs, metavar="N",
-                       help="raise the KL weight linearly over the first N epochs; early stopping waits for them")
-    train.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
-    train.add_argument("--early-stopping-patience", type=int, default=DEFAULTS.early_stopping_patience, metavar="N",
+    train.add_argument("--kl-warmup-epochs", type=int, metavar="N",
+                       help="raise the KL weight linearly over the first N epochs; early stopping waits for them "
+                            "(default: about 500 steps; --select none: 0)")
+    train.add_argument("--epochs", type=int, help="at most this many (default: about 20,000 steps; --select none: 100)")
+    train.add_argument("--early-stopping-patience", type=int, metavar="N",
                        help="stop when the validation loss (the KL at its full weight) has not improved for "
-                            "N epochs, keeping the best")
+                            "N epochs, keeping the best (default: about 1,000 steps, at least 10 epochs; "
+                            "--select none: 0, off)")
     train.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     train.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate)
-    train.add_argument("--validation-split", type=float, default=DEFAULTS.validation_split, metavar="F")
+    train.add_argument("--validation-split", type=float, metavar="F",
+                       help="share of rows held out for validation (default: 0.1 to 0.25, about 100 rows; "
+                            "--select none: 0.1)")
     train.add_argument("--seed", type=int, default=DEFAULTS.seed)
     train.add_argument("--strategy", choices=STRATEGIES, default=DEFAULTS.strategy)
     train.add_argument("--worker-timeout", type=float, default=120.0, metavar="SECONDS",
@@ -143,7 +155,7 @@ def _usage_error(message: str):
 
 def _train(args):
     from tfp_vae.pipeline import source_for
-    from tfp_vae.runs import load_config
+    from tfp_vae.runs import CANDIDATES_CSV, load_config, read_candidates, selection_summary
     from tfp_vae.training import train
     if args.resume:
         config = load_config(args.out)
@@ -156,9 +168,12 @@ def _train(args):
                         early_stopping_patience=args.early_stopping_patience,
                         epochs=args.epochs, batch_size=args.batch_size,
                         learning_rate=args.learning_rate, validation_split=args.validation_split, seed=args.seed,
-                        strategy=args.strategy, columns=args.columns, feature_names=source.columns)
+                        strategy=args.strategy, select=args.select, columns=args.columns,
+                        feature_names=source.columns)
     train(config, source, args.out, resume=args.resume, verbose=0 if args.quiet else 1,
           worker_timeout=args.worker_timeout)
+    if args.quiet and os.path.exists(os.path.join(args.out, CANDIDATES_CSV)):
+        print(selection_summary(read_candidates(args.out)))
     print(f"trained {config.model} model: {args.out}")
 
 

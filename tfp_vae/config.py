@@ -15,12 +15,24 @@ NORMALIZATIONS = ("standardize", "whiten")
 # The decoder likelihoods of `GaussianVAE` by name (`tfp_vae.likelihoods.LIKELIHOODS`).
 DECODER_SCALES = ("learned", "shared", "optimal", "fixed", "full")
 STRATEGIES = ("default", "mirrored", "multiworker")
+SELECTS = ("auto", "none")
 DEFAULT_KL_WEIGHT = {"gaussian": 1.0, "question": 1e-4}
+# What `select="none"` trains where a setting is left open (None): tfp_vae 0.1's fixed defaults.
+FIXED_DEFAULTS = {"code_size": 2, "hidden": (64, 64), "normalization": "standardize", "decoder_scale": "learned",
+                  "kl_warmup_epochs": 0, "early_stopping_patience": 0, "epochs": 100, "validation_split": 0.1}
 
 
 @dataclasses.dataclass
 class Config:
-    """What `tfp_vae.train` needs besides the data. `kl_weight=None` takes the model's default.
+    """What `tfp_vae.train` needs besides the data.
+
+    A setting left at None is open: with `select="auto"` (the default) the
+    architecture's open settings (`normalization`, `decoder_scale`, `code_size`,
+    `hidden`) are chosen among candidates by their validation log-likelihood, and
+    the schedule's (`epochs`, `kl_warmup_epochs`, `early_stopping_patience`,
+    `validation_split`) are sized to the number of rows (`tfp_vae.select`); with
+    `select="none"` they take `FIXED_DEFAULTS`, and exactly that model is trained.
+    A value given pins it. `kl_weight=None` takes the model's default.
 
     `columns` is the user's column selection (reapplied to later data files);
     `feature_names` names the columns trained on, for the files the CLI writes.
@@ -31,43 +43,66 @@ class Config:
     """
 
     model: str = "gaussian"
-    code_size: int = 2
-    hidden: tuple = (64, 64)
+    code_size: int | None = None
+    hidden: tuple | None = None
     posterior: str = "full"
-    normalization: str = "standardize"
-    decoder_scale: str = "learned"
+    normalization: str | None = None
+    decoder_scale: str | None = None
     kl_weight: float | None = None
-    kl_warmup_epochs: int = 0
-    early_stopping_patience: int = 0
-    epochs: int = 100
+    kl_warmup_epochs: int | None = None
+    early_stopping_patience: int | None = None
+    epochs: int | None = None
     batch_size: int = 64
     learning_rate: float = 1e-3
-    validation_split: float = 0.1
+    validation_split: float | None = None
     seed: int = 0
     strategy: str = "default"
+    select: str = "auto"
     input_size: int | None = None
     columns: list | None = None
     feature_names: list | None = None
 
     def __post_init__(self):
-        self.hidden = tuple(int(width) for width in self.hidden)
+        if self.hidden is not None:
+            self.hidden = tuple(int(width) for width in self.hidden)
         for name, choices in (("model", MODELS), ("posterior", POSTERIORS), ("normalization", NORMALIZATIONS),
-                              ("decoder_scale", DECODER_SCALES), ("strategy", STRATEGIES)):
-            if getattr(self, name) not in choices:
-                raise TfpVaeError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
-        if self.model == "question" and self.normalization != "standardize":
+                              ("decoder_scale", DECODER_SCALES), ("strategy", STRATEGIES), ("select", SELECTS)):
+            value = getattr(self, name)
+            if value not in choices and not (value is None and name in FIXED_DEFAULTS):
+                raise TfpVaeError(f"{name} must be one of {choices}, got {value!r}")
+        if self.model == "question" and self.normalization not in (None, "standardize"):
             raise TfpVaeError("the question's model works in raw units: normalization applies to the gaussian model")
         if self.kl_weight is None:
             self.kl_weight = DEFAULT_KL_WEIGHT[self.model]
         for name in ("code_size", "epochs", "batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise TfpVaeError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0.0 <= self.validation_split < 1.0:
+        if self.validation_split is not None and not 0.0 <= self.validation_split < 1.0:
             raise TfpVaeError(f"validation_split must be in [0, 1), got {self.validation_split}")
         if not self.learning_rate > 0:
             raise TfpVaeError(f"learning_rate must be positive, got {self.learning_rate}")
-        if self.early_stopping_patience and not self.validation_split:
+        if self.early_stopping_patience and self.validation_split == 0:
             raise TfpVaeError("early stopping watches the validation loss: set validation_split above 0")
+        if self.selects and self.strategy == "multiworker":
+            raise TfpVaeError("choosing the model (select='auto') runs on one machine: pin the model and pass "
+                              "select='none' to train it with strategy='multiworker'")
+        if self.selects and self.validation_split == 0:
+            raise TfpVaeError("choosing the model (select='auto') needs validation rows: set validation_split "
+                              "above 0, or select='none'")
+
+    @property
+    def selects(self) -> bool:
+        """Whether training chooses among candidates: `select="auto"` for the Gaussian VAE."""
+        return self.select == "auto" and self.model == "gaussian"
+
+    @property
+    def open_settings(self) -> list[str]:
+        """The settings left for training to choose or size."""
+        return [name for name in FIXED_DEFAULTS if getattr(self, name) is None]
+
+    def with_fixed_defaults(self) -> "Config":
+        """This config with every open setting at `FIXED_DEFAULTS`."""
+        return dataclasses.replace(self, **{name: FIXED_DEFAULTS[name] for name in self.open_settings})
 
 
 DEFAULTS = Config()

@@ -44,7 +44,7 @@ def load_demo_data():
 
 
 def demo_configs(epochs: int, feature_names) -> dict:
-    shared = dict(code_size=8, epochs=epochs, batch_size=32, learning_rate=2e-3, validation_split=0.1,
+    shared = dict(select="none", code_size=8, epochs=epochs, batch_size=32, learning_rate=2e-3, validation_split=0.1,
                   seed=0, feature_names=list(feature_names))
     gaussian = dict(model="gaussian", hidden=(64, 64), kl_warmup_epochs=epochs // 3, **shared)
     return {"question": Config(model="question", **shared), "gaussian": Config(**gaussian),

@@ -6,12 +6,16 @@
     RUN_DIR/history.json    the same, written at the end
     RUN_DIR/logs/           TensorBoard event files
     RUN_DIR/checkpoints/    the last finished epoch, while training is under way
+    RUN_DIR/candidates.csv  with select="auto": every candidate's settings and validation figures
+    RUN_DIR/candidates/     with select="auto": a run folder per candidate; the chosen one's files
+                            are copied up into RUN_DIR
 """
 
 import csv
 import dataclasses
 import json
 import os
+import shutil
 
 from tfp_vae.config import Config
 from tfp_vae.errors import RunError
@@ -22,6 +26,10 @@ HISTORY_CSV = "history.csv"
 HISTORY_JSON = "history.json"
 LOGS = "logs"
 CHECKPOINTS = "checkpoints"
+CANDIDATES = "candidates"
+CANDIDATES_CSV = "candidates.csv"
+CANDIDATE_SETTINGS = ("normalization", "decoder_scale", "hidden", "code_size", "epochs", "kl_warmup_epochs",
+                      "early_stopping_patience")
 
 
 def save_config(config: Config, run_dir: str) -> None:
@@ -81,6 +89,51 @@ def write_history_json(run_dir: str) -> None:
 def remove_if_empty(folder: str) -> None:
     if os.path.isdir(folder) and not os.listdir(folder):
         os.rmdir(folder)
+
+
+def selection_summary(table: list[dict]) -> str:
+    """The candidates as a Markdown table, one row each, and the choice (rows as built or as read back)."""
+    columns = list(table[0])
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    for row in table:
+        lines.append("| " + " | ".join(_cell(row[column]) for column in columns) + " |")
+    best = next(row for row in table if str(row["chosen"]) == "True")
+    score = float(best["validation_log_likelihood"])
+    return "\n".join(lines) + f"\nchose {best['name']}: validation log-likelihood {score:.3f} nats per row"
+
+
+def _cell(value) -> str:
+    try:
+        return f"{float(value):.3f}" if "." in str(value) else str(value)
+    except ValueError:
+        return str(value)
+
+
+def adopt_candidate(run_dir: str, name: str, table: list[dict]) -> None:
+    """Writes candidates.csv, and makes the chosen candidate's model, history, logs and config the run's own."""
+    with open(os.path.join(run_dir, CANDIDATES_CSV), "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+    chosen = os.path.join(run_dir, CANDIDATES, name)
+    for entry in (HISTORY_CSV, HISTORY_JSON, LOGS):
+        source, target = os.path.join(chosen, entry), os.path.join(run_dir, entry)
+        if os.path.isdir(source):
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(source, target)
+        elif os.path.exists(source):
+            shutil.copyfile(source, target)
+    config = dataclasses.replace(load_config(chosen), select="auto")
+    save_config(config, run_dir)
+    staging = os.path.join(run_dir, ".staging-" + MODEL_FILE)
+    shutil.copyfile(os.path.join(chosen, MODEL_FILE), staging)
+    os.replace(staging, os.path.join(run_dir, MODEL_FILE))
+
+
+def read_candidates(run_dir) -> list[dict]:
+    """candidates.csv of a run that chose its model, as written (values as text)."""
+    with open(os.path.join(os.fspath(run_dir), CANDIDATES_CSV), newline="") as file:
+        return list(csv.DictReader(file))
 
 
 def load_run(run_dir):

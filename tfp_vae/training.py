@@ -4,28 +4,36 @@
 normalisation statistics from one pass over the training rows, fits it with the
 callbacks a run needs (history, checkpoints, TensorBoard scalars, KL warm-up,
 early stopping, divergence) under the configured `tf.distribute` strategy, and
-writes the run folder (`tfp_vae.runs`). `train(..., resume=True)` continues an
-interrupted run from its last finished epoch and ends with the number of epochs
-first asked for.
+writes the run folder (`tfp_vae.runs`). With `select="auto"` (the default) it
+first fits each candidate of `tfp_vae.select` into `RUN_DIR/candidates/<name>/`,
+scores them on the validation rows and keeps the best. `train(..., resume=True)`
+continues an interrupted run from its last finished epoch (of its last unfinished
+candidate) and ends with the number of epochs first asked for.
 """
 
+import dataclasses
 import functools
 import os
 import shutil
 import tempfile
+import time
 import warnings
 
-from tfp_vae import runs
+import numpy as np
+
+from tfp_vae import runs, select
 from tfp_vae._keras import tf_keras
-from tfp_vae.callbacks import EpochScalars, KeepLastGoodWeights, KLWarmup
+from tfp_vae.callbacks import EpochScalars, KeepLastGoodWeights, KLWarmup, PeriodicBackupAndRestore
 from tfp_vae.config import Config
 from tfp_vae.distribute import JoinWatchdog, is_chief, make_strategy, read_tf_config
 from tfp_vae.errors import DataError, TrainingDiverged
+from tfp_vae.evaluation import log_likelihood
 from tfp_vae.model import GaussianVAE, VariationalAutoencoder
-from tfp_vae.pipeline import as_source, dataset, scan
+from tfp_vae.pipeline import as_source, dataset, in_validation, scan
 from tfp_vae.question import QuestionVAE
 
 MIN_TRAINING_ROWS = 2
+CHECKPOINT_STEPS = 200  # at least this many steps between checkpoints, where epochs are shorter
 
 
 def build_model(config: Config) -> VariationalAutoencoder:
@@ -54,10 +62,68 @@ def train(config: Config, data, run_dir, resume: bool = False, verbose: int = 1,
         config.input_size = source.width
     watchdog = JoinWatchdog(worker_timeout, read_tf_config()) if config.strategy == "multiworker" else None
     try:
-        return _train(config, source, run_dir, resume, verbose, watchdog)
+        if config.selects:
+            return _train_candidates(config, source, run_dir, resume, verbose, watchdog)
+        return _train(config.with_fixed_defaults(), source, run_dir, resume, verbose, watchdog)
     finally:
         if watchdog:
             watchdog.stop()
+
+
+def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbose: int,
+                      watchdog) -> VariationalAutoencoder:
+    """Fits every candidate into RUN_DIR/candidates/<name>/, keeps the best by validation log-likelihood."""
+    runs.check_run_dir(run_dir, resume)
+    if config.validation_split is None:
+        config = dataclasses.replace(config, validation_split=select.validation_fraction(_row_count(source)))
+    found = scan(source, config.validation_split, config.seed)
+    if not resume:
+        os.makedirs(run_dir, exist_ok=True)
+        runs.save_config(config, run_dir)
+    validation = _validation_rows(source, config)
+    table, models = [], {}
+    if verbose:
+        print(f"choosing the model: {len(select.candidates(config, found.train_rows))} candidates on "
+              f"{found.train_rows} training rows, scored on {len(validation)} validation rows", flush=True)
+    for name, candidate in select.candidates(config, found.train_rows).items():
+        folder = os.path.join(run_dir, runs.CANDIDATES, name)
+        started = time.perf_counter()
+        if not os.path.exists(os.path.join(folder, runs.MODEL_FILE)):
+            try:
+                _train(candidate, source, folder, os.path.exists(folder), verbose=0, watchdog=watchdog)
+            except TrainingDiverged as error:
+                warnings.warn(f"candidate {name}: {error}", stacklevel=2)
+        _, models[name] = runs.load_run(folder)
+        score = log_likelihood(models[name], validation, select.SELECTION_SAMPLES, seed=config.seed)
+        table.append({"name": name, **{key: getattr(candidate, key) for key in runs.CANDIDATE_SETTINGS},
+                      "epochs_run": len(runs.read_history(folder).get("loss", [])),
+                      "validation_log_likelihood": float(np.mean(score["log_likelihood"])),
+                      "validation_rows": len(validation), "seconds": round(time.perf_counter() - started, 1)})
+        if verbose:
+            row = table[-1]
+            print(f"candidate {name}: {row['epochs_run']} epochs, validation log-likelihood "
+                  f"{row['validation_log_likelihood']:.3f} nats per row ({row['seconds']:.0f} s)", flush=True)
+    best = max(table, key=lambda row: row["validation_log_likelihood"])
+    for row in table:
+        row["chosen"] = row is best
+    runs.adopt_candidate(run_dir, best["name"], table)
+    if verbose:
+        print(runs.selection_summary(table), flush=True)
+    return models[best["name"]]
+
+
+def _row_count(source) -> int:
+    return sum(len(values) for values, _, _ in source.blocks())
+
+
+def _validation_rows(source, config: Config) -> np.ndarray:
+    """The validation rows selection scores on (at most `select.MAX_SELECTION_ROWS` of them), in memory."""
+    rows = []
+    for values, row_index, _ in source.blocks():
+        rows.append(values[in_validation(row_index, config.validation_split, config.seed)])
+        if sum(map(len, rows)) >= select.MAX_SELECTION_ROWS:
+            break
+    return np.concatenate(rows)[:select.MAX_SELECTION_ROWS].astype(np.float32)
 
 
 def _train(config: Config, source, run_dir: str, resume: bool, verbose: int, watchdog) -> VariationalAutoencoder:
@@ -87,7 +153,8 @@ def _train(config: Config, source, run_dir: str, resume: bool, verbose: int, wat
     keep_good = KeepLastGoodWeights()
     callbacks = [
         tf_keras.callbacks.CSVLogger(os.path.join(write_dir, runs.HISTORY_CSV), append=resume),
-        tf_keras.callbacks.BackupAndRestore(os.path.join(write_dir, runs.CHECKPOINTS)),
+        PeriodicBackupAndRestore(os.path.join(write_dir, runs.CHECKPOINTS),
+                                 max(1, round(CHECKPOINT_STEPS * config.batch_size / found.train_rows))),
         keep_good,
         EpochScalars(os.path.join(write_dir, runs.LOGS)),
     ]

@@ -1,0 +1,87 @@
+"""Choosing the model from the data: the rules, the candidates, and `train`'s choice by validation likelihood."""
+
+import csv
+import os
+
+import numpy as np
+import pytest
+
+from tfp_vae import Config, evaluate, load_run, select, train
+from tfp_vae.errors import TfpVaeError
+from tfp_vae.pipeline import in_validation
+
+
+def test_sizes_are_rules_of_the_row_count():
+    assert select.validation_fraction(100) == 0.25 and select.validation_fraction(500) == 0.2
+    assert select.validation_fraction(100_000) == 0.1
+    assert [select.width(n) for n in (50, 280, 500, 1000, 100_000)] == [16, 32, 64, 128, 128]
+    assert select.code_size(3) == 3 and select.code_size(30) == 8
+    small = select.sized(Config(batch_size=64), 256)  # 4 steps an epoch
+    assert (small.epochs, small.kl_warmup_epochs, small.early_stopping_patience) == (5000, 125, 250)
+    large = select.sized(Config(batch_size=64, epochs=7), 64_000)  # 1000 steps an epoch
+    assert (large.epochs, large.kl_warmup_epochs, large.early_stopping_patience) == (7, 1, 10)
+
+
+def test_candidates_span_the_open_settings_and_keep_the_given_ones():
+    found = select.candidates(Config(input_size=5, validation_split=0.2), 400)
+    assert list(found) == ["whiten-linear-shared-k5", "standardize-64x64-learned-k5", "whiten-64x64-learned-k5",
+                           "whiten-64x64-full-k5"]
+    assert all(c.select == "none" and c.early_stopping_patience and c.kl_warmup_epochs for c in found.values())
+    assert "full" not in "".join(select.candidates(Config(input_size=40), 400))
+    pinned = select.candidates(Config(input_size=5, normalization="standardize", hidden=(8,), code_size=3), 400)
+    assert list(pinned) == ["standardize-8-shared-k3", "standardize-8-learned-k3", "standardize-8-full-k3"]
+
+
+def test_multiworker_selection_and_selection_without_validation_rows_are_refused():
+    with pytest.raises(TfpVaeError, match="select='none'"):
+        Config(strategy="multiworker")
+    with pytest.raises(TfpVaeError, match="needs validation rows"):
+        Config(validation_split=0.0)
+    assert Config(select="none", validation_split=0.0).with_fixed_defaults().hidden == (64, 64)
+
+
+@pytest.fixture(scope="module")
+def chosen(tmp_path_factory):
+    """A selection on correlated rows, short schedules: the run folder and the rows it saw."""
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(400, 2)) @ rng.normal(size=(2, 4)) + 0.2 * rng.normal(size=(400, 4))) * [1, 10, 100, 1e-3]
+    run = tmp_path_factory.mktemp("select") / "run"
+    train(Config(epochs=4, early_stopping_patience=2, kl_warmup_epochs=1, hidden=(8,), seed=0), x.astype(np.float32),
+          run, verbose=0)
+    return run, x.astype(np.float32)
+
+
+def test_train_keeps_the_candidate_with_the_best_validation_likelihood(chosen):
+    run, x = chosen
+    with open(run / "candidates.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["name"] for row in rows] == ["whiten-8-shared-k4", "standardize-8-learned-k4", "whiten-8-learned-k4",
+                                             "whiten-8-full-k4"]
+    scores = [float(row["validation_log_likelihood"]) for row in rows]
+    assert [row["chosen"] for row in rows] == [str(score == max(scores)) for score in scores]
+    best = rows[int(np.argmax(scores))]
+    config, model = load_run(run)
+    assert (config.normalization, config.decoder_scale, config.select) == (best["normalization"],
+                                                                           best["decoder_scale"], "auto")
+    assert all(os.path.exists(run / "candidates" / row["name"] / "model.keras") for row in rows)
+    validation = x[in_validation(np.arange(len(x)), config.validation_split, 0)]
+    assert int(best["validation_rows"]) == len(validation) and config.validation_split == 0.25
+    np.testing.assert_allclose(evaluate(model, validation, num_samples=100)["log_likelihood"],
+                               float(best["validation_log_likelihood"]), atol=0.05)
+
+
+@pytest.mark.slow
+def test_linear_gaussian_data_picks_a_model_near_the_true_density(rng, tmp_path):
+    """Rows from a known linear-Gaussian model: the chosen model's held-out likelihood is within 0.05 nats/feature."""
+    d, k = 6, 2
+    loadings = rng.normal(size=(k, d)) * [1.0, 3.0, 0.5, 2.0, 1.0, 4.0]
+    noise = np.array([0.5, 0.2, 1.0, 0.3, 0.6, 0.4])
+    x = rng.normal(size=(3000, k)) @ loadings + noise * rng.normal(size=(3000, d)) + 10.0
+    train_rows, test_rows = x[:2400].astype(np.float32), x[2400:]
+    covariance = loadings.T @ loadings + np.diag(noise**2)
+    centred = test_rows - 10.0
+    truth = -0.5 * (d * np.log(2 * np.pi) + np.linalg.slogdet(covariance)[1]
+                    + np.einsum("ij,jk,ik->i", centred, np.linalg.inv(covariance), centred)).mean()
+    model = train(Config(seed=0), train_rows, tmp_path / "run", verbose=0)
+    held_out = evaluate(model, test_rows.astype(np.float32), num_samples=200)["log_likelihood"]
+    assert (truth - held_out) / d < 0.05, (truth, held_out)
