@@ -22,7 +22,8 @@ CHILD = r"""
 import json, resource, sys, time
 from tfp_vae.cli import main
 start = time.perf_counter()
-code = main(["train", sys.argv[1], "--out", sys.argv[2], "--epochs", "1", "--batch-size", "1024", "--quiet"])
+code = main(["train", sys.argv[1], "--out", sys.argv[2], "--select", "none", "--epochs", "1", "--batch-size", "1024",
+            "--quiet"])
 print(json.dumps({"code": code, "seconds": time.perf_counter() - start,
                   "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """

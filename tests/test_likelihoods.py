@@ -5,7 +5,8 @@ from scipy import stats
 
 from tfp_vae import config, heads
 from tfp_vae.errors import TfpVaeError
-from tfp_vae.likelihoods import LIKELIHOODS, FixedNormal, FullCovarianceNormal, OptimalNormal, make_likelihood
+from tfp_vae.likelihoods import (LIKELIHOODS, FixedNormal, FullCovarianceNormal, OptimalNormal, StudentT,
+                                 make_likelihood)
 from tfp_vae.normalization import Standardize
 
 
@@ -85,7 +86,43 @@ def test_unknown_or_impossible_likelihoods_are_refused():
 
 
 def test_every_likelihood_ends_in_the_tfp_layer_the_design_names():
+    expected = {FullCovarianceNormal: heads.DecoderFullNormal, StudentT: heads.DecoderStudentT}
     for name, likelihood_class in LIKELIHOODS.items():
         head = make_likelihood(name, 3, 1e-3, 0, 1.0).head
-        expected = heads.DecoderFullNormal if likelihood_class is FullCovarianceNormal else heads.DecoderNormal
-        assert isinstance(head, expected)
+        assert isinstance(head, expected.get(likelihood_class, heads.DecoderNormal))
+
+
+def test_student_t_starts_nearly_gaussian_and_its_raw_units_are_scipys(rng):
+    likelihood = StudentT(3, min_scale=1e-3, seed=0)
+    raw = likelihood(tf.zeros([4, 7]))
+    assert raw.shape == (4, StudentT.params_size(3)) == (4, 6)
+    sigma, df = likelihood.scale(raw)
+    np.testing.assert_allclose(sigma.numpy(), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(df.numpy(), StudentT.INITIAL_DF, rtol=1e-5)
+    loc, sigma, df = rng.normal(size=(4, 3)), rng.uniform(0.5, 2.0, size=(4, 3)), rng.uniform(2.5, 9.0, size=(4, 3))
+    u = rng.standard_t(df) * sigma + loc
+    as_tensors = [tf.constant(a, tf.float32) for a in (u, loc, sigma, df)]
+    np.testing.assert_allclose(likelihood.log_prob(as_tensors[0], as_tensors[1], tuple(as_tensors[2:])).numpy(),
+                               stats.t(df, loc, sigma).logpdf(u).sum(axis=1), rtol=1e-5)
+    normalizer = Standardize(3)
+    normalizer.set_moments(mean=[1.0, -2.0, 1e4], stddev=[1e-3, 1.0, 50.0])
+    scale = normalizer.scale.numpy()
+    pair = tuple(as_tensors[2:])
+    np.testing.assert_allclose(likelihood.raw_stddev(normalizer, pair).numpy(),
+                               sigma * np.sqrt(df / (df - 2)) * scale, rtol=1e-5)
+    np.testing.assert_allclose(likelihood.half_width(normalizer, pair, 0.95).numpy(),
+                               stats.t.ppf(0.975, df) * sigma * scale, rtol=1e-4)
+    raw = likelihood.raw_distribution(normalizer, as_tensors[1], pair)
+    x = (u * scale + [1.0, -2.0, 1e4]).astype(np.float32)
+    np.testing.assert_allclose(raw.log_prob(x).numpy(),
+                               stats.t(df, loc * scale + [1.0, -2.0, 1e4], sigma * scale).logpdf(x).sum(axis=1),
+                               rtol=1e-4)
+
+
+def test_a_gaussian_interval_is_the_normal_quantile_times_the_stddev():
+    normalizer = Standardize(2)
+    normalizer.set_moments(mean=[0.0, 5.0], stddev=[2.0, 0.5])
+    likelihood = make_likelihood("learned", 2, 1e-3, 0, 1.0)
+    sigma = tf.constant([[1.0, 3.0]])
+    np.testing.assert_allclose(likelihood.half_width(normalizer, sigma, 0.95).numpy(),
+                               stats.norm.ppf(0.975) * np.array([[2.0, 1.5]]), rtol=1e-5)

@@ -103,3 +103,11 @@ def test_standard_normal_log_prob_is_the_closed_form(rng):
     z = rng.normal(size=(5, 4)) * 3
     expected = np.sum(-0.5 * np.log(2 * np.pi) - 0.5 * z**2, axis=1)
     np.testing.assert_allclose(losses.standard_normal_log_prob(z).numpy(), expected, rtol=1e-10)
+
+
+def test_student_t_log_prob_is_the_closed_form(rng):
+    from scipy import stats
+    x, loc = rng.normal(size=(4, 3)) * 3, rng.normal(size=(4, 3))
+    scale, df = rng.uniform(0.2, 2.0, size=(4, 3)), rng.uniform(2.1, 40.0, size=(4, 3))
+    expected = stats.t(df, loc, scale).logpdf(x).sum(axis=1)
+    np.testing.assert_allclose(losses.student_t_log_prob(x, loc, scale, df).numpy(), expected, rtol=1e-10)

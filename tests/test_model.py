@@ -41,7 +41,11 @@ def test_outputs_are_in_raw_units(mixed_scale_data):
     model = trained(mixed_scale_data, epochs=5)
     outputs = model.predict(mixed_scale_data, verbose=0)
     assert {name: type(value) for name, value in outputs.items()} == {
-        "code_mean": np.ndarray, "mean": np.ndarray, "stddev": np.ndarray}
+        "code_mean": np.ndarray, "mean": np.ndarray, "stddev": np.ndarray, "lower": np.ndarray, "upper": np.ndarray}
+    # The interval is mean +- 1.96 stddev, to float32's resolution of the mean (offsets reach 1e4).
+    tolerance = 4 * np.finfo(np.float32).eps * np.abs(outputs["mean"]) + 1e-5 * outputs["stddev"]
+    for side in (outputs["upper"] - outputs["mean"], outputs["mean"] - outputs["lower"]):
+        np.testing.assert_array_less(np.abs(side - 1.959964 * outputs["stddev"]), tolerance)
     assert outputs["code_mean"].shape == (600, 2) and outputs["mean"].shape == (600, 5)
     spread = mixed_scale_data.std(axis=0)
     np.testing.assert_array_less(outputs["stddev"].mean(axis=0), 2 * spread)
@@ -226,7 +230,7 @@ def test_unknown_normalization_is_refused():
 @pytest.mark.parametrize("options", [
     {}, {"normalization": "whiten"}, {"hidden": ()}, {"posterior": "diagonal", "decoder_scale": "shared"},
     {"decoder_scale": "optimal", "normalization": "whiten"}, {"decoder_scale": "full"},
-    {"decoder_scale": "full", "normalization": "whiten"}], ids=str)
+    {"decoder_scale": "full", "normalization": "whiten"}, {"decoder_scale": "student_t"}], ids=str)
 def test_folded_call_gives_calls_outputs(mixed_scale_data, options):
     model = trained(mixed_scale_data, **options)
     expected, folded = model(mixed_scale_data), model.folded_call(mixed_scale_data)
@@ -236,6 +240,8 @@ def test_folded_call_gives_calls_outputs(mixed_scale_data, options):
     tolerance = 1e-5 * spread + 4 * np.finfo(np.float32).eps * np.abs(expected["mean"].numpy())
     np.testing.assert_array_less(np.abs(folded["mean"].numpy() - expected["mean"].numpy()), tolerance)
     np.testing.assert_allclose(folded["stddev"].numpy(), expected["stddev"].numpy(), rtol=1e-6)
+    half = (expected["upper"] - expected["lower"]).numpy() / 2
+    np.testing.assert_allclose((folded["upper"] - folded["lower"]).numpy() / 2, half, rtol=1e-5)
 
 
 def test_full_covariance_model_round_trips_through_a_keras_file(mixed_scale_data, tmp_path):
@@ -246,3 +252,8 @@ def test_full_covariance_model_round_trips_through_a_keras_file(mixed_scale_data
     x = mixed_scale_data[:20]
     np.testing.assert_array_equal(loaded.elbo(x).numpy(), model.elbo(x).numpy())
     np.testing.assert_array_equal(loaded(x)["stddev"].numpy(), model(x)["stddev"].numpy())
+
+
+def test_student_t_is_refused_with_whitening():
+    with pytest.raises(ValueError, match="student_t' works in standardised units"):
+        GaussianVAE(3, decoder_scale="student_t", normalization="whiten")

@@ -24,12 +24,15 @@ def test_sizes_are_rules_of_the_row_count():
 
 def test_candidates_span_the_open_settings_and_keep_the_given_ones():
     found = select.candidates(Config(input_size=5, validation_split=0.2), 400)
-    assert list(found) == ["whiten-linear-shared-k5", "standardize-64x64-learned-k5", "whiten-64x64-learned-k5",
-                           "whiten-64x64-full-k5"]
+    assert list(found) == ["whiten-linear-shared-k5", "standardize-64x64-learned-k5",
+                           "standardize-64x64-student_t-k5", "whiten-64x64-learned-k5", "whiten-64x64-full-k5"]
     assert all(c.select == "none" and c.early_stopping_patience and c.kl_warmup_epochs for c in found.values())
     assert "full" not in "".join(select.candidates(Config(input_size=40), 400))
     pinned = select.candidates(Config(input_size=5, normalization="standardize", hidden=(8,), code_size=3), 400)
-    assert list(pinned) == ["standardize-8-shared-k3", "standardize-8-learned-k3", "standardize-8-full-k3"]
+    assert list(pinned) == ["standardize-8-shared-k3", "standardize-8-learned-k3", "standardize-8-student_t-k3",
+                            "standardize-8-full-k3"]
+    heavy = select.candidates(Config(input_size=5, decoder_scale="student_t"), 400)
+    assert list(heavy) == ["standardize-linear-student_t-k5", "standardize-64x64-student_t-k5"]
 
 
 def test_multiworker_selection_and_selection_without_validation_rows_are_refused():
@@ -55,8 +58,8 @@ def test_train_keeps_the_candidate_with_the_best_validation_likelihood(chosen):
     run, x = chosen
     with open(run / "candidates.csv", newline="") as file:
         rows = list(csv.DictReader(file))
-    assert [row["name"] for row in rows] == ["whiten-8-shared-k4", "standardize-8-learned-k4", "whiten-8-learned-k4",
-                                             "whiten-8-full-k4"]
+    assert [row["name"] for row in rows] == ["whiten-8-shared-k4", "standardize-8-learned-k4",
+                                             "standardize-8-student_t-k4", "whiten-8-learned-k4", "whiten-8-full-k4"]
     scores = [float(row["validation_log_likelihood"]) for row in rows]
     assert [row["chosen"] for row in rows] == [str(score == max(scores)) for score in scores]
     best = rows[int(np.argmax(scores))]

@@ -13,13 +13,20 @@ MODELS = ("gaussian", "question")
 POSTERIORS = ("full", "diagonal")
 NORMALIZATIONS = ("standardize", "whiten")
 # The decoder likelihoods of `GaussianVAE` by name (`tfp_vae.likelihoods.LIKELIHOODS`).
-DECODER_SCALES = ("learned", "shared", "optimal", "fixed", "full")
+DECODER_SCALES = ("learned", "shared", "optimal", "fixed", "full", "student_t")
 STRATEGIES = ("default", "mirrored", "multiworker")
 SELECTS = ("auto", "none")
 DEFAULT_KL_WEIGHT = {"gaussian": 1.0, "question": 1e-4}
 # What `select="none"` trains where a setting is left open (None): tfp_vae 0.1's fixed defaults.
 FIXED_DEFAULTS = {"code_size": 2, "hidden": (64, 64), "normalization": "standardize", "decoder_scale": "learned",
                   "kl_warmup_epochs": 0, "early_stopping_patience": 0, "epochs": 100, "validation_split": 0.1}
+
+
+def incompatibility(normalization: str | None, decoder_scale: str | None) -> str | None:
+    """Why a normalisation and a decoder likelihood cannot go together, or None if they can."""
+    if normalization == "whiten" and decoder_scale == "student_t":
+        return "decoder_scale='student_t' works in standardised units: normalization='standardize'"
+    return None
 
 
 @dataclasses.dataclass
@@ -70,6 +77,9 @@ class Config:
             value = getattr(self, name)
             if value not in choices and not (value is None and name in FIXED_DEFAULTS):
                 raise TfpVaeError(f"{name} must be one of {choices}, got {value!r}")
+        conflict = incompatibility(self.normalization, self.decoder_scale)
+        if conflict:
+            raise TfpVaeError(conflict)
         if self.model == "question" and self.normalization not in (None, "standardize"):
             raise TfpVaeError("the question's model works in raw units: normalization applies to the gaussian model")
         if self.kl_weight is None:

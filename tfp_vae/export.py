@@ -5,7 +5,7 @@ layout TF Serving polls, with these signatures (float32, batch-major, raw units)
 
 | signature                   | inputs                      | outputs                                          |
 |-----------------------------|-----------------------------|--------------------------------------------------|
-| `serving_default`, `reconstruct` | `x` [B, D]             | `code_mean` [B, K], `mean` [B, D], `stddev` [B, D] |
+| `serving_default`, `reconstruct` | `x` [B, D]             | `code_mean` [B, K], `mean`, `stddev`, `lower`, `upper` [B, D] |
 | `encode`                    | `x` [B, D]                  | `code_mean` [B, K], `code_scale_tril` [B, K, K]  |
 | `decode`                    | `z` [B, K]                  | `mean` [B, D], `stddev` [B, D]                   |
 | `score`                     | `x` [B, D]                  | `elbo`, `reconstruction_log_prob`, `kl` [B]      |
@@ -127,7 +127,9 @@ def export_saved_model(model: VariationalAutoencoder, export_base, version: int 
     staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_base)
     try:
         module = ServingModule(model)
-        tf.saved_model.save(module, staging, signatures=module.signatures())
+        # Served graphs take no gradients; saving custom ones fails on Student-t sampling's captures.
+        tf.saved_model.save(module, staging, signatures=module.signatures(),
+                            options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
         os.rename(staging, final)
     except OSError as error:
         raise ExportError(f"{final}: could not write the export ({error.strerror or error})") from error

@@ -9,6 +9,9 @@ model units (its mean comes from the model's `decoder_loc` layer), and knows
 - `log_prob(u, loc, scale)`: log p(u|z) per row, in model units;
 - `raw_stddev` / `raw_distribution`: each feature's standard deviation and the
   distribution over raw rows, through the model's normaliser;
+- `half_width`: half the central interval of each feature, in raw units (for a
+  Gaussian, the normal quantile times its standard deviation; for a Student-t,
+  the t quantile times its scale);
 - `chunk_width(D)`: numbers per row and draw that evaluation's chunks are sized by;
 - `training_scale(u, loc, scale)`: the scale a training step uses (only the
   sigma-VAE's `OptimalNormal` changes it, from the batch's errors).
@@ -20,6 +23,7 @@ feature's (standardised or whitened) spread.
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_probability as tfp
 
 from tfp_vae import heads, losses
 from tfp_vae._keras import serializable, tf_keras
@@ -83,6 +87,10 @@ class DiagonalNormal(RestorableLayer, tf_keras.layers.Layer):
     def raw_distribution(self, normalizer, loc, scale):
         return normalizer.raw_normal(loc, scale)
 
+    def half_width(self, normalizer, scale, probability: float):
+        """Half the central `probability` interval of each feature in raw units (its marginal is Gaussian)."""
+        return tf.math.ndtri(0.5 + 0.5 * probability) * self.raw_stddev(normalizer, scale)
+
     def training_scale(self, u, loc, scale):
         return scale
 
@@ -107,8 +115,13 @@ class LearnedNormal(DiagonalNormal):
     def __init__(self, event_size: int, min_scale: float = 1e-3, seed=None, **kwargs):
         super().__init__(event_size, min_scale, seed, **kwargs)
         self.dense = heads.Dense(
-            self.params_size(event_size), name="dense", kernel_initializer=heads.seeded_initializer(seed, 0),
+            self.dense_size(event_size), name="dense", kernel_initializer=heads.seeded_initializer(seed, 0),
             bias_initializer=tf_keras.initializers.Constant(self.initial_params(event_size, unit_raw(min_scale))))
+
+    @classmethod
+    def dense_size(cls, event_size: int) -> int:
+        """Outputs of the dense layer on the hidden layer: all of `params_size` unless some are weights."""
+        return cls.params_size(event_size)
 
     @staticmethod
     def initial_params(event_size: int, unit: float) -> np.ndarray:
@@ -247,8 +260,73 @@ class FullCovarianceNormal(LearnedNormal):
         return normalizer.raw_normal_tril(loc, scale)
 
 
+@serializable
+class StudentT(LearnedNormal):
+    """p(u|z) = prod_d t_{df_d}(u_d; loc_d, sigma_d(z)): heavy tails, df learned per feature.
+
+    sigma(z) comes from the network as for `LearnedNormal`; the degrees of freedom
+    are one weight per feature, above 2 so that each feature's variance exists
+    (`heads.degrees_of_freedom`), starting at `INITIAL_DF` (nearly Gaussian). The
+    scale this likelihood passes around is the pair `(sigma, df)`. It works in
+    standardised units (`normalization="standardize"`): whitening mixes the
+    features, and a mix of Student-t variables is not one.
+
+    #### Example
+
+    ```python
+    likelihood = StudentT(event_size=3)
+    sigma, df = likelihood.scale(likelihood(tf.zeros([8, 16])))   # 1 and 30 everywhere at the start
+    ```
+    """
+
+    HEAD = heads.DecoderStudentT
+    INITIAL_DF = 30.0
+
+    def __init__(self, event_size: int, min_scale: float = 1e-3, seed=None, **kwargs):
+        super().__init__(event_size, min_scale, seed, **kwargs)
+        self.raw_df = self.add_weight(
+            "raw_df", shape=[event_size],
+            initializer=tf_keras.initializers.Constant(
+                float(heads.softplus_inverse(np.float32(self.INITIAL_DF - heads.MIN_DEGREES_OF_FREEDOM)))))
+
+    @staticmethod
+    def params_size(event_size: int) -> int:
+        return 2 * event_size
+
+    @staticmethod
+    def dense_size(event_size: int) -> int:
+        return event_size
+
+    def call(self, hidden):
+        return tf.concat([self.dense(hidden), self.broadcast(self.raw_df, hidden)], axis=-1)
+
+    def scale(self, raw):
+        return (heads.floored_softplus(raw[..., :self.event_size], self.min_scale),
+                heads.degrees_of_freedom(raw[..., self.event_size:]))
+
+    def parameters(self, loc, raw):
+        student_t = self.distribution(loc, raw).distribution
+        return student_t.loc, (student_t.scale, student_t.df)
+
+    def log_prob(self, u, loc, scale):
+        sigma, df = scale
+        return losses.student_t_log_prob(u, loc, sigma, df)
+
+    def raw_stddev(self, normalizer, scale):
+        sigma, df = scale
+        return normalizer.raw_stddev(sigma * tf.sqrt(df / (df - 2.0)))
+
+    def raw_distribution(self, normalizer, loc, scale):
+        return normalizer.raw_student_t(loc, *scale)
+
+    def half_width(self, normalizer, scale, probability: float):
+        sigma, df = scale
+        quantile = tfp.distributions.StudentT(df, 0.0, 1.0).quantile(0.5 + 0.5 * probability)
+        return normalizer.raw_stddev(quantile * sigma)
+
+
 LIKELIHOODS = {"learned": LearnedNormal, "shared": SharedNormal, "optimal": OptimalNormal, "fixed": FixedNormal,
-               "full": FullCovarianceNormal}
+               "full": FullCovarianceNormal, "student_t": StudentT}
 
 
 def make_likelihood(decoder_scale: str, event_size: int, min_scale: float, seed, fixed_scale: float, **kwargs):

@@ -47,6 +47,18 @@ def gaussian_log_prob_tril(x: tf.Tensor, loc: tf.Tensor, scale_tril: tf.Tensor) 
     return -scale.log_abs_determinant() - tf.reduce_sum(0.5 * LOG_2PI + 0.5 * tf.square(z), axis=-1)
 
 
+def student_t_log_prob(x: tf.Tensor, loc: tf.Tensor, scale: tf.Tensor, df: tf.Tensor) -> tf.Tensor:
+    """log prod_d t_df(x_d; loc_d, scale_d) over the last axis: Student-t with `df` degrees of freedom.
+
+    lgamma((df + 1) / 2) - lgamma(df / 2) - 0.5 log(df pi) - log scale - (df + 1) / 2 log(1 + z^2 / df),
+    z = (x - loc) / scale, per feature.
+    """
+    z = (x - loc) / scale
+    per_feature = (tf.math.lgamma(0.5 * (df + 1.0)) - tf.math.lgamma(0.5 * df) - 0.5 * tf.math.log(df * math.pi)
+                   - tf.math.log(scale) - 0.5 * (df + 1.0) * tf.math.log1p(tf.square(z) / df))
+    return tf.reduce_sum(per_feature, axis=-1)
+
+
 def standard_normal_log_prob(z: tf.Tensor) -> tf.Tensor:
     """log N(z; 0, I) over the last axis."""
     return -0.5 * tf.reduce_sum(tf.square(z) + LOG_2PI, axis=-1)

@@ -33,14 +33,16 @@ import tensorflow_probability as tfp
 
 from tfp_vae import heads, losses, saving
 from tfp_vae._keras import serializable, tf_keras
+from tfp_vae.config import incompatibility
 from tfp_vae.data import RunningMoments, check_block, features_of, moments, require_2d
-from tfp_vae.errors import DataError
+from tfp_vae.errors import DataError, TfpVaeError
 from tfp_vae.likelihoods import make_likelihood
 from tfp_vae.normalization import NORMALIZERS, constant_columns
 
 tfd = tfp.distributions
 
 SCORE_SAMPLES = 16
+INTERVAL = 0.95  # the central interval `lower` to `upper` that `call` reports
 METRICS = ("loss", "reconstruction_loss", "kl_loss", "mse")
 
 
@@ -121,6 +123,10 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
     def raw_distribution(self, loc, scale):
         """p(x|z) over raw rows, from the decoder's parameters in model units."""
         return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
+
+    def half_width(self, scale):
+        """Half the central `INTERVAL` of each feature of p(x|z), in raw units."""
+        return tf.math.ndtri(0.5 + 0.5 * INTERVAL) * scale
 
     def decoder_log_prob(self, u, loc, scale, training: bool = False):
         """log p(u|z) per row in model units (`training`: as a training step scores it)."""
@@ -287,10 +293,13 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
 
     # Tensors in, tensors out, in raw units.
     def call(self, x):
-        """Reconstruction at the posterior mean: `code_mean` [B, K], `mean` and `stddev` [B, D]."""
+        """Reconstruction at the posterior mean: `code_mean` [B, K]; `mean`, `stddev`, `lower`, `upper` [B, D].
+
+        `lower` and `upper` bound the central 95% (`INTERVAL`) of each feature of p(x|z) at that code.
+        """
         code_mean = self.posterior_mean(self.to_model_units(tf.convert_to_tensor(x, tf.float32)))
         loc, scale = self.decoder_params(code_mean)
-        return {"code_mean": code_mean, "mean": self.raw_mean(loc), "stddev": self.raw_stddev(scale)}
+        return reconstruction(code_mean, self.raw_mean(loc), self.raw_stddev(scale), self.half_width(scale))
 
     def folded_call(self, x):
         """`call`'s outputs from a graph with fewer ops once the weights are constants (the export's)."""
@@ -377,6 +386,8 @@ class GaussianVAE(VariationalAutoencoder):
                  min_scale: float = 1e-3, activation: str = "leaky_relu", normalization: str = "standardize",
                  seed=None, **kwargs):
         super().__init__(input_size, code_size, kl_weight, seed, **kwargs)
+        if incompatibility(normalization, decoder_scale):
+            raise TfpVaeError(incompatibility(normalization, decoder_scale))
         if posterior not in heads.POSTERIOR_HEADS:
             raise ValueError(f"posterior must be one of {tuple(heads.POSTERIOR_HEADS)}, got {posterior!r}")
         if normalization not in NORMALIZERS:
@@ -463,6 +474,9 @@ class GaussianVAE(VariationalAutoencoder):
     def raw_distribution(self, loc, scale):
         return self.likelihood.raw_distribution(self.normalizer, loc, scale)
 
+    def half_width(self, scale):
+        return self.likelihood.half_width(self.normalizer, scale, INTERVAL)
+
     def decoder_log_prob(self, u, loc, scale, training: bool = False):
         if training:
             scale = self.likelihood.training_scale(u, loc, scale)
@@ -487,9 +501,10 @@ class GaussianVAE(VariationalAutoencoder):
         code_mean = dense(self.encoder_mlp(self.to_model_units(tf.convert_to_tensor(x, tf.float32))),
                           params.kernel[:, :self.code_size], params.bias[:self.code_size])
         hidden = self.decoder_mlp(code_mean)
-        return {"code_mean": code_mean,
-                "mean": dense(hidden, *self.normalizer.fold_output(self.decoder_loc.kernel, self.decoder_loc.bias)),
-                "stddev": self.raw_stddev(self.likelihood.scale(self.likelihood(hidden)))}
+        scale = self.likelihood.scale(self.likelihood(hidden))
+        return reconstruction(
+            code_mean, dense(hidden, *self.normalizer.fold_output(self.decoder_loc.kernel, self.decoder_loc.bias)),
+            self.raw_stddev(scale), self.half_width(scale))
 
     def decoder_params(self, z):
         hidden = self.decoder_mlp(z)
@@ -501,6 +516,12 @@ class GaussianVAE(VariationalAutoencoder):
         return {"loss": losses.beta_loss(distortion, weights.rate, self.kl_weight_now(training)),
                 "reconstruction_loss": distortion, "kl_loss": weights.rate,
                 "mse": tf.reduce_mean(tf.square(x - self.raw_mean(weights.loc)), axis=[0, -1])}
+
+
+def reconstruction(code_mean, mean, stddev, half_width) -> dict:
+    """`call`'s outputs: the code, and each feature's mean, standard deviation and central interval."""
+    return {"code_mean": code_mean, "mean": mean, "stddev": stddev, "lower": mean - half_width,
+            "upper": mean + half_width}
 
 
 def dense(x, kernel, bias):

@@ -98,6 +98,11 @@ class Standardize(RestorableLayer, tf_keras.layers.Layer):
         """N(loc, S S^T) in model units, as a distribution over raw rows."""
         return tfd.MultivariateNormalTriL(self.inverse(loc), self.scale[:, tf.newaxis] * scale_tril)
 
+    def raw_student_t(self, loc, sigma, df):
+        """prod_d t_df(loc_d, sigma_d) in model units, as a distribution over raw rows."""
+        return tfd.Independent(tfd.StudentT(df, self.inverse(loc), self.raw_stddev(sigma)),
+                               reinterpreted_batch_ndims=1)
+
     def log_det_jacobian(self):
         """sum log scale: what a density loses going from model to raw units."""
         return tf.reduce_sum(tf.math.log(self.scale))

@@ -13,6 +13,8 @@ The candidates span the normalisation, the decoder's likelihood and the network:
   rows (whitening's covariance times sigma^2 = 1), so the choice can always fall
   back to the classical model; a linear code makes it probabilistic PCA around it;
 - a network with learned sigma(z), standardised and whitened;
+- a standardised network whose decoder is a Student-t with learned degrees of
+  freedom per feature: heavy tails, and robustness to outliers;
 - whitened with a full-covariance decoder S(z) S(z)^T, where the features are few
   enough for its D (D + 1) / 2 outputs (`FULL_COVARIANCE_MAX_FEATURES`).
 
@@ -27,7 +29,7 @@ amount of optimisation.
 import dataclasses
 import math
 
-from tfp_vae.config import Config
+from tfp_vae.config import Config, incompatibility
 
 SELECTION_SAMPLES = 100
 MAX_SELECTION_ROWS = 10_000
@@ -73,6 +75,7 @@ def candidates(config: Config, train_rows: int) -> dict[str, Config]:
     grid = [
         dict(normalization="whiten", decoder_scale="shared", hidden=()),
         dict(normalization="standardize", decoder_scale="learned", hidden=network),
+        dict(normalization="standardize", decoder_scale="student_t", hidden=network),
         dict(normalization="whiten", decoder_scale="learned", hidden=network),
     ]
     if config.input_size <= FULL_COVARIANCE_MAX_FEATURES:
@@ -82,8 +85,12 @@ def candidates(config: Config, train_rows: int) -> dict[str, Config]:
     code = config.code_size if config.code_size is not None else code_size(config.input_size)
     found = {}
     for settings in grid:
-        candidate = sized(dataclasses.replace(config, **{**settings, **pinned}, code_size=code, select="none"),
-                          train_rows)
+        settings = {**settings, **pinned}
+        if incompatibility(settings["normalization"], settings["decoder_scale"]) and "normalization" not in pinned:
+            settings["normalization"] = "standardize"  # a pinned likelihood that cannot be whitened
+        if incompatibility(settings["normalization"], settings["decoder_scale"]):
+            continue
+        candidate = sized(dataclasses.replace(config, **settings, code_size=code, select="none"), train_rows)
         found.setdefault(name_of(candidate), candidate)
     return found
 
