@@ -242,3 +242,29 @@ def test_train_with_no_model_flags_chooses_among_candidates_and_says_which(tmp_p
 def test_library_messages_name_the_command_lines_flags(tmp_path, csv_file, capsys):
     fails(capsys, ["train", csv_file, "--out", tmp_path / "run", "--strategy", "multiworker"],
           "pass --select none to train it with --strategy multiworker")
+
+
+def test_tensorboard_reads_every_metric_of_a_run(run_dir):
+    import tensorflow as tf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    for split, prefix in (("train", ""), ("validation", "val_")):
+        events = EventAccumulator(str(run_dir / "logs" / split))
+        events.Reload()
+        tags = set(events.Tags()["tensors"])
+        assert {f"epoch_{name}" for name in ("loss", "reconstruction_loss", "kl_loss", "mse")} <= tags, (split, tags)
+        history = json.loads((run_dir / "history.json").read_text())
+        values = [float(tf.make_ndarray(event.tensor_proto)) for event in events.Tensors("epoch_loss")]
+        np.testing.assert_allclose(values, history[prefix + "loss"], rtol=1e-6)
+
+
+def test_help_shows_defaults_and_an_example_and_version_answers(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip().startswith("tfp-vae 0.")
+    for command, shown in (("train", ["(default: 64)", "(default: auto)", "example:", "tfp-vae train "]),
+                           ("evaluate", ["(default: 1000)", "tfp-vae evaluate "]),
+                           ("demo", ["(default: 150)", "tfp-vae demo "])):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        printed = capsys.readouterr().out
+        assert all(text in printed for text in shown), (command, printed)

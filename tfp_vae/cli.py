@@ -13,6 +13,7 @@ import sys
 import tempfile
 import warnings
 
+from tfp_vae import __version__
 from tfp_vae.config import (DECODER_SCALES, DEFAULTS, MODELS, NORMALIZATIONS, POSTERIORS, SELECTS, STRATEGIES,
                             Config)
 from tfp_vae.errors import TfpVaeError
@@ -42,14 +43,44 @@ def _data_arguments(parser):
                         help="skip rows with blank, NaN or infinite cells (and say how many)")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default in its help (where it has one), and examples kept as written."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+EXAMPLES = {
+    "train": "tfp-vae train measurements.csv --out runs/first\n"
+             "tfp-vae train 'data/part-*.csv' --out runs/big --columns a,b,c --select none --hidden 128,128",
+    "evaluate": "tfp-vae evaluate runs/first held_out.csv --samples 1000",
+    "export": "tfp-vae export runs/first exports/mymodel",
+    "encode": "tfp-vae encode runs/first measurements.csv --out codes.csv",
+    "score": "tfp-vae score runs/first new_rows.csv --out scores.csv",
+    "sample": "tfp-vae sample runs/first -n 100 --out synthetic.csv --seed 1",
+    "demo": "tfp-vae demo --out demo-output",
+}
+
+
+def _command(commands, name: str, text: str) -> argparse.ArgumentParser:
+    return commands.add_parser(name, help=text, description=text, formatter_class=HelpFormatter,
+                               epilog="example:\n  " + EXAMPLES[name].replace("\n", "\n  "))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tfp-vae", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="tfp-vae", description=__doc__.splitlines()[0], formatter_class=HelpFormatter,
+                                     epilog="example:\n  tfp-vae demo\n  tfp-vae train data.csv --out run\n"
+                                            "  tfp-vae COMMAND --help   (each command's options)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = commands.add_parser("train", help="train a model on DATA into a run folder")
+    train = _command(commands, "train", "train a model on DATA into a run folder")
     _data_arguments(train)
     train.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder to create")
-    train.add_argument("--model", choices=MODELS, default=DEFAULTS.model)
+    train.add_argument("--model", choices=MODELS, default=DEFAULTS.model,
+                       help="gaussian: the Gaussian VAE; question: the question's MSE + 1e-4 KL model, as asked")
     train.add_argument("--select", choices=SELECTS, default=DEFAULTS.select,
                        help="auto: fit a few candidates and keep the best by validation log-likelihood "
                             "(candidates.csv in RUN_DIR); none: train exactly what the flags say. Each of "
@@ -58,11 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--hidden", type=_widths,
                        help="hidden widths, e.g. 64,64, or '' for a linear model (gaussian; default: chosen from "
                             "the data; --select none: 64,64)")
-    train.add_argument("--posterior", choices=POSTERIORS, default=DEFAULTS.posterior)
+    train.add_argument("--posterior", choices=POSTERIORS, default=DEFAULTS.posterior, help="q(z|x)'s covariance")
     train.add_argument("--decoder-scale", choices=DECODER_SCALES,
-                       help="full: a full covariance from the network, for features whose residuals are "
-                            "correlated given the code, such as columns derived from others (gaussian; default: "
-                            "chosen from the data; --select none: learned)")
+                       help="the decoder's likelihood: learned sigma(z), shared (one per feature), optimal "
+                            "(sigma-VAE), fixed, full (a covariance from the network, for residuals correlated given "
+                            "the code, such as derived columns) or student_t (heavy tails; standardize only) "
+                            "(gaussian; default: chosen from the data; --select none: learned)")
     train.add_argument("--normalization", choices=NORMALIZATIONS,
                        help="whiten: also decorrelate the features, so the decoder's noise is correlated in raw "
                             "units (gaussian; default: chosen from the data; --select none: standardize)")
@@ -75,46 +107,47 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stop when the validation loss (the KL at its full weight) has not improved for "
                             "N epochs, keeping the best (default: about 1,000 steps, at least 10 epochs; "
                             "--select none: 0, off)")
-    train.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
-    train.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate)
+    train.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="rows per step")
+    train.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate, help="Adam's step size")
     train.add_argument("--validation-split", type=float, metavar="F",
                        help="share of rows held out for validation (default: 0.1 to 0.25, about 100 rows; "
                             "--select none: 0.1)")
-    train.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    train.add_argument("--strategy", choices=STRATEGIES, default=DEFAULTS.strategy)
+    train.add_argument("--seed", type=int, default=DEFAULTS.seed, help="fixes weights, noise and the split")
+    train.add_argument("--strategy", choices=STRATEGIES, default=DEFAULTS.strategy,
+                       help="tf.distribute: one device, every local GPU, or the machines in TF_CONFIG")
     train.add_argument("--worker-timeout", type=float, default=120.0, metavar="SECONDS",
                        help="multiworker: how long to wait for every worker in TF_CONFIG to join")
     train.add_argument("--resume", action="store_true", help="continue the interrupted run in RUN_DIR")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    evaluate = commands.add_parser("evaluate", help="held-out metrics of a run on DATA, as JSON")
+    evaluate = _command(commands, "evaluate", "held-out metrics of a run on DATA, as JSON")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     _data_arguments(evaluate)
     evaluate.add_argument("--samples", type=int, default=1000, help="importance samples per row")
-    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--seed", type=int, default=0, help="fixes the importance samples")
 
-    export = commands.add_parser("export", help="write a SavedModel version for TensorFlow Serving")
+    export = _command(commands, "export", "write a SavedModel version for TensorFlow Serving")
     export.add_argument("run_dir", metavar="RUN_DIR")
     export.add_argument("export_base", metavar="EXPORT_BASE")
     export.add_argument("--version", type=int, help="default: one more than the highest present")
 
     for name, text in (("encode", "code means, one row per input row"),
                        ("score", "per-row elbo (lower is stranger), reconstruction log-prob and KL")):
-        command = commands.add_parser(name, help=text)
+        command = _command(commands, name, text)
         command.add_argument("run_dir", metavar="RUN_DIR")
         _data_arguments(command)
         command.add_argument("--out", required=True, metavar="FILE", help=".csv or .npy")
 
-    sample = commands.add_parser("sample", help="draw rows from a trained model, in raw units")
+    sample = _command(commands, "sample", "draw rows from a trained model, in raw units")
     sample.add_argument("run_dir", metavar="RUN_DIR")
-    sample.add_argument("-n", "--num-samples", type=int, required=True, metavar="N")
+    sample.add_argument("-n", "--num-samples", type=int, required=True, metavar="N", help="rows to draw")
     sample.add_argument("--out", required=True, metavar="FILE", help=".csv or .npy")
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--seed", type=int, default=0, help="fixes the draws")
 
-    demo = commands.add_parser("demo", help="the question's model against the Gaussian VAE on real data")
-    demo.add_argument("--out", default="tfp-vae-demo", metavar="DIR")
-    demo.add_argument("--epochs", type=int, default=150)
-    demo.add_argument("--quiet", action="store_true")
+    demo = _command(commands, "demo", "the question's model against the Gaussian VAE on real data")
+    demo.add_argument("--out", default="tfp-vae-demo", metavar="DIR", help="a new folder for its runs and export")
+    demo.add_argument("--epochs", type=int, default=150, help="epochs per model")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
