@@ -35,7 +35,11 @@ def run_dir(tmp_path_factory):
 
 def fails(capsys, argv, message):
     """Runs the CLI, expects exit 2 and one `error:` line that contains `message`."""
-    assert main([str(a) for a in argv]) == 2
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit_:  # argparse's usage errors
+        code = exit_.code
+    assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     return err[0]
@@ -268,3 +272,29 @@ def test_help_shows_defaults_and_an_example_and_version_answers(capsys):
             main([command, "--help"])
         printed = capsys.readouterr().out
         assert all(text in printed for text in shown), (command, printed)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seed", "-1"], "seed must be an integer from 0 to 2147483647"),
+    (["--seed", str(2**32)], "seed must be an integer from 0 to 2147483647"),
+    (["--kl-warmup-epochs", "-5"], "--kl-warmup-epochs must be at least 0"),
+    (["--early-stopping-patience", "-1"], "--early-stopping-patience must be at least 0"),
+    (["--code-size", "100000"], "--code-size must be at most the number of features (3)"),
+    (["--kl-weight", "-1"], "--kl-weight must be finite and not negative"),
+    (["--kl-weight", "nan"], "--kl-weight must be finite and not negative"),
+    (["--kl-weight", "inf"], "--kl-weight must be finite and not negative"),
+    (["--learning-rate", "inf"], "--learning-rate must be positive and finite"),
+    (["--hidden", "8,0"], "layer widths must be positive"),
+], ids=lambda value: " ".join(value) if isinstance(value, list) else None)
+def test_bad_options_are_refused_before_anything_is_written(tmp_path, csv_file, capsys, flags, message):
+    fails(capsys, ["train", csv_file, "--out", tmp_path / "run", "--select", "none", *flags], message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_counts_and_versions_are_usage_errors(run_dir, tmp_path, capsys):
+    fails(capsys, ["evaluate", run_dir, run_dir.parent / "data.csv", "--samples", "0"],
+          "argument --samples: expected an integer from 1")
+    fails(capsys, ["export", run_dir, tmp_path / "exports", "--version", "99999999999999999999"],
+          "argument --version: expected an integer from 0 to 9223372036854775807")
+    fails(capsys, ["sample", run_dir, "-n", "0", "--out", tmp_path / "x.csv"], "expected an integer from 1")
+    assert not (tmp_path / "exports").exists() and not (tmp_path / "x.csv").exists()

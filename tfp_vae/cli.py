@@ -32,6 +32,31 @@ def _widths(text: str) -> tuple:
     return widths
 
 
+def _bounded_int(least: int, most: int):
+    """An argparse type: an integer from `least` to `most`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not least <= value <= most:
+            raise argparse.ArgumentTypeError(f"expected an integer from {least} to {most}, got {value}")
+        return value
+    return parse
+
+
+POSITIVE = _bounded_int(1, 2**31 - 1)
+# TF Serving reads a version folder's name as an int64.
+VERSION = _bounded_int(0, 2**63 - 1)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage problem said in one `error:` line, as every other problem is."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _names(text: str) -> list:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -70,7 +95,7 @@ def _command(commands, name: str, text: str) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tfp-vae", description=__doc__.splitlines()[0], formatter_class=HelpFormatter,
+    parser = Parser(prog="tfp-vae", description=__doc__.splitlines()[0], formatter_class=HelpFormatter,
                                      epilog="example:\n  tfp-vae demo\n  tfp-vae train data.csv --out run\n"
                                             "  tfp-vae COMMAND --help   (each command's options)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -123,13 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = _command(commands, "evaluate", "held-out metrics of a run on DATA, as JSON")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     _data_arguments(evaluate)
-    evaluate.add_argument("--samples", type=int, default=1000, help="importance samples per row")
+    evaluate.add_argument("--samples", type=POSITIVE, default=1000, help="importance samples per row")
     evaluate.add_argument("--seed", type=int, default=0, help="fixes the importance samples")
 
     export = _command(commands, "export", "write a SavedModel version for TensorFlow Serving")
     export.add_argument("run_dir", metavar="RUN_DIR")
     export.add_argument("export_base", metavar="EXPORT_BASE")
-    export.add_argument("--version", type=int, help="default: one more than the highest present")
+    export.add_argument("--version", type=VERSION, help="default: one more than the highest present")
 
     for name, text in (("encode", "code means, one row per input row"),
                        ("score", "per-row elbo (lower is stranger), reconstruction log-prob and KL")):
@@ -140,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = _command(commands, "sample", "draw rows from a trained model, in raw units")
     sample.add_argument("run_dir", metavar="RUN_DIR")
-    sample.add_argument("-n", "--num-samples", type=int, required=True, metavar="N", help="rows to draw")
+    sample.add_argument("-n", "--num-samples", type=POSITIVE, required=True, metavar="N", help="rows to draw")
     sample.add_argument("--out", required=True, metavar="FILE", help=".csv or .npy")
     sample.add_argument("--seed", type=int, default=0, help="fixes the draws")
 
@@ -164,10 +189,10 @@ def _write_rows(path: str, values, header: list) -> None:
     """Writes a .csv or .npy file through a temporary file beside it, so it is whole or absent."""
     import numpy as np
     if not path.endswith((".csv", ".npy")):
-        raise _usage_error(f"{path}: output must end in .csv or .npy")
+        raise TfpVaeError(f"{path}: output must end in .csv or .npy")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise _usage_error(f"{path}: folder {folder} does not exist")
+        raise TfpVaeError(f"{path}: folder {folder} does not exist")
     handle, staging = tempfile.mkstemp(prefix=".tfp-vae-", suffix=os.path.splitext(path)[1], dir=folder)
     try:
         with os.fdopen(handle, "wb") as file:
@@ -180,10 +205,6 @@ def _write_rows(path: str, values, header: list) -> None:
     finally:
         if os.path.exists(staging):
             os.remove(staging)
-
-
-def _usage_error(message: str):
-    return TfpVaeError(message)
 
 
 def _train(args):
@@ -250,8 +271,6 @@ def _score(args):
 def _sample(args):
     from tfp_vae.runs import load_run
     config, model = load_run(args.run_dir)
-    if args.num_samples < 1:
-        raise _usage_error(f"-n must be at least 1, got {args.num_samples}")
     rows = model.sample(args.num_samples, args.seed).numpy()
     _write_rows(args.out, rows, config.feature_names or [str(i) for i in range(rows.shape[1])])
 

@@ -6,6 +6,7 @@ JSON (`tfp_vae.runs`).
 """
 
 import dataclasses
+import math
 
 from tfp_vae.errors import TfpVaeError
 
@@ -17,6 +18,7 @@ DECODER_SCALES = ("learned", "shared", "optimal", "fixed", "full", "student_t")
 STRATEGIES = ("default", "mirrored", "multiworker")
 SELECTS = ("auto", "none")
 DEFAULT_KL_WEIGHT = {"gaussian": 1.0, "question": 1e-4}
+MAX_SEED = 2**31 - 1  # seeds reach TensorFlow's stateless random ops as int32
 # What `select="none"` trains where a setting is left open (None): tfp_vae 0.1's fixed defaults.
 FIXED_DEFAULTS = {"code_size": 2, "hidden": (64, 64), "normalization": "standardize", "decoder_scale": "learned",
                   "kl_warmup_epochs": 0, "early_stopping_patience": 0, "epochs": 100, "validation_split": 0.1}
@@ -84,13 +86,23 @@ class Config:
             raise TfpVaeError("the question's model works in raw units: normalization applies to the gaussian model")
         if self.kl_weight is None:
             self.kl_weight = DEFAULT_KL_WEIGHT[self.model]
-        for name in ("code_size", "epochs", "batch_size"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise TfpVaeError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name, least in (("code_size", 1), ("epochs", 1), ("batch_size", 1), ("kl_warmup_epochs", 0),
+                            ("early_stopping_patience", 0)):
+            if getattr(self, name) is not None and getattr(self, name) < least:
+                raise TfpVaeError(f"{name} must be at least {least}, got {getattr(self, name)}")
+        if self.hidden is not None and any(width < 1 for width in self.hidden):
+            raise TfpVaeError(f"hidden widths must be positive, got {self.hidden}")
+        if self.input_size is not None and self.code_size is not None and self.code_size > self.input_size:
+            raise TfpVaeError(f"code_size must be at most the number of features ({self.input_size}), "
+                              f"got {self.code_size}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise TfpVaeError(f"seed must be an integer from 0 to {MAX_SEED}, got {self.seed}")
         if self.validation_split is not None and not 0.0 <= self.validation_split < 1.0:
             raise TfpVaeError(f"validation_split must be in [0, 1), got {self.validation_split}")
-        if not self.learning_rate > 0:
-            raise TfpVaeError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not 0 < self.learning_rate < math.inf:
+            raise TfpVaeError(f"learning_rate must be positive and finite, got {self.learning_rate}")
+        if not 0 <= self.kl_weight < math.inf:
+            raise TfpVaeError(f"kl_weight must be finite and not negative (1 gives the ELBO), got {self.kl_weight}")
         if self.early_stopping_patience and self.validation_split == 0:
             raise TfpVaeError("early stopping watches the validation loss: set validation_split above 0")
         if self.selects and self.strategy == "multiworker":

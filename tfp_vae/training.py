@@ -59,7 +59,7 @@ def train(config: Config, data, run_dir, resume: bool = False, verbose: int = 1,
     if resume:
         config = runs.load_config(run_dir)
     elif config.input_size is None:
-        config.input_size = source.width
+        config = dataclasses.replace(config, input_size=source.width)  # checks the settings against the width
     watchdog = JoinWatchdog(worker_timeout, read_tf_config()) if config.strategy == "multiworker" else None
     try:
         if config.selects:
