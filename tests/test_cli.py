@@ -298,3 +298,68 @@ def test_bad_counts_and_versions_are_usage_errors(run_dir, tmp_path, capsys):
           "argument --version: expected an integer from 0 to 9223372036854775807")
     fails(capsys, ["sample", run_dir, "-n", "0", "--out", tmp_path / "x.csv"], "expected an integer from 1")
     assert not (tmp_path / "exports").exists() and not (tmp_path / "x.csv").exists()
+
+
+def test_resume_with_different_flags_names_each_conflict(run_dir, capsys):
+    data = run_dir.parent / "data.csv"
+    message = fails(capsys, ["train", data, "--out", run_dir, "--resume", "--epochs", "9", "--batch-size", "8"],
+                    "--resume continues the run as it was set up")
+    assert "--epochs 9 (the run has 2)" in message and "--batch-size 8 (the run has 64)" in message
+
+
+def test_an_output_that_is_an_input_is_refused(run_dir, tmp_path, capsys):
+    data = tmp_path / "data.csv"
+    data.write_bytes((run_dir.parent / "data.csv").read_bytes())
+    before = data.read_bytes()
+    fails(capsys, ["score", run_dir, data, "--out", data], "is the data being read")
+    assert data.read_bytes() == before
+
+
+def test_exports_and_outputs_get_the_umasks_permissions(run_dir, tmp_path):
+    old = os.umask(0o022)
+    try:
+        assert main(["export", str(run_dir), str(tmp_path / "exports")]) == 0
+        assert main(["encode", str(run_dir), str(run_dir.parent / "data.csv"), "--out", str(tmp_path / "codes.csv")]) == 0
+    finally:
+        os.umask(old)
+    assert oct(os.stat(tmp_path / "exports" / "1").st_mode & 0o777) == "0o755"
+    assert oct(os.stat(tmp_path / "exports" / "1" / "saved_model.pb").st_mode & 0o777) == "0o644"
+    assert oct(os.stat(tmp_path / "codes.csv").st_mode & 0o777) == "0o644"
+
+
+def test_an_export_killed_midway_is_cleaned_and_racing_exports_take_successive_versions(run_dir, tmp_path,
+                                                                                       monkeypatch):
+    from tfp_vae import export
+    from tfp_vae.runs import load_run
+    base = tmp_path / "exports"
+    (base / ".tmp-999999999-abc" / "variables").mkdir(parents=True)  # no such process: a kill -9 left it
+    assert export.export_saved_model(load_run(run_dir)[1], base) == str(base / "1")
+    assert sorted(os.listdir(base)) == ["1"]
+    racer = base / ".tmp-racer"
+    racer.mkdir()
+    (racer / "saved_model.pb").write_bytes(b"x")
+    answers = iter([1, 2])  # the racer counted the versions before the first export landed
+    monkeypatch.setattr(export, "next_version", lambda export_base: next(answers))
+    assert export.rename_into_place(str(racer), str(base), None) == str(base / "2")
+    assert sorted(os.listdir(base)) == ["1", "2"]
+
+
+def test_validation_split_zero_trains_and_writes_its_history(tmp_path, csv_file):
+    assert main(["train", str(csv_file), "--out", str(tmp_path / "run"), "--select", "none", "--validation-split", "0",
+                 "--epochs", "2", "--hidden", "8", "--quiet"]) == 0
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert len(history["loss"]) == 2 and not any(name.startswith("val_") for name in history)
+
+
+def test_a_full_disk_is_one_error_line_and_leaves_nothing(run_dir, tmp_path, capsys, monkeypatch):
+    import errno
+    import tempfile
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path))
+    monkeypatch.setattr(tempfile, "mkstemp", full)
+    monkeypatch.setattr(tempfile, "mkdtemp", full)
+    fails(capsys, ["encode", run_dir, run_dir.parent / "data.csv", "--out", tmp_path / "codes.csv"],
+          f"{tmp_path}: No space left on device")
+    fails(capsys, ["export", run_dir, tmp_path / "exports"], "No space left on device")
+    assert sorted(os.listdir(tmp_path)) in ([], ["exports"]) and not os.listdir(tmp_path / "exports")

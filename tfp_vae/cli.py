@@ -6,6 +6,7 @@ input becomes one `error: ...` line on stderr and exit code 2.
 
 import argparse
 import dataclasses
+import glob
 import json
 import os
 import re
@@ -14,9 +15,10 @@ import tempfile
 import warnings
 
 from tfp_vae import __version__
-from tfp_vae.config import (DECODER_SCALES, DEFAULTS, MODELS, NORMALIZATIONS, POSTERIORS, SELECTS, STRATEGIES,
-                            Config)
+from tfp_vae.config import (DECODER_SCALES, DEFAULTS, MAX_SEED, MAX_VERSION, MODELS, NORMALIZATIONS, POSTERIORS,
+                            SELECTS, STRATEGIES, Config)
 from tfp_vae.errors import TfpVaeError
+from tfp_vae.files import give_usual_permissions
 from tfp_vae.quiet import start_tensorflow_quietly
 
 EXIT_USAGE = 2
@@ -45,9 +47,8 @@ def _bounded_int(least: int, most: int):
     return parse
 
 
-POSITIVE = _bounded_int(1, 2**31 - 1)
-# TF Serving reads a version folder's name as an int64.
-VERSION = _bounded_int(0, 2**63 - 1)
+POSITIVE = _bounded_int(1, MAX_SEED)
+VERSION = _bounded_int(0, MAX_VERSION)
 
 
 class Parser(argparse.ArgumentParser):
@@ -201,6 +202,7 @@ def _write_rows(path: str, values, header: list) -> None:
             else:
                 file.write((",".join(header) + "\n").encode())
                 np.savetxt(file, values, delimiter=",", fmt="%.9g")
+        give_usual_permissions(staging)
         os.replace(staging, path)
     finally:
         if os.path.exists(staging):
@@ -213,6 +215,7 @@ def _train(args):
     from tfp_vae.training import train
     if args.resume:
         config = load_config(args.out)
+        _refuse_changes_on_resume(args, config)
         source = source_for(args.data, config.columns, args.drop_nonfinite)
     else:
         source = source_for(args.data, args.columns, args.drop_nonfinite)
@@ -229,6 +232,28 @@ def _train(args):
     if args.quiet and os.path.exists(os.path.join(args.out, CANDIDATES_CSV)):
         print(selection_summary(read_candidates(args.out)))
     print(f"trained {config.model} model: {args.out}")
+
+
+def _refuse_changes_on_resume(args, config: Config) -> None:
+    """--resume continues a run as it was set up: a flag given now that says otherwise is an error, not ignored."""
+    defaults = build_parser().parse_args(["train", args.data, "--out", args.out])
+    settings = [field.name for field in dataclasses.fields(Config) if field.name in FLAGS]
+    changed = [f"{FLAGS[name]} {getattr(args, name)!r} (the run has {getattr(config, name)!r})"
+               for name in settings if getattr(args, name) != getattr(defaults, name)
+               and getattr(args, name) != getattr(config, name)]
+    if changed:
+        raise TfpVaeError(f"{args.out}: --resume continues the run as it was set up; these flags differ: "
+                          + "; ".join(changed))
+
+
+def _refuse_overwriting_input(args) -> None:
+    """An output file that is one of the data files read would destroy them: refused before any work."""
+    data = getattr(args, "data", None)
+    if data is None or not hasattr(args, "out") or args.command == "train":
+        return
+    inputs = glob.glob(data) if glob.has_magic(data) else [data]
+    if os.path.realpath(args.out) in {os.path.realpath(path) for path in inputs}:
+        raise TfpVaeError(f"{args.out}: is the data being read; choose another --out")
 
 
 def _evaluate(args):
@@ -306,11 +331,24 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning
+    try:
+        _refuse_overwriting_input(args)
+    except TfpVaeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     start_tensorflow_quietly(initialize_devices="TF_CONFIG" not in os.environ)
+    import tensorflow as tf
     try:
         COMMANDS[args.command](args)
     except TfpVaeError as error:
         print(f"error: {in_flags(str(error))}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as error:  # a full disk, a read-only folder, a path that vanished
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError) as error:
+        print(f"error: {error.message.splitlines()[0]}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -23,6 +23,7 @@ folder is built beside its final name and renamed into place, so TF Serving
 never sees half of one.
 """
 
+import errno
 import os
 import re
 import shutil
@@ -31,7 +32,9 @@ import tempfile
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2_as_graph
 
+from tfp_vae.config import MAX_VERSION
 from tfp_vae.errors import ExportError
+from tfp_vae.files import give_usual_permissions
 from tfp_vae.model import VariationalAutoencoder
 
 SIGNATURES = ("serving_default", "reconstruct", "encode", "decode", "score", "sample")
@@ -104,36 +107,78 @@ def next_version(export_base: str) -> int:
     return max(versions, default=0) + 1
 
 
+STAGING = ".tmp-"
+
+
+def remove_abandoned_staging(export_base: str) -> None:
+    """Removes staging folders (`.tmp-<pid>-...`) whose exporting process is gone (killed mid-export)."""
+    for name in os.listdir(export_base):
+        match = re.fullmatch(re.escape(STAGING) + r"(\d+)-.*", name)
+        if match and not process_alive(int(match[1])):
+            shutil.rmtree(os.path.join(export_base, name), ignore_errors=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def export_saved_model(model: VariationalAutoencoder, export_base, version: int | None = None) -> str:
     """Writes `export_base/<version>/` atomically and returns that path.
 
-    With no `version`, the next integer after the highest present. An existing
-    version is never overwritten: TF Serving would hot-load the change.
+    With no `version`, the next integer after the highest present, taken when the
+    export is complete: two exports racing on one base get successive versions. An
+    existing version is never overwritten: TF Serving would hot-load the change.
+    The folder gets the permissions the umask gives, so a server running as another
+    user can read it.
     """
     export_base = os.fspath(export_base)
     if os.path.exists(export_base) and not os.path.isdir(export_base):
         raise ExportError(f"{export_base}: export base exists and is not a folder")
-    version = next_version(export_base) if version is None else int(version)
-    if version < 0:
-        raise ExportError(f"{export_base}: version must be a non-negative integer, got {version}")
-    final = os.path.join(export_base, str(version))
+    if version is not None and not 0 <= int(version) <= MAX_VERSION:
+        raise ExportError(f"{export_base}: version must be an integer from 0 to {MAX_VERSION}, got {version}")
+    final = os.path.join(export_base, str(next_version(export_base) if version is None else int(version)))
     if os.path.exists(final):
         raise ExportError(f"{final}: version {version} already exists; TF Serving versions are immutable")
     weight_bytes = sum(variable.shape.num_elements() * variable.dtype.size for variable in model.variables)
     if weight_bytes > MAX_FROZEN_WEIGHT_BYTES:
         raise ExportError(f"{final}: {weight_bytes / 2**20:.0f} MiB of weights is more than the "
                           f"{MAX_FROZEN_WEIGHT_BYTES // 2**20} MiB that fit in a SavedModel graph as constants")
-    os.makedirs(export_base, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_base)
+    try:
+        os.makedirs(export_base, exist_ok=True)
+        remove_abandoned_staging(export_base)
+        staging = tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}-", dir=export_base)
+    except OSError as error:
+        raise ExportError(f"{export_base}: cannot write the export ({error.strerror or error})") from error
     try:
         module = ServingModule(model)
         # Served graphs take no gradients; saving custom ones fails on Student-t sampling's captures.
         tf.saved_model.save(module, staging, signatures=module.signatures(),
                             options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
-        os.rename(staging, final)
+        give_usual_permissions(staging)
+        return rename_into_place(staging, export_base, version)
     except OSError as error:
         raise ExportError(f"{final}: could not write the export ({error.strerror or error})") from error
     finally:
         if os.path.exists(staging):
             shutil.rmtree(staging, ignore_errors=True)
-    return final
+
+
+def rename_into_place(staging: str, export_base: str, version: int | None) -> str:
+    """Renames the finished export to its version; with no version asked, the next free one, even in a race."""
+    while True:
+        final = os.path.join(export_base, str(next_version(export_base) if version is None else int(version)))
+        try:
+            os.rename(staging, final)
+            return final
+        except OSError as error:
+            if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            if version is not None:
+                raise ExportError(f"{final}: version {version} already exists; TF Serving versions are "
+                                  "immutable") from None

@@ -70,13 +70,17 @@ def save_model(model, run_dir: str) -> None:
 
 
 def read_history(run_dir) -> dict:
-    """Each metric's per-epoch values, from history.csv (a re-run epoch keeps its last row)."""
+    """Each metric's per-epoch values, from history.csv (a re-run epoch keeps its last row).
+
+    Keras's CSV logger writes `NA` for a metric an epoch did not have (validation
+    metrics, without validation rows): such a metric is left out.
+    """
     with open(os.path.join(os.fspath(run_dir), HISTORY_CSV), newline="") as file:
         rows = {int(row["epoch"]): row for row in csv.DictReader(file)}
     history = {}
     for epoch in sorted(rows):
         for name, value in rows[epoch].items():
-            if name != "epoch":
+            if name != "epoch" and value != "NA":
                 history.setdefault(name, []).append(float(value))
     return history
 
