@@ -363,3 +363,18 @@ def test_a_full_disk_is_one_error_line_and_leaves_nothing(run_dir, tmp_path, cap
           f"{tmp_path}: No space left on device")
     fails(capsys, ["export", run_dir, tmp_path / "exports"], "No space left on device")
     assert sorted(os.listdir(tmp_path)) in ([], ["exports"]) and not os.listdir(tmp_path / "exports")
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated"], ids=["empty", "truncated"])
+def test_a_broken_model_file_is_one_error_line(run_dir, tmp_path, capsys, content):
+    import shutil
+    broken = tmp_path / "run"
+    shutil.copytree(run_dir, broken)
+    (broken / "model.keras").write_bytes(content)
+    fails(capsys, ["evaluate", broken, run_dir.parent / "data.csv"], "model.keras: unreadable model file")
+
+
+def test_evaluate_prints_standard_json_only():
+    from tfp_vae.cli import standard_json
+    assert json.dumps(standard_json({"mse": float("inf"), "pit": [0.5, float("nan")], "n": 3}), allow_nan=False) == \
+        '{"mse": null, "pit": [0.5, null], "n": 3}'

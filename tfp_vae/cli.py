@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import glob
 import json
+import math
 import os
 import re
 import sys
@@ -234,6 +235,17 @@ def _train(args):
     print(f"trained {config.model} model: {args.out}")
 
 
+def standard_json(value):
+    """`value` with every NaN or infinite float as None: JSON has no such numbers, and many readers refuse them."""
+    if isinstance(value, dict):
+        return {key: standard_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [standard_json(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _refuse_changes_on_resume(args, config: Config) -> None:
     """--resume continues a run as it was set up: a flag given now that says otherwise is an error, not ignored."""
     defaults = build_parser().parse_args(["train", args.data, "--out", args.out])
@@ -262,7 +274,7 @@ def _evaluate(args):
     from tfp_vae.runs import load_run
     config, model = load_run(args.run_dir)
     source = source_for(args.data, args.columns if args.columns is not None else config.columns, args.drop_nonfinite)
-    print(json.dumps(evaluate(model, source, args.samples, args.seed), indent=2))
+    print(json.dumps(standard_json(evaluate(model, source, args.samples, args.seed)), indent=2, allow_nan=False))
 
 
 def _export(args):

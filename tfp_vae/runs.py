@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import shutil
+import zipfile
 
 from tfp_vae.config import Config
 from tfp_vae.errors import RunError
@@ -152,4 +153,8 @@ def load_run(run_dir):
     if not os.path.exists(path):
         raise RunError(f"{run_dir}: training has not finished (no {MODEL_FILE}); continue it with resume=True")
     models = {f"{PACKAGE}>{model.__name__}": model for model in (GaussianVAE, QuestionVAE)}
-    return config, tf_keras.models.load_model(path, custom_objects=models)
+    try:
+        return config, tf_keras.models.load_model(path, custom_objects=models)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        raise RunError(f"{path}: unreadable model file, truncated or not written by tfp-vae "
+                       f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'empty'})") from None
