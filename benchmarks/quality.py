@@ -209,7 +209,9 @@ def run_set(name, seeds, epochs, samples, started, defaults_only=False):
             for model, value in results.items():
                 per_seed.setdefault(model, []).append(float(value))
             print(f"{name}, seed {seed}: done ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
-    return section(name, x, x_test, per_seed, log_density)
+    text = section(name, x, x_test, per_seed, log_density)
+    print(text, file=sys.stderr, flush=True)  # each set's figures as soon as they exist
+    return text
 
 
 def main(argv=None):
@@ -275,7 +277,7 @@ def section(name, x, x_test, per_seed, log_density):
         verdict = "met" if gap <= 0.05 else "NOT met"
         lines += ["", f"Goal (the defaults within 0.05 nats per feature of the ceiling): {verdict}; they are "
                       f"{gap:.3f} nats per feature below (best hand-picked VAE, {vae}: {(ceiling - means[vae]) / d:.3f})."]
-    if seconds:
+    if len(seconds) == 2:
         single = next(key for key in seconds if key != "defaults")
         lines.append(f"Wall time per seed: defaults {seconds['defaults']:.0f} s, {single} {seconds[single]:.0f} s "
                      f"({seconds['defaults'] / seconds[single]:.1f}x).")
