@@ -378,3 +378,15 @@ def test_evaluate_prints_standard_json_only():
     from tfp_vae.cli import standard_json
     assert json.dumps(standard_json({"mse": float("inf"), "pit": [0.5, float("nan")], "n": 3}), allow_nan=False) == \
         '{"mse": null, "pit": [0.5, null], "n": 3}'
+
+
+def test_runs_record_anomaly_thresholds_that_evaluate_prints_and_the_export_carries(run_dir, tmp_path, capsys):
+    thresholds = json.loads((run_dir / "thresholds.json").read_text())
+    quantiles = thresholds["elbo_quantiles"]
+    assert list(quantiles) == ["0.001", "0.01", "0.05"] and quantiles["0.001"] <= quantiles["0.01"] <= quantiles["0.05"]
+    assert thresholds["validation_rows"] > 0
+    assert main(["evaluate", str(run_dir), str(run_dir.parent / "data.csv"), "--samples", "10"]) == 0
+    assert json.loads(capsys.readouterr().out)["elbo_thresholds"] == quantiles
+    assert main(["export", str(run_dir), str(tmp_path / "exports")]) == 0
+    carried = json.loads((tmp_path / "exports" / "1" / "assets.extra" / "thresholds.json").read_text())
+    assert carried == thresholds

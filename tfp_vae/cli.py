@@ -271,17 +271,19 @@ def _refuse_overwriting_input(args) -> None:
 def _evaluate(args):
     from tfp_vae.evaluation import evaluate
     from tfp_vae.pipeline import source_for
-    from tfp_vae.runs import load_run
+    from tfp_vae.runs import load_run, read_thresholds
     config, model = load_run(args.run_dir)
     source = source_for(args.data, args.columns if args.columns is not None else config.columns, args.drop_nonfinite)
-    print(json.dumps(standard_json(evaluate(model, source, args.samples, args.seed)), indent=2, allow_nan=False))
+    metrics = evaluate(model, source, args.samples, args.seed)
+    metrics["elbo_thresholds"] = (read_thresholds(args.run_dir) or {}).get("elbo_quantiles")
+    print(json.dumps(standard_json(metrics), indent=2, allow_nan=False))
 
 
 def _export(args):
     from tfp_vae.export import export_saved_model
-    from tfp_vae.runs import load_run
+    from tfp_vae.runs import load_run, read_thresholds
     _, model = load_run(args.run_dir)
-    print(export_saved_model(model, args.export_base, args.version))
+    print(export_saved_model(model, args.export_base, args.version, read_thresholds(args.run_dir)))
 
 
 def _encode(args):

@@ -24,6 +24,7 @@ never sees half of one.
 """
 
 import errno
+import json
 import os
 import re
 import shutil
@@ -108,6 +109,7 @@ def next_version(export_base: str) -> int:
 
 
 STAGING = ".tmp-"
+ASSETS_EXTRA = "assets.extra"  # what TF Serving reads beside the graph (warm-up requests; here, thresholds too)
 
 
 def remove_abandoned_staging(export_base: str) -> None:
@@ -128,14 +130,16 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def export_saved_model(model: VariationalAutoencoder, export_base, version: int | None = None) -> str:
+def export_saved_model(model: VariationalAutoencoder, export_base, version: int | None = None,
+                       thresholds: dict | None = None) -> str:
     """Writes `export_base/<version>/` atomically and returns that path.
 
     With no `version`, the next integer after the highest present, taken when the
     export is complete: two exports racing on one base get successive versions. An
     existing version is never overwritten: TF Serving would hot-load the change.
     The folder gets the permissions the umask gives, so a server running as another
-    user can read it.
+    user can read it. `thresholds` (a run's `thresholds.json`: validation quantiles of
+    the ELBO that `score` returns) travel as `assets.extra/thresholds.json`.
     """
     export_base = os.fspath(export_base)
     if os.path.exists(export_base) and not os.path.isdir(export_base):
@@ -160,6 +164,10 @@ def export_saved_model(model: VariationalAutoencoder, export_base, version: int 
         # Served graphs take no gradients; saving custom ones fails on Student-t sampling's captures.
         tf.saved_model.save(module, staging, signatures=module.signatures(),
                             options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
+        if thresholds is not None:
+            os.makedirs(os.path.join(staging, ASSETS_EXTRA))
+            with open(os.path.join(staging, ASSETS_EXTRA, "thresholds.json"), "w") as file:
+                json.dump(thresholds, file, indent=2)
         give_usual_permissions(staging)
         return rename_into_place(staging, export_base, version)
     except OSError as error:

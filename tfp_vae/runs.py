@@ -5,6 +5,7 @@
     RUN_DIR/history.csv     one row per finished epoch, appended as training goes
     RUN_DIR/history.json    the same, written at the end
     RUN_DIR/logs/           TensorBoard event files
+    RUN_DIR/thresholds.json quantiles of the validation rows' ELBO (0.1%, 1%, 5%): anomaly thresholds
     RUN_DIR/checkpoints/    the last finished epoch, while training is under way
     RUN_DIR/candidates.csv  with select="auto": every candidate's settings and validation figures
     RUN_DIR/candidates/     with select="auto": a run folder per candidate; the chosen one's files
@@ -28,6 +29,8 @@ HISTORY_JSON = "history.json"
 LOGS = "logs"
 CHECKPOINTS = "checkpoints"
 CANDIDATES = "candidates"
+THRESHOLDS_JSON = "thresholds.json"
+THRESHOLD_QUANTILES = (0.001, 0.01, 0.05)
 CANDIDATES_CSV = "candidates.csv"
 CANDIDATE_SETTINGS = ("normalization", "decoder_scale", "hidden", "code_size", "epochs", "kl_warmup_epochs",
                       "early_stopping_patience")
@@ -91,6 +94,20 @@ def write_history_json(run_dir: str) -> None:
         json.dump(read_history(run_dir), file, indent=2)
 
 
+def save_thresholds(run_dir: str, thresholds: dict) -> None:
+    with open(os.path.join(run_dir, THRESHOLDS_JSON), "w") as file:
+        json.dump(thresholds, file, indent=2)
+
+
+def read_thresholds(run_dir) -> dict | None:
+    """The run's anomaly thresholds (`thresholds.json`), or None for a run without validation rows."""
+    path = os.path.join(os.fspath(run_dir), THRESHOLDS_JSON)
+    if not os.path.exists(path):
+        return None
+    with open(path) as file:
+        return json.load(file)
+
+
 def remove_if_empty(folder: str) -> None:
     if os.path.isdir(folder) and not os.listdir(folder):
         os.rmdir(folder)
@@ -121,7 +138,7 @@ def adopt_candidate(run_dir: str, name: str, table: list[dict]) -> None:
         writer.writeheader()
         writer.writerows(table)
     chosen = os.path.join(run_dir, CANDIDATES, name)
-    for entry in (HISTORY_CSV, HISTORY_JSON, LOGS):
+    for entry in (HISTORY_CSV, HISTORY_JSON, LOGS, THRESHOLDS_JSON):
         source, target = os.path.join(chosen, entry), os.path.join(run_dir, entry)
         if os.path.isdir(source):
             shutil.rmtree(target, ignore_errors=True)

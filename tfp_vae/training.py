@@ -34,6 +34,7 @@ from tfp_vae.question import QuestionVAE
 
 MIN_TRAINING_ROWS = 2
 CHECKPOINT_STEPS = 200  # at least this many steps between checkpoints, where epochs are shorter
+SCORE_ROWS = 1024
 
 
 def build_model(config: Config) -> VariationalAutoencoder:
@@ -112,6 +113,14 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
     return models[best["name"]]
 
 
+def elbo_thresholds(model: VariationalAutoencoder, rows: np.ndarray) -> dict:
+    """Quantiles of the per-row ELBO over `rows` (validation rows): rows scoring below are that rare."""
+    elbo = np.concatenate([model.elbo(rows[start:start + SCORE_ROWS]).numpy()
+                           for start in range(0, len(rows), SCORE_ROWS)]).astype(np.float64)
+    return {"elbo_quantiles": {str(q): float(np.quantile(elbo, q)) for q in runs.THRESHOLD_QUANTILES},
+            "validation_rows": len(rows)}
+
+
 def _row_count(source) -> int:
     return sum(len(values) for values, _, _ in source.blocks())
 
@@ -171,6 +180,8 @@ def _train(config: Config, source, run_dir: str, resume: bool, verbose: int, wat
     model.fit(batches("train", shuffle=True, row_count=found.train_rows),
               validation_data=batches("validation", row_count=found.validation_rows) if found.validation_rows else None,
               epochs=config.epochs, verbose=verbose, callbacks=callbacks)
+    if chief and found.validation_rows:
+        runs.save_thresholds(run_dir, elbo_thresholds(model, _validation_rows(source, config)))
     runs.save_model(model, write_dir)  # every worker saves: saving reads variables through collectives
     if chief:
         runs.write_history_json(run_dir)
