@@ -48,3 +48,11 @@ def test_iwae_over_many_chunks_of_draws_equals_one_chunk(mixed_scale_data):
     for name in one:
         np.testing.assert_allclose(many[name], one[name], rtol=1e-5)
     assert np.all(one["elbo"] <= one["log_likelihood"])
+
+
+def test_figures_stay_finite_for_values_near_float32s_limit(rng):
+    x = (rng.normal(size=(64, 3)) * 1e37 + 1e37).astype(np.float32)
+    model = GaussianVAE(3, hidden=(4,), seed=0)
+    model.adapt(x)
+    metrics = evaluate(model, x, num_samples=4)
+    assert np.isfinite(metrics["mse"]) and metrics["mse"] > 1e70

@@ -257,3 +257,12 @@ def test_full_covariance_model_round_trips_through_a_keras_file(mixed_scale_data
 def test_student_t_is_refused_with_whitening():
     with pytest.raises(ValueError, match="student_t' works in standardised units"):
         GaussianVAE(3, decoder_scale="student_t", normalization="whiten")
+
+
+def test_tiny_but_varying_columns_are_not_called_constant(rng):
+    x = np.stack([rng.normal(size=500) * 1e-9, rng.normal(size=500) * 1e-40, np.full(500, 3.0)], axis=1)
+    with pytest.warns(UserWarning) as caught:
+        GaussianVAE(3, hidden=(4,), seed=0).adapt(x.astype(np.float64))
+    messages = [str(warning.message) for warning in caught]
+    assert any("constant column(s) [2]" in m for m in messages), messages
+    assert any("column(s) [1] vary by less than float32's smallest normal" in m for m in messages), messages

@@ -5,7 +5,7 @@ import tensorflow as tf
 from tfp_vae import losses
 from tfp_vae._keras import tf_keras
 from tfp_vae.data import RunningMoments
-from tfp_vae.normalization import NORMALIZERS, Standardize, Whiten, constant_columns, scale_floor
+from tfp_vae.normalization import NORMALIZERS, Standardize, Whiten, constant_columns, scale_floor, tiny_columns
 
 
 @pytest.mark.parametrize("layer_class", NORMALIZERS.values(), ids=lambda cls: cls.__name__)
@@ -16,9 +16,11 @@ def test_get_config_is_exactly_the_constructor_arguments(layer_class):
 
 
 def test_constant_columns_are_those_below_float32_resolution_of_their_mean():
-    mean, stddev = np.array([1e4, 3.0, 0.0, 1e4]), np.array([1e-4, 0.0, 1.0, 1.0])
-    np.testing.assert_allclose(scale_floor(mean), np.finfo(np.float32).eps * np.array([1e4, 3.0, 1.0, 1e4]))
-    np.testing.assert_array_equal(constant_columns(mean, stddev), [0, 1])
+    eps, tiny = np.finfo(np.float32).eps, np.finfo(np.float32).tiny
+    mean, stddev = np.array([1e4, 3.0, 0.0, 1e4, 0.0, 0.0, 5e-9]), np.array([1e-4, 0.0, 1.0, 1.0, 1e-9, 1e-40, 1e-9])
+    np.testing.assert_allclose(scale_floor(mean), np.maximum(eps * np.abs(mean), tiny))
+    np.testing.assert_array_equal(constant_columns(mean, stddev), [0, 1])  # 1e-9 around 0 or 5e-9 varies
+    np.testing.assert_array_equal(tiny_columns(mean, stddev), [5])
 
 
 def test_standardize_floors_a_constant_column_and_maps_back():

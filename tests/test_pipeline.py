@@ -61,3 +61,70 @@ def test_files_with_different_columns_are_refused(tmp_path):
 def test_the_hash_is_the_same_in_numpy_and_tensorflow():
     rows = np.arange(10_000, dtype=np.int64)
     np.testing.assert_array_equal(in_validation(rows, 0.3, 7), in_validation(tf.constant(rows), 0.3, 7).numpy())
+
+
+CELLS = ["1", " 1", "1 ", "+1", "-1.5e3", ".5", "5.", "1e400", "inf", "-Infinity", "nan", "NaN",
+         "1_000", "\uff11\uff12", "0x10", "1d3", "1,5", "one"]
+
+
+def test_both_passes_share_one_definition_of_a_number():
+    from tfp_vae.data import parse_number
+    for cell in CELLS:
+        try:
+            python = parse_number(cell)
+        except ValueError:
+            python = None
+        try:
+            decoded = tf.io.decode_csv(tf.constant([cell.replace(",", ";")]), [tf.constant(np.nan)])[0].numpy()[0]
+        except tf.errors.InvalidArgumentError:
+            decoded = None
+        if python is None:
+            assert cell in ("1_000", "\uff11\uff12", "0x10", "1d3", "1,5", "one"), cell
+        else:
+            assert decoded is not None and (np.isnan(python) and np.isnan(decoded) or
+                                            np.float32(python) == decoded), (cell, python, decoded)
+
+
+def write(path, text, encoding="utf-8"):
+    path.write_text(text, encoding=encoding)
+    return path
+
+
+@pytest.mark.parametrize("text, names", [
+    ("\ufeffa,b\n1,2\n3,4\n5,6\n", ["a", "b"]),              # Excel's byte-order mark before a header
+    ("\ufeff1,2\n3,4\n5,6\n", ["0", "1"]),                   # ... and before a first row of numbers
+    ("\n\na,b\n1,2\n3,4\n\n5,6\n", ["a", "b"]),              # blank lines before the header and between rows
+], ids=["bom-header", "bom-numbers", "blank-lines"])
+def test_the_streamed_rows_are_the_validated_rows(tmp_path, text, names):
+    path = write(tmp_path / "data.csv", text)
+    source = CsvSource(str(path))
+    validated = np.concatenate([values for values, _, _ in source.blocks()])
+    assert source.columns == names
+    np.testing.assert_array_equal(rows_of(dataset(source, "all", 2)), validated.astype(np.float32))
+    assert len(validated) == 3
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a,b\n1,2\n1_000,3\n", "line 3, column 'a': non-numeric value '1_000'"),
+    ("a,b\n1,2\n\uff11,3\n", "line 3, column 'a': non-numeric value"),
+    ('a,b\n1,2\n"3\n4",5\n', "column 'a': a quoted cell spans lines"),
+], ids=["underscore", "full-width", "multi-line"])
+def test_cells_tf_data_cannot_read_are_refused_by_the_validating_pass(tmp_path, text, message):
+    source = CsvSource(str(write(tmp_path / "data.csv", text)))
+    with pytest.raises(DataError, match=message):
+        list(source.blocks())
+
+
+def test_a_pipe_complex_numbers_and_ambiguous_names_are_refused(tmp_path):
+    import os
+    from tfp_vae.data import read_table
+    os.mkfifo(tmp_path / "pipe.csv")
+    with pytest.raises(DataError, match="pipe.csv: not a regular file"):
+        source_for(str(tmp_path / "pipe.csv"))
+    np.save(tmp_path / "complex.npy", np.ones((3, 2), np.complex64))
+    with pytest.raises(DataError, match="complex numbers"):
+        read_table(str(tmp_path / "complex.npy"))
+    path = write(tmp_path / "twice.csv", "a,b,a\n1,2,3\n4,5,6\n")
+    with pytest.raises(DataError, match=r"column name 'a' appears 2 times \(columns 0, 2\); select it by index"):
+        CsvSource(str(path), columns=["a"])
+    assert CsvSource(str(path), columns=["2"]).columns == ["a"]

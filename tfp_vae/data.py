@@ -8,6 +8,7 @@ float64), so nothing here needs the whole data set in memory.
 import csv
 import glob
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -167,6 +168,9 @@ def expand_paths(pattern) -> list[str]:
         raise DataError(f"{pattern}: no such file")
     if os.path.isdir(pattern):
         raise DataError(f"{pattern}: is a folder, not a .csv or .npy file")
+    if not os.path.isfile(pattern):
+        raise DataError(f"{pattern}: not a regular file (a pipe or a device); the data is read more than once, "
+                        "so save it to a file first")
     return [pattern]
 
 
@@ -186,6 +190,9 @@ def _npy_blocks(path: str, rows_per_block: int) -> Iterator[Block]:
     except (OSError, ValueError) as error:
         raise DataError(f"{path}: cannot read as .npy ({error})") from error
     require_2d(array, path)
+    if np.issubdtype(array.dtype, np.complexfloating):
+        raise DataError(f"{path}: complex numbers (dtype {array.dtype}); save their real and imaginary parts as "
+                        "columns of a real array")
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise DataError(f"{path}: expected numbers, got dtype {array.dtype}")
     if len(array) == 0:
@@ -196,10 +203,26 @@ def _npy_blocks(path: str, rows_per_block: int) -> Iterator[Block]:
         yield Block(path, names, rows, [f"row {i}" for i in range(start, start + len(rows))])
 
 
+# One definition of a number for both passes over a CSV file: what tf.data's decode_csv reads, in ASCII
+# (Python's float() would also take 1_000 and full-width digits, which decode_csv refuses mid-training).
+NUMBER = re.compile(r"\s*[+-]?(((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?)|inf|infinity|nan)\s*", re.IGNORECASE | re.ASCII)
+# Excel writes a byte-order mark before the first cell; "utf-8-sig" reads past it.
+ENCODING = "utf-8-sig"
+
+
+def parse_number(cell: str) -> float:
+    """The number a CSV cell holds (NaN if blank), as tf.data reads it; `ValueError` if it holds none."""
+    if not cell.strip():
+        return np.nan
+    if not NUMBER.fullmatch(cell):
+        raise ValueError(cell)
+    return float(cell)
+
+
 def csv_header(path: str) -> tuple[list[str], bool]:
-    """The column names of a CSV file, and whether its first line is a header (any cell not a number)."""
+    """The column names of a CSV file, and whether its first non-blank line is a header (any cell not a number)."""
     try:
-        with open(path, newline="") as file:
+        with open(path, newline="", encoding=ENCODING) as file:
             first = next((row for row in csv.reader(file) if row), None)
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"{path}: cannot read ({getattr(error, 'strerror', None) or error})") from error
@@ -214,10 +237,15 @@ def _csv_blocks(path: str, rows_per_block: int) -> Iterator[Block]:
     names, has_header = csv_header(path)
     values, places, seen = [], [], 0
     try:
-        with open(path, newline="") as file:
+        with open(path, newline="", encoding=ENCODING) as file:
             reader = csv.reader(file)
-            for number, row in enumerate(reader, start=1):
-                if not row or (has_header and number == 1):
+            header_to_skip = has_header
+            for row in reader:
+                number = reader.line_num
+                if not row:
+                    continue
+                if header_to_skip:
+                    header_to_skip = False
                     continue
                 values.append(_parse_row(row, names, path, number))
                 places.append(f"line {number}")
@@ -238,8 +266,11 @@ def _parse_row(row: list[str], names: list[str], path: str, number: int) -> list
         raise DataError(f"{path}: line {number} has {len(row)} cells, expected {len(names)}")
     parsed = []
     for column, cell in enumerate(row):
+        if "\n" in cell or "\r" in cell:
+            raise DataError(f"{path}: line {number}, column {names[column]!r}: a quoted cell spans lines; "
+                            "keep each row on one line")
         try:
-            parsed.append(float(cell) if cell.strip() else np.nan)
+            parsed.append(parse_number(cell))
         except ValueError:
             raise DataError(
                 f"{path}: line {number}, column {names[column]!r}: non-numeric value {cell.strip()!r}") from None
@@ -248,10 +279,10 @@ def _parse_row(row: list[str], names: list[str], path: str, number: int) -> list
 
 def _cell_is_text(cell: str) -> bool:
     try:
-        float(cell)
+        parse_number(cell)
         return False
     except ValueError:
-        return bool(cell.strip())
+        return True
 
 
 def select_columns(names: list[str], columns, source: str) -> list[int]:
@@ -261,6 +292,10 @@ def select_columns(names: list[str], columns, source: str) -> list[int]:
     indices = []
     for token in columns:
         token = str(token).strip()
+        if names.count(token) > 1:
+            places = [str(i) for i, name in enumerate(names) if name == token]
+            raise DataError(f"{source}: column name {token!r} appears {len(places)} times (columns "
+                            f"{', '.join(places)}); select it by index")
         if token in names:
             indices.append(names.index(token))
         elif token.lstrip("-").isdigit() and -len(names) <= int(token) < len(names):

@@ -97,11 +97,11 @@ def evaluate(model: VariationalAutoencoder, data, num_samples: int = 1000, seed:
     for number, (values, _, _) in enumerate(source.blocks()):
         x = values.astype(np.float32)
         per_example = log_likelihood(model, x, num_samples, seed + number)
-        outputs = {name: value.numpy() for name, value in model(x).items()}
+        outputs = {name: value.numpy().astype(np.float64) for name, value in model(x).items()}
         ll = per_example["log_likelihood"]
         sums += [ll.sum(), (ll**2).sum(), per_example["elbo"].sum(), per_example["reconstruction_log_prob"].sum(),
                  (per_example["reconstruction_log_prob"] - per_example["elbo"]).sum(),
-                 np.mean((x - outputs["mean"]) ** 2, axis=1).sum()]
+                 np.mean((x.astype(np.float64) - outputs["mean"]) ** 2, axis=1).sum()]
         counts += calibration_counts(x, outputs["mean"], outputs["stddev"])
         codes.update(outputs["code_mean"].astype(np.float64))
         n += len(x)

@@ -37,7 +37,7 @@ from tfp_vae.config import incompatibility
 from tfp_vae.data import RunningMoments, check_block, features_of, moments, require_2d
 from tfp_vae.errors import DataError, TfpVaeError
 from tfp_vae.likelihoods import make_likelihood
-from tfp_vae.normalization import NORMALIZERS, constant_columns
+from tfp_vae.normalization import NORMALIZERS, constant_columns, tiny_columns
 
 tfd = tfp.distributions
 
@@ -442,9 +442,12 @@ class GaussianVAE(VariationalAutoencoder):
 
     def set_statistics(self, stats: RunningMoments) -> "GaussianVAE":
         """Sets the normalisation from moments (with their covariance to whiten), warning about constant columns."""
-        constant = constant_columns(stats.mean, stats.stddev)
+        constant, tiny = constant_columns(stats.mean, stats.stddev), tiny_columns(stats.mean, stats.stddev)
         if constant.size:
             warnings.warn(f"constant column(s) {constant.tolist()}: their scale is floored", stacklevel=3)
+        if tiny.size:
+            warnings.warn(f"column(s) {tiny.tolist()} vary by less than float32's smallest normal number "
+                          "(1.2e-38): multiply them by a large power of ten first", stacklevel=3)
         self.normalizer.set_moments(stats.mean, stats.stddev, stats.count, stats.covariance)
         return self
 

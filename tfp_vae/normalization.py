@@ -21,14 +21,29 @@ from tfp_vae.saving import RestorableLayer
 tfd = tfp.distributions
 
 
-def scale_floor(mean) -> np.ndarray:
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+
+
+def resolution(mean) -> np.ndarray:
     """float32's resolution of each feature's mean: a spread below it is a constant column to float32."""
-    return np.finfo(np.float32).eps * np.maximum(np.abs(np.asarray(mean, np.float64)), 1.0)
+    return np.finfo(np.float32).eps * np.abs(np.asarray(mean, np.float64))
+
+
+def scale_floor(mean) -> np.ndarray:
+    """The smallest scale a feature is divided by: its mean's float32 resolution, and float32's smallest normal."""
+    return np.maximum(resolution(mean), FLOAT32_TINY)
 
 
 def constant_columns(mean, stddev) -> np.ndarray:
-    """Indices of the columns whose spread is below `scale_floor`."""
-    return np.flatnonzero(np.asarray(stddev, np.float64) <= scale_floor(mean))
+    """Indices of the columns that are constant to float32: no spread beyond their mean's resolution."""
+    stddev = np.asarray(stddev, np.float64)
+    return np.flatnonzero((stddev == 0) | (stddev <= resolution(mean)))
+
+
+def tiny_columns(mean, stddev) -> np.ndarray:
+    """Indices of the columns that vary, but by less than float32's smallest normal number."""
+    stddev = np.asarray(stddev, np.float64)
+    return np.setdiff1d(np.flatnonzero(stddev < FLOAT32_TINY), constant_columns(mean, stddev))
 
 
 @serializable

@@ -94,9 +94,8 @@ class CsvSource:
         non-finite cells (kept only under `drop_nonfinite`, after the validating pass) are dropped."""
         skip = 1 if self.has_header else 0
         lines = tf.data.Dataset.from_tensor_slices(self.paths).flat_map(
-            lambda path: tf.data.TextLineDataset(path).skip(skip))
-        lines = lines.map(lambda line: tf.strings.regex_replace(line, "\r$", ""))
-        lines = lines.filter(lambda line: tf.strings.length(line) > 0)
+            lambda path: tf.data.TextLineDataset(path).map(clean_line).filter(lambda line: tf.strings.length(line) > 0)
+            .skip(skip))
         ordered = sorted(set(self.indices))
         positions = [ordered.index(i) for i in self.indices]
         defaults = [tf.constant(math.nan, tf.float32)] * len(ordered)
@@ -113,6 +112,11 @@ class CsvSource:
 
         blocks = lines.batch(LINES_PER_BLOCK).enumerate().map(decode, num_parallel_calls=tf.data.AUTOTUNE)
         return blocks.map(keep, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+
+
+def clean_line(line):
+    """A CSV line as the validating pass read it: no byte-order mark before it, no carriage return after."""
+    return tf.strings.regex_replace(tf.strings.regex_replace(line, "\r$", ""), "^\ufeff", "")
 
 
 def source_for(pattern, columns=None, drop_nonfinite: bool = False):
