@@ -300,9 +300,13 @@ def test_bad_counts_and_versions_are_usage_errors(run_dir, tmp_path, capsys):
     assert not (tmp_path / "exports").exists() and not (tmp_path / "x.csv").exists()
 
 
-def test_resume_with_different_flags_names_each_conflict(run_dir, capsys):
+def test_resume_with_different_flags_names_each_conflict(run_dir, tmp_path, capsys):
+    import shutil
+    interrupted = tmp_path / "run"
+    shutil.copytree(run_dir, interrupted)
+    (interrupted / "model.keras").unlink()
     data = run_dir.parent / "data.csv"
-    message = fails(capsys, ["train", data, "--out", run_dir, "--resume", "--epochs", "9", "--batch-size", "8"],
+    message = fails(capsys, ["train", data, "--out", interrupted, "--resume", "--epochs", "9", "--batch-size", "8"],
                     "--resume continues the run as it was set up")
     assert "--epochs 9 (the run has 2)" in message and "--batch-size 8 (the run has 64)" in message
 
@@ -390,3 +394,28 @@ def test_runs_record_anomaly_thresholds_that_evaluate_prints_and_the_export_carr
     assert main(["export", str(run_dir), str(tmp_path / "exports")]) == 0
     carried = json.loads((tmp_path / "exports" / "1" / "assets.extra" / "thresholds.json").read_text())
     assert carried == thresholds
+
+
+PREFLIGHT = """
+import sys
+from tfp_vae.cli import main
+code = main(sys.argv[1:])
+print(code, "tensorflow" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "missing.csv", "--out", "run"], "missing.csv: no such file"),
+    (["train", "{data}", "--out", "run", "--seed", "-3"], "--seed must be an integer from 0"),
+    (["train", "{data}", "--out", "{run}"], "already holds a run"),
+    (["train", "{data}", "--out", "run", "--columns", "nope"], "no column 'nope'"),
+    (["evaluate", "not-a-run", "{data}"], "not-a-run: not a tfp-vae run folder"),
+    (["encode", "{run}", "{data}", "--out", "codes.txt"], "codes.txt: output must end in .csv or .npy"),
+    (["score", "{run}", "missing.csv", "--out", "s.csv"], "missing.csv: no such file"),
+    (["sample", "{run}", "-n", "3", "--out", "nowhere/s.csv"], "folder"),
+], ids=lambda value: value[0] if isinstance(value, list) else None)
+def test_mistakes_are_answered_before_tensorflow_starts(run_dir, tmp_path, argv, message):
+    argv = [a.format(data=run_dir.parent / "data.csv", run=run_dir) for a in argv]
+    completed = subprocess.run([sys.executable, "-c", PREFLIGHT, *argv], capture_output=True, text=True, cwd=tmp_path)
+    assert completed.stdout.split() == ["2", "False"], completed.stdout + completed.stderr
+    assert completed.stderr.count("\n") == 1 and message in completed.stderr, completed.stderr

@@ -266,3 +266,38 @@ def test_tiny_but_varying_columns_are_not_called_constant(rng):
     messages = [str(warning.message) for warning in caught]
     assert any("constant column(s) [2]" in m for m in messages), messages
     assert any("column(s) [1] vary by less than float32's smallest normal" in m for m in messages), messages
+
+
+def test_every_entry_point_gives_the_same_clear_errors(mixed_scale_data):
+    model = trained(mixed_scale_data, epochs=1)
+    bad_width, bad_rank, with_nan = mixed_scale_data[:, :4], mixed_scale_data[0], mixed_scale_data[:4].copy()
+    with_nan[1, 2] = np.nan
+    for call in (model.predict, model.encode, model.elbo, model.score):
+        with pytest.raises(ValueError, match=r"expected 5 features per row, got shape \(600, 4\)"):
+            call(bad_width)
+        with pytest.raises(ValueError, match=r"expected a 2-d array \[rows, features\], got shape \(5,\)"):
+            call(bad_rank)
+        with pytest.raises(ValueError, match="non-finite value nan at row 1, column 2"):
+            call(with_nan)
+    pairs = tf.data.Dataset.from_tensor_slices((mixed_scale_data, mixed_scale_data)).batch(100)
+    with pytest.raises(ValueError, match=r"not of \(x, y\) pairs"):
+        model.fit(pairs, verbose=0)
+
+
+def test_validation_split_rows_do_not_reach_the_statistics(mixed_scale_data):
+    x = mixed_scale_data.copy()
+    x[480:] += 1e3 * x.std(axis=0)  # the last 20%, which Keras holds out, far away
+    model = GaussianVAE(5, hidden=(4,), seed=0)
+    model.compile()
+    model.fit(x, validation_split=0.2, epochs=1, verbose=0)
+    np.testing.assert_allclose(model.normalizer.mean.numpy(), x[:480].mean(axis=0), rtol=1e-5)
+
+
+def test_keras_3_objects_are_named_as_such():
+    keras = pytest.importorskip("keras")
+    model = GaussianVAE(3, hidden=(4,), seed=0)
+    with pytest.raises(ValueError, match=r"Keras 3 object; .*tf_keras.optimizers.Adam"):
+        model.compile(keras.optimizers.Adam())
+    model.compile()
+    with pytest.raises(ValueError, match=r"Keras 3 object; .*tf_keras.callbacks.EarlyStopping"):
+        model.fit(np.ones((10, 3), np.float32), callbacks=[keras.callbacks.EarlyStopping()], verbose=0)

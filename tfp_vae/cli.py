@@ -187,14 +187,20 @@ def _read(args, config=None):
     return table
 
 
-def _write_rows(path: str, values, header: list) -> None:
-    """Writes a .csv or .npy file through a temporary file beside it, so it is whole or absent."""
-    import numpy as np
+def _check_output_file(path: str) -> str:
+    """The folder an output file goes to, once its name and folder are known to be usable."""
     if not path.endswith((".csv", ".npy")):
         raise TfpVaeError(f"{path}: output must end in .csv or .npy")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise TfpVaeError(f"{path}: folder {folder} does not exist")
+    return folder
+
+
+def _write_rows(path: str, values, header: list) -> None:
+    """Writes a .csv or .npy file through a temporary file beside it, so it is whole or absent."""
+    import numpy as np
+    folder = _check_output_file(path)
     handle, staging = tempfile.mkstemp(prefix=".tfp-vae-", suffix=os.path.splitext(path)[1], dir=folder)
     try:
         with os.fdopen(handle, "wb") as file:
@@ -216,18 +222,10 @@ def _train(args):
     from tfp_vae.training import train
     if args.resume:
         config = load_config(args.out)
-        _refuse_changes_on_resume(args, config)
         source = source_for(args.data, config.columns, args.drop_nonfinite)
     else:
         source = source_for(args.data, args.columns, args.drop_nonfinite)
-        config = Config(model=args.model, code_size=args.code_size, hidden=args.hidden, posterior=args.posterior,
-                        decoder_scale=args.decoder_scale, normalization=args.normalization,
-                        kl_weight=args.kl_weight, kl_warmup_epochs=args.kl_warmup_epochs,
-                        early_stopping_patience=args.early_stopping_patience,
-                        epochs=args.epochs, batch_size=args.batch_size,
-                        learning_rate=args.learning_rate, validation_split=args.validation_split, seed=args.seed,
-                        strategy=args.strategy, select=args.select, columns=args.columns,
-                        feature_names=source.columns)
+        config = _config(args, source.columns)
     train(config, source, args.out, resume=args.resume, verbose=0 if args.quiet else 1,
           worker_timeout=args.worker_timeout)
     if args.quiet and os.path.exists(os.path.join(args.out, CANDIDATES_CSV)):
@@ -246,6 +244,46 @@ def standard_json(value):
     return value
 
 
+def _config(args, feature_names=None) -> Config:
+    """The run settings the train command's flags give (checked as it is built)."""
+    return Config(model=args.model, code_size=args.code_size, hidden=args.hidden, posterior=args.posterior,
+                  decoder_scale=args.decoder_scale, normalization=args.normalization,
+                  kl_weight=args.kl_weight, kl_warmup_epochs=args.kl_warmup_epochs,
+                  early_stopping_patience=args.early_stopping_patience, epochs=args.epochs,
+                  batch_size=args.batch_size, learning_rate=args.learning_rate,
+                  validation_split=args.validation_split, seed=args.seed, strategy=args.strategy,
+                  select=args.select, columns=args.columns, feature_names=feature_names)
+
+
+def _preflight(args) -> None:
+    """Everything that can be checked before TensorFlow starts (several seconds): options, folders, files.
+
+    A mistake is then answered at once rather than after the start-up.
+    """
+    from tfp_vae import data, runs
+    config = None
+    if hasattr(args, "run_dir"):
+        config, _ = runs.finished_run(args.run_dir)
+    if args.command == "train":
+        if args.strategy != "multiworker":  # there, the chief alone owns the run folder
+            runs.check_run_dir(args.out, args.resume)
+        if args.resume:
+            config = runs.load_config(args.out)
+            _refuse_changes_on_resume(args, config)
+        else:
+            _config(args)
+    elif hasattr(args, "out") and args.command != "demo":
+        _check_output_file(args.out)
+    if hasattr(args, "data"):
+        _refuse_overwriting_input(args)
+        columns = args.columns if args.columns is not None else (config.columns if config else None)
+        for path in data.expand_paths(args.data):
+            if path.endswith(".csv"):
+                data.select_columns(data.csv_header(path)[0], columns, path)
+            elif not path.endswith(".npy"):
+                raise TfpVaeError(f"{path}: unsupported file type; use .csv or .npy")
+
+
 def _refuse_changes_on_resume(args, config: Config) -> None:
     """--resume continues a run as it was set up: a flag given now that says otherwise is an error, not ignored."""
     defaults = build_parser().parse_args(["train", args.data, "--out", args.out])
@@ -260,10 +298,9 @@ def _refuse_changes_on_resume(args, config: Config) -> None:
 
 def _refuse_overwriting_input(args) -> None:
     """An output file that is one of the data files read would destroy them: refused before any work."""
-    data = getattr(args, "data", None)
-    if data is None or not hasattr(args, "out") or args.command == "train":
+    if not hasattr(args, "out") or args.command == "train":
         return
-    inputs = glob.glob(data) if glob.has_magic(data) else [data]
+    inputs = glob.glob(args.data) if glob.has_magic(args.data) else [args.data]
     if os.path.realpath(args.out) in {os.path.realpath(path) for path in inputs}:
         raise TfpVaeError(f"{args.out}: is the data being read; choose another --out")
 
@@ -335,7 +372,10 @@ def in_flags(message: str) -> str:
     names = "|".join(sorted(FLAGS, key=len, reverse=True))
     message = re.sub(rf"\b({names})=True\b", lambda match: FLAGS[match[1]], message)
     message = re.sub(rf"\b({names})='([^']*)'", lambda match: f"{FLAGS[match[1]]} {match[2]}", message)
-    return re.sub(rf"\b({names})\b(?!=)", lambda match: FLAGS[match[1]] if "_" in match[1] else match[1], message)
+    # A one-word name is also an ordinary word ("model"): it is a flag where a setting's check names it.
+    return re.sub(rf"\b({names})\b(?!=)( must be)?",
+                  lambda match: (FLAGS[match[1]] if "_" in match[1] or match[2] else match[1]) + (match[2] or ""),
+                  message)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -346,9 +386,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning
     try:
-        _refuse_overwriting_input(args)
+        _preflight(args)
     except TfpVaeError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {in_flags(str(error))}", file=sys.stderr)
         return EXIT_USAGE
     start_tensorflow_quietly(initialize_devices="TF_CONFIG" not in os.environ)
     import tensorflow as tf

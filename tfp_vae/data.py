@@ -1,4 +1,4 @@
-"""Reading, validating and streaming real-valued data.
+"""Reading, validating and streaming real-valued data, without loading TensorFlow.
 
 Arrays and `tf.data` datasets reach the model through `batches`; statistics come
 from one streaming pass (`RunningMoments`, Chan et al.'s parallel update in
@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import tensorflow as tf
 
 from tfp_vae.errors import DataError
 
@@ -27,7 +26,7 @@ def features_of(element):
 
 def batches(data, source: str = "input", batch_size: int = 4096) -> Iterator[tuple[int, np.ndarray]]:
     """Yields `(first_row, float64 block)` over an array or a `tf.data.Dataset`."""
-    if isinstance(data, tf.data.Dataset):
+    if hasattr(data, "as_numpy_iterator"):  # a dataset; this module runs without TensorFlow loaded
         first_row = 0
         for element in data.as_numpy_iterator():
             block = np.asarray(features_of(element), np.float64)

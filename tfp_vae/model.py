@@ -191,6 +191,7 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         (about 1.4x each, `benchmarks/speed.py`). Per-batch callbacks then see every
         16th batch.
         """
+        refuse_keras_3([optimizer], "optimizer")
         if jit_compile is None:
             jit_compile = not tf.distribute.has_strategy()
         super().compile(optimizer=optimizer or tf_keras.optimizers.Adam(1e-3), jit_compile=jit_compile,
@@ -267,8 +268,9 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
     def fit(self, x=None, y=None, **kwargs):
         """Keras `fit` with no targets: `x` is an array [rows, input_size] or a dataset of them."""
         if y is not None:
-            raise ValueError("a VAE learns from x alone: call fit(x) without y")
+            raise DataError("a VAE learns from x alone: call fit(x) without y")
         self.check_input(x)
+        refuse_keras_3(kwargs.get("callbacks"), "callbacks")
         if kwargs.get("steps_per_epoch") is None and any(
                 isinstance(data, tf.data.Dataset) and data.cardinality() < 0
                 for data in (x, kwargs.get("validation_data"))):
@@ -281,9 +283,20 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         self.check_input(x)
         return super().evaluate(x, y, **kwargs)
 
+    def predict(self, x, *args, **kwargs):
+        self.check_input(x)
+        return super().predict(x, *args, **kwargs)
+
     def check_input(self, x, source: str = "x") -> None:
-        """A clear `DataError` for data of the wrong width or with non-finite values."""
+        """A clear `DataError` for data of the wrong width or rank, with non-finite values, or paired with targets.
+
+        Tensors being traced pass: their signature checks their shape.
+        """
+        if tf.is_tensor(x) and not tf.executing_eagerly():
+            return
         if isinstance(x, tf.data.Dataset):
+            if isinstance(x.element_spec, (tuple, list)) and len(x.element_spec) > 1:
+                raise DataError(f"{source}: a VAE learns from x alone: give a dataset of rows, not of (x, y) pairs")
             width = tf.TensorShape(features_of(x.element_spec).shape)[-1]
             if width is not None and width != self.input_size:
                 raise DataError(
@@ -307,6 +320,7 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
 
     def encode(self, x):
         """q(z|x), a distribution over codes."""
+        self.check_input(x)
         return self.posterior(self.to_model_units(tf.convert_to_tensor(x, tf.float32)))
 
     def decode(self, z):
@@ -319,6 +333,7 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         The expectation over q(z|x) uses the same `num_samples` draws for every row
         and call, so a row's score does not depend on its batch.
         """
+        self.check_input(x)
         weights = self.log_weights(tf.convert_to_tensor(x, tf.float32), self.fixed_noise(num_samples))
         reconstruction_log_prob = tf.reduce_mean(weights.log_px, axis=0)
         return {"elbo": losses.elbo(-reconstruction_log_prob, weights.rate),
@@ -452,9 +467,18 @@ class GaussianVAE(VariationalAutoencoder):
         return self
 
     def fit(self, x=None, y=None, **kwargs):
-        """Adapts the normalisation to `x` on the first call, then trains."""
+        """Adapts the normalisation to `x`'s training rows on the first call, then trains.
+
+        With `validation_split`, Keras holds out the last rows of `x`: the statistics
+        come from the others.
+        """
         if not self.is_adapted:
-            self.adapt(x)
+            held_out = kwargs.get("validation_split") or 0.0
+            if held_out and not isinstance(x, tf.data.Dataset):
+                x_train = np.asarray(x)[:int(len(x) * (1.0 - held_out))]
+                self.adapt(x_train)
+            else:
+                self.adapt(x)
         return super().fit(x, y, **kwargs)
 
     # The maths.
@@ -519,6 +543,17 @@ class GaussianVAE(VariationalAutoencoder):
         return {"loss": losses.beta_loss(distortion, weights.rate, self.kl_weight_now(training)),
                 "reconstruction_loss": distortion, "kl_loss": weights.rate,
                 "mse": tf.reduce_mean(tf.square(x - self.raw_mean(weights.loc)), axis=[0, -1])}
+
+
+def refuse_keras_3(objects, argument: str) -> None:
+    """A clear error for Keras 3 objects (`import keras`), which tfp.layers' Keras 2 (tf_keras) cannot run."""
+    for item in objects or []:
+        module = type(item).__module__
+        if module.split(".")[0] == "keras":
+            raise TfpVaeError(f"{argument}: {module}.{type(item).__name__} is a Keras 3 object; tfp_vae runs on "
+                              f"Keras 2, which tfp.layers needs: take it from tf_keras "
+                              f"(tf_keras.{'callbacks' if argument == 'callbacks' else 'optimizers'}."
+                              f"{type(item).__name__})")
 
 
 def reconstruction(code_mean, mean, stddev, half_width) -> dict:

@@ -158,17 +158,23 @@ def read_candidates(run_dir) -> list[dict]:
         return list(csv.DictReader(file))
 
 
+def finished_run(run_dir) -> tuple[Config, str]:
+    """The config of a finished run and its model file's path; a `RunError` for anything else."""
+    run_dir = os.fspath(run_dir)
+    config = load_config(run_dir)
+    path = os.path.join(run_dir, MODEL_FILE)
+    if not os.path.exists(path):
+        raise RunError(f"{run_dir}: training has not finished (no {MODEL_FILE}); continue it with resume=True")
+    return config, path
+
+
 def load_run(run_dir):
     """The config and trained model of a finished run."""
     # TensorFlow loads here, not at import, so the command line can check a run folder before it starts.
     from tfp_vae._keras import PACKAGE, tf_keras
     from tfp_vae.model import GaussianVAE
     from tfp_vae.question import QuestionVAE
-    run_dir = os.fspath(run_dir)
-    config = load_config(run_dir)
-    path = os.path.join(run_dir, MODEL_FILE)
-    if not os.path.exists(path):
-        raise RunError(f"{run_dir}: training has not finished (no {MODEL_FILE}); continue it with resume=True")
+    config, path = finished_run(run_dir)
     models = {f"{PACKAGE}>{model.__name__}": model for model in (GaussianVAE, QuestionVAE)}
     try:
         return config, tf_keras.models.load_model(path, custom_objects=models)
