@@ -97,7 +97,8 @@ def test_two_workers_train_together_and_the_chief_alone_writes(tmp_path):
         assert worker.returncode == 0, err[-2000:]
     for a, b in zip(weights(tmp_path / "worker0.npz"), weights(tmp_path / "worker1.npz")):
         np.testing.assert_array_equal(a, b)
-    assert sorted(os.listdir(run_dir)) == ["config.json", "history.csv", "history.json", "logs", "model.keras"]
+    assert sorted(os.listdir(run_dir)) == ["config.json", "history.csv", "history.json", "logs", "model.keras",
+                                           "thresholds.json"]
     assert len(json.loads((run_dir / "history.json").read_text())["loss"]) == 2
 
 

@@ -113,12 +113,18 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
     return models[best["name"]]
 
 
-def elbo_thresholds(model: VariationalAutoencoder, rows: np.ndarray) -> dict:
-    """Quantiles of the per-row ELBO over `rows` (validation rows): rows scoring below are that rare."""
+def elbo_thresholds(model: VariationalAutoencoder, rows: np.ndarray) -> dict | None:
+    """Quantiles of the per-row ELBO over `rows` (validation rows): rows scoring below are that rare.
+
+    None where no row has a finite ELBO (a model whose training diverged at once).
+    """
     elbo = np.concatenate([model.elbo(rows[start:start + SCORE_ROWS]).numpy()
                            for start in range(0, len(rows), SCORE_ROWS)]).astype(np.float64)
+    elbo = elbo[np.isfinite(elbo)]
+    if not len(elbo):
+        return None
     return {"elbo_quantiles": {str(q): float(np.quantile(elbo, q)) for q in runs.THRESHOLD_QUANTILES},
-            "validation_rows": len(rows)}
+            "validation_rows": len(elbo)}
 
 
 def _row_count(source) -> int:
@@ -180,8 +186,9 @@ def _train(config: Config, source, run_dir: str, resume: bool, verbose: int, wat
     model.fit(batches("train", shuffle=True, row_count=found.train_rows),
               validation_data=batches("validation", row_count=found.validation_rows) if found.validation_rows else None,
               epochs=config.epochs, verbose=verbose, callbacks=callbacks)
-    if chief and found.validation_rows:
-        runs.save_thresholds(run_dir, elbo_thresholds(model, _validation_rows(source, config)))
+    thresholds = elbo_thresholds(model, _validation_rows(source, config)) if chief and found.validation_rows else None
+    if thresholds:
+        runs.save_thresholds(run_dir, thresholds)
     runs.save_model(model, write_dir)  # every worker saves: saving reads variables through collectives
     if chief:
         runs.write_history_json(run_dir)
