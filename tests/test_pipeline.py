@@ -128,3 +128,13 @@ def test_a_pipe_complex_numbers_and_ambiguous_names_are_refused(tmp_path):
     with pytest.raises(DataError, match=r"column name 'a' appears 2 times \(columns 0, 2\); select it by index"):
         CsvSource(str(path), columns=["a"])
     assert CsvSource(str(path), columns=["2"]).columns == ["a"]
+
+
+def test_columns_not_selected_are_never_parsed(tmp_path):
+    path = write(tmp_path / "people.csv", 'id,name,height,weight\nA1,"Smith, J",1.80,75\nB2,Li,1.65,60\nC3,,1.72,\n')
+    source = CsvSource(str(path), columns=["height", "weight"], drop_nonfinite=True)
+    validated = np.concatenate([values for values, _, _ in source.blocks()])
+    np.testing.assert_allclose(validated, [[1.80, 75.0], [1.65, 60.0]])
+    np.testing.assert_allclose(rows_of(dataset(source, "all", 8)), validated.astype(np.float32))
+    with pytest.raises(DataError, match="line 2, column 'id': non-numeric value 'A1'"):
+        list(CsvSource(str(path)).blocks())

@@ -153,6 +153,7 @@ class Block:
     values: np.ndarray
     places: list[str]
     row_index: np.ndarray | None = None
+    header: list[str] | None = None  # every column's name, selected or not
 
 
 def expand_paths(pattern) -> list[str]:
@@ -173,17 +174,21 @@ def expand_paths(pattern) -> list[str]:
     return [pattern]
 
 
-def file_blocks(path: str, rows_per_block: int = 8192) -> Iterator[Block]:
-    """Yields a `.csv` or `.npy` file's rows block by block, refusing what cannot be parsed."""
+def file_blocks(path: str, rows_per_block: int = 8192, columns=None) -> Iterator[Block]:
+    """Yields a `.csv` or `.npy` file's rows block by block, only the `columns` selected (all when None).
+
+    Only selected columns are parsed: IDs and names beside the numbers are normal.
+    What cannot be parsed is refused.
+    """
     if path.endswith(".npy"):
-        yield from _npy_blocks(path, rows_per_block)
+        yield from _npy_blocks(path, rows_per_block, columns)
     elif path.endswith(".csv"):
-        yield from _csv_blocks(path, rows_per_block)
+        yield from _csv_blocks(path, rows_per_block, columns)
     else:
         raise DataError(f"{path}: unsupported file type; use .csv or .npy")
 
 
-def _npy_blocks(path: str, rows_per_block: int) -> Iterator[Block]:
+def _npy_blocks(path: str, rows_per_block: int, columns) -> Iterator[Block]:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as error:
@@ -196,10 +201,12 @@ def _npy_blocks(path: str, rows_per_block: int) -> Iterator[Block]:
         raise DataError(f"{path}: expected numbers, got dtype {array.dtype}")
     if len(array) == 0:
         raise DataError(f"{path}: no rows of data")
-    names = [str(i) for i in range(array.shape[1])]
+    header = [str(i) for i in range(array.shape[1])]
+    selected = select_columns(header, columns, path)
     for start in range(0, len(array), rows_per_block):
-        rows = np.asarray(array[start:start + rows_per_block], np.float64)
-        yield Block(path, names, rows, [f"row {i}" for i in range(start, start + len(rows))])
+        rows = np.asarray(array[start:start + rows_per_block][:, selected], np.float64)
+        yield Block(path, [header[i] for i in selected], rows, [f"row {i}" for i in range(start, start + len(rows))],
+                    header=header)
 
 
 # One definition of a number for both passes over a CSV file: what tf.data's decode_csv reads, in ASCII
@@ -232,8 +239,10 @@ def csv_header(path: str) -> tuple[list[str], bool]:
     return [str(i) for i in range(len(first))], False
 
 
-def _csv_blocks(path: str, rows_per_block: int) -> Iterator[Block]:
-    names, has_header = csv_header(path)
+def _csv_blocks(path: str, rows_per_block: int, columns) -> Iterator[Block]:
+    header, has_header = csv_header(path)
+    selected = select_columns(header, columns, path)
+    names = [header[i] for i in selected]
     values, places, seen = [], [], 0
     try:
         with open(path, newline="", encoding=ENCODING) as file:
@@ -246,33 +255,34 @@ def _csv_blocks(path: str, rows_per_block: int) -> Iterator[Block]:
                 if header_to_skip:
                     header_to_skip = False
                     continue
-                values.append(_parse_row(row, names, path, number))
+                values.append(_parse_row(row, header, selected, path, number))
                 places.append(f"line {number}")
                 if len(values) == rows_per_block:
-                    yield Block(path, names, np.array(values), places)
+                    yield Block(path, names, np.array(values), places, header=header)
                     seen += len(values)
                     values, places = [], []
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"{path}: cannot read ({getattr(error, 'strerror', None) or error})") from error
     if values:
-        yield Block(path, names, np.array(values), places)
+        yield Block(path, names, np.array(values), places, header=header)
     elif seen == 0:
         raise DataError(f"{path}: header only, no rows of data")
 
 
-def _parse_row(row: list[str], names: list[str], path: str, number: int) -> list[float]:
-    if len(row) != len(names):
-        raise DataError(f"{path}: line {number} has {len(row)} cells, expected {len(names)}")
-    parsed = []
+def _parse_row(row: list[str], header: list[str], selected: list[int], path: str, number: int) -> list[float]:
+    if len(row) != len(header):
+        raise DataError(f"{path}: line {number} has {len(row)} cells, expected {len(header)}")
     for column, cell in enumerate(row):
-        if "\n" in cell or "\r" in cell:
-            raise DataError(f"{path}: line {number}, column {names[column]!r}: a quoted cell spans lines; "
+        if "\n" in cell or "\r" in cell:  # tf.data reads a line at a time, selected columns or not
+            raise DataError(f"{path}: line {number}, column {header[column]!r}: a quoted cell spans lines; "
                             "keep each row on one line")
+    parsed = []
+    for column in selected:
         try:
-            parsed.append(parse_number(cell))
+            parsed.append(parse_number(row[column]))
         except ValueError:
-            raise DataError(
-                f"{path}: line {number}, column {names[column]!r}: non-numeric value {cell.strip()!r}") from None
+            raise DataError(f"{path}: line {number}, column {header[column]!r}: non-numeric value "
+                            f"{row[column].strip()!r}") from None
     return parsed
 
 
@@ -312,15 +322,14 @@ def clean_blocks(pattern, columns=None, drop_nonfinite: bool = False,
     unless `drop_nonfinite`, which drops their rows. Files must share columns.
     `block.row_index` numbers each kept row among all data rows read so far.
     """
-    first_names, first_row = None, 0
+    first_header, first_row = None, 0
     for path in expand_paths(pattern):
-        for block in file_blocks(path, rows_per_block):
-            if first_names is None:
-                first_names = block.names
-            elif block.names != first_names:
-                raise DataError(f"{path}: columns {block.names} differ from the first file's {first_names}")
-            selected = select_columns(block.names, columns, path)
-            values, names = block.values[:, selected], [block.names[i] for i in selected]
+        for block in file_blocks(path, rows_per_block, columns):
+            if first_header is None:
+                first_header = block.header
+            elif block.header != first_header:
+                raise DataError(f"{path}: columns {block.header} differ from the first file's {first_header}")
+            values, names = block.values, block.names
             finite = np.isfinite(values).all(axis=1)
             cell = None if drop_nonfinite else first_cell(~np.isfinite(values))
             if cell:
