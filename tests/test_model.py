@@ -301,3 +301,16 @@ def test_keras_3_objects_are_named_as_such():
     model.compile()
     with pytest.raises(ValueError, match=r"Keras 3 object; .*tf_keras.callbacks.EarlyStopping"):
         model.fit(np.ones((10, 3), np.float32), callbacks=[keras.callbacks.EarlyStopping()], verbose=0)
+
+
+def test_training_reports_a_line_per_epoch(mixed_scale_data):
+    import io
+    from tfp_vae.callbacks import EpochLines
+    stream = io.StringIO()
+    model = GaussianVAE(5, hidden=(4,), seed=0)
+    model.compile()
+    model.fit(mixed_scale_data, epochs=3, batch_size=200, validation_split=0.2, verbose=0,
+              callbacks=[EpochLines(3, seconds=0.0, stream=stream)])
+    lines = stream.getvalue().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert all("loss" in line and "val_loss" in line and "\r" not in line for line in lines)

@@ -1,6 +1,9 @@
 """Keras callbacks for training a VAE."""
 
+import math
 import os
+import sys
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -109,3 +112,26 @@ class PeriodicBackupAndRestore(tf_keras.callbacks.BackupAndRestore):
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every_epochs == 0:
             super().on_epoch_end(epoch, logs)
+
+
+class EpochLines(tf_keras.callbacks.Callback):
+    """One line per epoch (at most one every `seconds`, and always the last), with the figures that matter.
+
+    Keras's progress bar wraps at 80 columns and turns into carriage returns in a
+    log file; a line per epoch reads the same on a terminal and in a log.
+    """
+
+    SHOWN = ("loss", "reconstruction_loss", "kl_loss", "val_loss")
+
+    def __init__(self, epochs: int, seconds: float = 1.0, stream=None):
+        super().__init__()
+        self.epochs, self.seconds, self.stream = epochs, seconds, stream
+        self.last_printed = -math.inf
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.monotonic()
+        if now - self.last_printed < self.seconds and epoch + 1 < self.epochs:
+            return
+        self.last_printed = now
+        figures = ", ".join(f"{name} {logs[name]:.4g}" for name in self.SHOWN if name in (logs or {}))
+        print(f"epoch {epoch + 1}/{self.epochs}: {figures}", file=self.stream or sys.stdout, flush=True)

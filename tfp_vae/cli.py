@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--worker-timeout", type=float, default=120.0, metavar="SECONDS",
                        help="multiworker: how long to wait for every worker in TF_CONFIG to join")
     train.add_argument("--resume", action="store_true", help="continue the interrupted run in RUN_DIR")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--quiet", action="store_true", help="no progress lines")
 
     evaluate = _command(commands, "evaluate", "held-out metrics of a run on DATA, as JSON")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
@@ -218,7 +218,7 @@ def _write_rows(path: str, values, header: list) -> None:
 
 def _train(args):
     from tfp_vae.pipeline import source_for
-    from tfp_vae.runs import CANDIDATES_CSV, load_config, read_candidates, selection_summary
+    from tfp_vae.runs import CANDIDATES_CSV, load_config, read_candidates, read_history, selection_summary
     from tfp_vae.training import train
     if args.resume:
         config = load_config(args.out)
@@ -230,7 +230,12 @@ def _train(args):
           worker_timeout=args.worker_timeout)
     if args.quiet and os.path.exists(os.path.join(args.out, CANDIDATES_CSV)):
         print(selection_summary(read_candidates(args.out)))
-    print(f"trained {config.model} model: {args.out}")
+    history = read_history(args.out)
+    print(f"trained {config.model} model: {args.out} ({len(history.get('loss', []))} epochs)")
+    if history.get("val_loss"):
+        best = min(range(len(history["val_loss"])), key=history["val_loss"].__getitem__)
+        print(f"best epoch {best + 1}: validation loss {history['val_loss'][best]:.4g} nats per row (negative ELBO)")
+    print(f"files: {args.out}/model.keras, history.csv; tensorboard --logdir {args.out}/logs")
 
 
 def standard_json(value):

@@ -23,7 +23,7 @@ import numpy as np
 
 from tfp_vae import runs, select
 from tfp_vae._keras import tf_keras
-from tfp_vae.callbacks import EpochScalars, KeepLastGoodWeights, KLWarmup, PeriodicBackupAndRestore
+from tfp_vae.callbacks import EpochLines, EpochScalars, KeepLastGoodWeights, KLWarmup, PeriodicBackupAndRestore
 from tfp_vae.config import Config
 from tfp_vae.distribute import JoinWatchdog, is_chief, make_strategy, read_tf_config
 from tfp_vae.errors import DataError, TrainingDiverged
@@ -175,6 +175,8 @@ def _train(config: Config, source, run_dir: str, resume: bool, verbose: int, wat
     ]
     if watchdog:
         callbacks.append(watchdog)
+    if verbose:
+        callbacks.append(EpochLines(config.epochs))
     if config.kl_warmup_epochs:
         callbacks.append(KLWarmup(config.kl_warmup_epochs))
     if config.early_stopping_patience:
@@ -185,7 +187,7 @@ def _train(config: Config, source, run_dir: str, resume: bool, verbose: int, wat
                                 validation_fraction=config.validation_split, seed=config.seed)
     model.fit(batches("train", shuffle=True, row_count=found.train_rows),
               validation_data=batches("validation", row_count=found.validation_rows) if found.validation_rows else None,
-              epochs=config.epochs, verbose=verbose, callbacks=callbacks)
+              epochs=config.epochs, verbose=0, callbacks=callbacks)
     thresholds = elbo_thresholds(model, _validation_rows(source, config)) if chief and found.validation_rows else None
     if thresholds:
         runs.save_thresholds(run_dir, thresholds)
