@@ -20,8 +20,11 @@ def rows_of(ds):
 
 def test_a_glob_streams_the_same_rows_as_the_array(parts):
     x, pattern = parts
-    source = source_for(pattern)
+    source = source_for(pattern, in_memory_bytes=0)
     assert isinstance(source, CsvSource) and source.columns == ["a", "b", "c"]
+    in_memory = source_for(pattern)
+    assert isinstance(in_memory, ArraySource) and in_memory.columns == ["a", "b", "c"]
+    np.testing.assert_array_equal(rows_of(dataset(in_memory, "all", 64)), rows_of(dataset(source, "all", 64)))
     np.testing.assert_allclose(rows_of(dataset(source, "all", 64)), x.astype(np.float32), rtol=1e-6)
 
 

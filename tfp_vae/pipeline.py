@@ -5,10 +5,12 @@ split is the same on every pass, in every process and on every worker, and needs
 no shuffle of the whole data set in memory. A `CsvSource` reads its files twice:
 one validating pass in Python (clear errors, float64 statistics of the training
 rows), then tf.data streams them (`TextLineDataset` and `decode_csv`), so memory
-holds a shuffle buffer, never the file.
+holds a shuffle buffer, never the file. `source_for` streams only files larger than
+`IN_MEMORY_BYTES`; smaller ones are read once into an `ArraySource`.
 """
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +24,7 @@ HASH_MULTIPLIER = 2654435761
 LINES_PER_BLOCK = 4096
 SHUFFLE_BUFFER = 10_000
 SUBSETS = ("train", "validation", "all")
+IN_MEMORY_BYTES = 16 * 2**20  # CSV files up to this size are read once, into memory
 
 
 def in_validation(row_index, fraction: float, seed: int):
@@ -44,12 +47,17 @@ class Scan:
 
 
 class ArraySource:
-    """Rows already in memory: a float32 array [rows, features]."""
+    """Rows already in memory: a float32 array [rows, features].
 
-    def __init__(self, values, columns=None):
+    `dropped_rows` counts rows a reader left out (blank or non-finite cells), for the
+    training's report.
+    """
+
+    def __init__(self, values, columns=None, dropped_rows: int = 0):
         self.values = require_2d(np.asarray(values, np.float32), "x")
         check_block(self.values, 0, None, "x")
         self.columns = list(columns) if columns is not None else [str(i) for i in range(self.values.shape[1])]
+        self.dropped_rows = dropped_rows
 
     @property
     def width(self) -> int:
@@ -58,7 +66,7 @@ class ArraySource:
     def blocks(self):
         for start in range(0, len(self.values), LINES_PER_BLOCK):
             values = self.values[start:start + LINES_PER_BLOCK].astype(np.float64)
-            yield values, np.arange(start, start + len(values)), 0
+            yield values, np.arange(start, start + len(values)), self.dropped_rows if start == 0 else 0
 
     def rows(self, subset: str, validation_fraction: float, seed: int) -> tf.data.Dataset:
         """The subset's rows, one dataset element each, sliced from memory."""
@@ -119,12 +127,17 @@ def clean_line(line):
     return tf.strings.regex_replace(tf.strings.regex_replace(line, "\r$", ""), "^\ufeff", "")
 
 
-def source_for(pattern, columns=None, drop_nonfinite: bool = False):
-    """A `CsvSource` for CSV files, an in-memory `ArraySource` for `.npy`."""
-    if all(path.endswith(".csv") for path in expand_paths(pattern)):
+def source_for(pattern, columns=None, drop_nonfinite: bool = False, in_memory_bytes: int = IN_MEMORY_BYTES):
+    """A `CsvSource` streaming CSV files larger than `in_memory_bytes`; an in-memory `ArraySource` otherwise.
+
+    Small CSV files are read once: decoding them with tf.data at every epoch costs
+    more than the training on a few hundred rows.
+    """
+    paths = expand_paths(pattern)
+    if all(path.endswith(".csv") for path in paths) and sum(map(os.path.getsize, paths)) > in_memory_bytes:
         return CsvSource(pattern, columns, drop_nonfinite)
     table = read_table(pattern, columns, drop_nonfinite)
-    return ArraySource(table.values, table.columns)
+    return ArraySource(table.values, table.columns, table.dropped_rows)
 
 
 def as_source(data):
