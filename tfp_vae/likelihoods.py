@@ -286,8 +286,7 @@ class StudentT(LearnedNormal):
         super().__init__(event_size, min_scale, seed, **kwargs)
         self.raw_df = self.add_weight(
             "raw_df", shape=[event_size],
-            initializer=tf_keras.initializers.Constant(
-                float(heads.softplus_inverse(np.float32(self.INITIAL_DF - heads.MIN_DEGREES_OF_FREEDOM)))))
+            initializer=tf_keras.initializers.Constant(heads.raw_degrees_of_freedom(self.INITIAL_DF)))
 
     @staticmethod
     def params_size(event_size: int) -> int:
