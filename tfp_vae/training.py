@@ -82,24 +82,22 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
         os.makedirs(run_dir, exist_ok=True)
         runs.save_config(config, run_dir)
     validation = _validation_rows(source, config)
-    table, models = [], {}
+    candidates = select.candidates(config, found.train_rows)
     if verbose:
-        print(f"choosing the model: {len(select.candidates(config, found.train_rows))} candidates on "
-              f"{found.train_rows} training rows, scored on {len(validation)} validation rows", flush=True)
-    for name, candidate in select.candidates(config, found.train_rows).items():
+        print(f"choosing the model: {len(candidates)} candidates on {found.train_rows} training rows, scored on "
+              f"{len(validation)} validation rows", flush=True)
+    table, best_model, best_score = [], None, -np.inf
+    for name, candidate in candidates.items():
         folder = os.path.join(run_dir, runs.CANDIDATES, name)
         started = time.perf_counter()
-        if not os.path.exists(os.path.join(folder, runs.MODEL_FILE)):
-            try:
-                _train(candidate, source, folder, os.path.exists(folder), verbose=0, watchdog=watchdog)
-            except TrainingDiverged as error:
-                warnings.warn(f"candidate {name}: {error}", stacklevel=2)
-        _, models[name] = runs.load_run(folder)
-        score = log_likelihood(models[name], validation, select.SELECTION_SAMPLES, seed=config.seed)
+        model = _train_or_load(candidate, source, folder, watchdog)
+        score = log_likelihood(model, validation, select.SELECTION_SAMPLES, seed=config.seed)
         table.append({"name": name, **{key: getattr(candidate, key) for key in runs.CANDIDATE_SETTINGS},
                       "epochs_run": len(runs.read_history(folder).get("loss", [])),
                       "validation_log_likelihood": float(np.mean(score["log_likelihood"])),
                       "validation_rows": len(validation), "seconds": round(time.perf_counter() - started, 1)})
+        if table[-1]["validation_log_likelihood"] > best_score:  # the first of equals, as max() below
+            best_model, best_score = model, table[-1]["validation_log_likelihood"]
         if verbose:
             row = table[-1]
             print(f"candidate {name}: {row['epochs_run']} epochs, validation log-likelihood "
@@ -110,7 +108,18 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
     runs.adopt_candidate(run_dir, best["name"], table)
     if verbose:
         print(runs.selection_summary(table), flush=True)
-    return models[best["name"]]
+    return best_model
+
+
+def _train_or_load(candidate: Config, source, folder: str, watchdog) -> VariationalAutoencoder:
+    """A candidate's model: trained (or its training resumed) into `folder`, or read back if it had finished."""
+    if os.path.exists(os.path.join(folder, runs.MODEL_FILE)):
+        return runs.load_run(folder)[1]
+    try:
+        return _train(candidate, source, folder, os.path.exists(folder), verbose=0, watchdog=watchdog)
+    except TrainingDiverged as error:
+        warnings.warn(f"candidate {os.path.basename(folder)}: {error}", stacklevel=3)
+        return runs.load_run(folder)[1]
 
 
 def elbo_thresholds(model: VariationalAutoencoder, rows: np.ndarray) -> dict | None:
