@@ -220,10 +220,11 @@ def test_whitened_run_trains_evaluates_and_refuses_the_question(tmp_path, csv_fi
 
 def test_demo_trains_both_models_reports_and_exports(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--epochs", "3", "--quiet"]) == 0
+    assert main(["demo", "--out", str(out), "--epochs", "3"]) == 0
     printed = capsys.readouterr().out
     for row in ("| question |", "| question, best fixed sigma |", "| gaussian |", "| gaussian, whitened |"):
         assert row in printed
+    assert "gaussian, whitened: 3 epochs, held-out log p(x)" in printed and len(printed.splitlines()) < 20
     results = json.loads((out / "results.json").read_text())
     assert set(results["results"]) == {"question", "question, best fixed sigma", "gaussian", "gaussian, whitened"}
     assert os.path.exists(out / "gaussian-whitened" / "model.keras")

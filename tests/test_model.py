@@ -299,8 +299,9 @@ def test_keras_3_objects_are_named_as_such():
     with pytest.raises(ValueError, match=r"Keras 3 object; .*tf_keras.optimizers.Adam"):
         model.compile(keras.optimizers.Adam())
     model.compile()
+    rows = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
     with pytest.raises(ValueError, match=r"Keras 3 object; .*tf_keras.callbacks.EarlyStopping"):
-        model.fit(np.ones((10, 3), np.float32), callbacks=[keras.callbacks.EarlyStopping()], verbose=0)
+        model.fit(rows, callbacks=[keras.callbacks.EarlyStopping()], verbose=0)
 
 
 def test_training_reports_a_line_per_epoch(mixed_scale_data):

@@ -12,6 +12,7 @@ exported as a SavedModel for TensorFlow Serving.
 
 import json
 import os
+import time
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from tfp_vae.errors import RunError, TfpVaeError
 from tfp_vae.evaluation import evaluate
 from tfp_vae.export import export_saved_model
 from tfp_vae.pipeline import in_validation
+from tfp_vae.runs import read_history
 from tfp_vae.training import train
 
 DEMO_COLUMNS = (
@@ -65,7 +67,7 @@ def results_table(results: dict) -> str:
 
 
 def run_demo(out="tfp-vae-demo", epochs: int = 150, num_samples: int = 1000, verbose: int = 1) -> dict:
-    """Trains both models, prints and returns their held-out metrics, exports the Gaussian VAE."""
+    """Trains both models, prints a line per model and their held-out metrics, exports the Gaussian VAE."""
     out = os.fspath(out)
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise RunError(f"{out}: already exists; remove it or pass --out to a new folder")
@@ -74,11 +76,16 @@ def run_demo(out="tfp-vae-demo", epochs: int = 150, num_samples: int = 1000, ver
     x_train, x_test = x[~held_out], x[held_out]
     results = {}
     models = {}
+    if verbose:
+        print(f"training on {len(x_train)} breast-cancer rows x {x.shape[1]} features, raw units", flush=True)
     for name, config in demo_configs(epochs, names).items():
-        if verbose:
-            print(f"training the {name} model on {len(x_train)} rows x {x.shape[1]} features, raw units")
-        models[name] = train(config, x_train, os.path.join(out, run_folder(name)), verbose=verbose)
+        started = time.perf_counter()
+        models[name] = train(config, x_train, os.path.join(out, run_folder(name)), verbose=0)
         results[name] = evaluate(models[name], x_test, num_samples=num_samples)
+        if verbose:
+            epochs_run = len(read_history(os.path.join(out, run_folder(name)))["loss"])
+            print(f"{name}: {epochs_run} epochs, held-out log p(x) {results[name]['log_likelihood']:.1f} nats "
+                  f"per row ({time.perf_counter() - started:.0f} s)", flush=True)
         if name == "question":
             results["question, best fixed sigma"] = evaluate(
                 models[name].with_fitted_stddev(x_train), x_test, num_samples=num_samples)
