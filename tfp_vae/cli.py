@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = _command(commands, "demo", "the question's model against the Gaussian VAE on real data")
     demo.add_argument("--out", default="tfp-vae-demo", metavar="DIR", help="a new folder for its runs and export")
     demo.add_argument("--epochs", type=int, default=150, help="epochs per model")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--quiet", action="store_true", help="only the results table")
     return parser
 
 

@@ -90,7 +90,7 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
     for name, candidate in candidates.items():
         folder = os.path.join(run_dir, runs.CANDIDATES, name)
         started = time.perf_counter()
-        model = _train_or_load(candidate, source, folder, watchdog)
+        model = _train_or_load(candidate, source, folder, watchdog, validation)
         score = log_likelihood(model, validation, select.SELECTION_SAMPLES, seed=config.seed)
         table.append({"name": name, **{key: getattr(candidate, key) for key in runs.CANDIDATE_SETTINGS},
                       "epochs_run": len(runs.read_history(folder).get("loss", [])),
@@ -111,12 +111,13 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
     return best_model
 
 
-def _train_or_load(candidate: Config, source, folder: str, watchdog) -> VariationalAutoencoder:
+def _train_or_load(candidate: Config, source, folder: str, watchdog, validation: np.ndarray) -> VariationalAutoencoder:
     """A candidate's model: trained (or its training resumed) into `folder`, or read back if it had finished."""
     if os.path.exists(os.path.join(folder, runs.MODEL_FILE)):
         return runs.load_run(folder)[1]
     try:
-        return _train(candidate, source, folder, os.path.exists(folder), verbose=0, watchdog=watchdog)
+        return _train(candidate, source, folder, os.path.exists(folder), verbose=0, watchdog=watchdog,
+                      validation=validation)
     except TrainingDiverged as error:
         warnings.warn(f"candidate {os.path.basename(folder)}: {error}", stacklevel=3)
         return runs.load_run(folder)[1]
@@ -150,7 +151,9 @@ def _validation_rows(source, config: Config) -> np.ndarray:
     return np.concatenate(rows)[:select.MAX_SELECTION_ROWS].astype(np.float32)
 
 
-def _train(config: Config, source, run_dir: str, resume: bool, verbose: int, watchdog) -> VariationalAutoencoder:
+def _train(config: Config, source, run_dir: str, resume: bool, verbose: int, watchdog,
+           validation: np.ndarray | None = None) -> VariationalAutoencoder:
+    """Trains one model into `run_dir`; `validation`, the validation rows if a caller has read them already."""
     strategy = make_strategy(config.strategy)
     chief = is_chief(strategy)
     if chief:
@@ -197,7 +200,10 @@ def _train(config: Config, source, run_dir: str, resume: bool, verbose: int, wat
     model.fit(batches("train", shuffle=True, row_count=found.train_rows),
               validation_data=batches("validation", row_count=found.validation_rows) if found.validation_rows else None,
               epochs=config.epochs, verbose=0, callbacks=callbacks)
-    thresholds = elbo_thresholds(model, _validation_rows(source, config)) if chief and found.validation_rows else None
+    if chief and found.validation_rows:
+        thresholds = elbo_thresholds(model, _validation_rows(source, config) if validation is None else validation)
+    else:
+        thresholds = None
     if thresholds:
         runs.save_thresholds(run_dir, thresholds)
     runs.save_model(model, write_dir)  # every worker saves: saving reads variables through collectives
