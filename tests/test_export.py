@@ -49,15 +49,17 @@ def train(model, x):
     return model
 
 
-@pytest.fixture(scope="module", params=["gaussian", "whitened", "whitened, full covariance", "student_t", "question"])
+@pytest.fixture(scope="module", params=["gaussian", "whitened", "whitened, full covariance", "student_t",
+                                        "yeo_johnson", "question"])
 def exported(request, tmp_path_factory):
     rng = np.random.default_rng(1)
     x = (rng.normal(size=(400, 4)) * [1e-3, 1.0, 1e3, 10.0] + [0.0, 1e4, 0.0, 5.0]).astype(np.float32)
     if request.param != "question":
         normalization = "whiten" if request.param.startswith("whitened") else "standardize"
         decoder_scale = {"whitened, full covariance": "full", "student_t": "student_t"}.get(request.param, "learned")
+        transform = "yeo_johnson" if request.param == "yeo_johnson" else "none"
         model = train(GaussianVAE(4, code_size=2, hidden=(8,), normalization=normalization,
-                                  decoder_scale=decoder_scale, seed=0), x)
+                                  decoder_scale=decoder_scale, transform=transform, seed=0), x)
     else:
         model = train(QuestionVAE(4, code_size=2, seed=0), x / 100)
     path = export_saved_model(model, tmp_path_factory.mktemp("exports"))
@@ -76,11 +78,11 @@ def draws_differ_when_served(model) -> bool:
 def expected_outputs(model, rows, codes, served=None):
     """What each signature should return; a Student-t model's draws are the served ones (`served`), if given."""
     qz = model.encode(rows)
-    px = model.decode(codes)
+    decoded_mean, decoded_stddev, _, _ = model.decoder_outputs(codes)
     reconstruct = {name: value.numpy() for name, value in model(rows).items()}
     return {"serving_default": reconstruct, "reconstruct": reconstruct,
             "encode": {"code_mean": qz.mean().numpy(), "code_scale_tril": qz.scale.to_dense().numpy()},
-            "decode": {"mean": px.mean().numpy(), "stddev": px.stddev().numpy()},
+            "decode": {"mean": decoded_mean.numpy(), "stddev": decoded_stddev.numpy()},
             "score": {name: value.numpy() for name, value in model.score(rows).items()},
             "sample": {"x": served.signatures["sample"](num_samples=tf.constant(3), seed=tf.constant(7))["x"].numpy()
                        if served and draws_differ_when_served(model) else model.sample(3, 7).numpy()}}

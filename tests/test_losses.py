@@ -111,3 +111,15 @@ def test_student_t_log_prob_is_the_closed_form(rng):
     scale, df = rng.uniform(0.2, 2.0, size=(4, 3)), rng.uniform(2.1, 40.0, size=(4, 3))
     expected = stats.t(df, loc, scale).logpdf(x).sum(axis=1)
     np.testing.assert_allclose(losses.student_t_log_prob(x, loc, scale, df).numpy(), expected, rtol=1e-10)
+
+
+def test_beta_nll_weighs_each_feature_by_its_variance_to_the_beta():
+    x, loc, scale = np.array([[1.0, -2.0]]), np.array([[0.5, 0.0]]), np.array([[2.0, 0.5]])
+    per_feature = -(0.5 * np.log(2 * np.pi) + np.log(scale) + 0.5 * ((x - loc) / scale) ** 2)
+    for beta in (0.0, 0.5, 1.0):
+        expected = (scale ** (2 * beta) * per_feature).sum(axis=-1)
+        np.testing.assert_allclose(losses.beta_nll_log_prob(x, loc, scale, beta).numpy(), expected, rtol=1e-12)
+    loc_variable = tf.Variable(loc)
+    with tf.GradientTape() as tape:  # beta = 1: the mean's gradient is squared error's, whatever sigma
+        value = losses.beta_nll_log_prob(x, loc_variable, scale, 1.0)
+    np.testing.assert_allclose(tape.gradient(value, loc_variable).numpy(), x - loc, rtol=1e-12)

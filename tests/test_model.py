@@ -230,7 +230,9 @@ def test_unknown_normalization_is_refused():
 @pytest.mark.parametrize("options", [
     {}, {"normalization": "whiten"}, {"hidden": ()}, {"posterior": "diagonal", "decoder_scale": "shared"},
     {"decoder_scale": "optimal", "normalization": "whiten"}, {"decoder_scale": "full"},
-    {"decoder_scale": "full", "normalization": "whiten"}, {"decoder_scale": "student_t"}], ids=str)
+    {"decoder_scale": "full", "normalization": "whiten"}, {"decoder_scale": "student_t"},
+    {"transform": "yeo_johnson"}, {"transform": "yeo_johnson", "normalization": "whiten", "decoder_scale": "full"}],
+    ids=str)
 def test_folded_call_gives_calls_outputs(mixed_scale_data, options):
     model = trained(mixed_scale_data, **options)
     expected, folded = model(mixed_scale_data), model.folded_call(mixed_scale_data)
@@ -252,6 +254,18 @@ def test_full_covariance_model_round_trips_through_a_keras_file(mixed_scale_data
     x = mixed_scale_data[:20]
     np.testing.assert_array_equal(loaded.elbo(x).numpy(), model.elbo(x).numpy())
     np.testing.assert_array_equal(loaded(x)["stddev"].numpy(), model(x)["stddev"].numpy())
+
+
+def test_beta_nll_trains_and_is_scored_by_the_likelihood(mixed_scale_data):
+    model = trained(mixed_scale_data, nll_beta=0.5)
+    x = tf.constant(mixed_scale_data[:64])
+    eps = model.draw_noise(64, step=-1)
+    weighted = model.loss_terms(x, eps, training=True)["reconstruction_loss"]
+    plain = model.loss_terms(x, eps)["reconstruction_loss"]
+    assert np.isfinite(plain.numpy()).all() and not np.allclose(weighted.numpy(), plain.numpy())
+    np.testing.assert_allclose(plain.numpy(), -model.log_weights(x, eps).log_px.numpy()[0], rtol=1e-6)
+    with pytest.raises(ValueError, match="nll_beta weighs a learned sigma"):
+        GaussianVAE(3, decoder_scale="full", nll_beta=0.5)
 
 
 def test_student_t_is_refused_with_whitening():

@@ -1,6 +1,7 @@
 """Choosing the model from the data: the rules, the candidates, and `train`'s choice by validation likelihood."""
 
 import csv
+import json
 import os
 
 import numpy as np
@@ -16,23 +17,48 @@ def test_sizes_are_rules_of_the_row_count():
     assert select.validation_fraction(100_000) == 0.1
     assert [select.width(n) for n in (50, 280, 500, 1000, 100_000)] == [16, 32, 64, 128, 128]
     assert select.code_size(3) == 3 and select.code_size(30) == 8
-    small = select.sized(Config(batch_size=64), 256)  # 4 steps an epoch
-    assert (small.epochs, small.kl_warmup_epochs, small.early_stopping_patience) == (5000, 125, 250)
+    small = select.sized(Config(batch_size=64), 256)  # 4 steps a pass, 12 passes an epoch
+    assert (small.passes_per_epoch, small.epochs, small.kl_warmup_epochs, small.early_stopping_patience) == (
+        12, 417, 11, 21)
     large = select.sized(Config(batch_size=64, epochs=7), 64_000)  # 1000 steps an epoch
-    assert (large.epochs, large.kl_warmup_epochs, large.early_stopping_patience) == (7, 1, 10)
+    assert (large.passes_per_epoch, large.epochs, large.kl_warmup_epochs, large.early_stopping_patience) == (
+        1, 7, 1, 10)
+    assert select.sized(Config(batch_size=64, epochs=7), 256).passes_per_epoch == 1  # the user's epochs
+
+
+def test_the_last_fit_trains_on_every_row_for_the_best_epochs():
+    candidate = select.sized(Config(batch_size=64, validation_split=0.2, select="none"), 256)
+    last = select.refit(candidate, [5.0, 3.0, float("nan"), 2.0, 2.5])
+    assert (last.validation_split, last.early_stopping_patience, last.epochs) == (0.0, 0, 11)  # the warm-up's 11
+    assert select.refit(candidate, [9.0] * 12 + [1.0] + [2.0] * 30).epochs == 13
 
 
 def test_candidates_span_the_open_settings_and_keep_the_given_ones():
     found = select.candidates(Config(input_size=5, validation_split=0.2), 400)
-    assert list(found) == ["whiten-linear-shared-k5", "standardize-64x64-learned-k5",
-                           "standardize-64x64-student_t-k5", "whiten-64x64-learned-k5", "whiten-64x64-full-k5"]
+    assert list(found) == ["whiten-linear-shared-k5", "yeo_johnson-whiten-linear-shared-k5",
+                           "standardize-64x64-learned-k5", "standardize-64x64-student_t-k5",
+                           "yeo_johnson-whiten-64x64-learned-k5", "yeo_johnson-whiten-64x64-full-k5"]
     assert all(c.select == "none" and c.early_stopping_patience and c.kl_warmup_epochs for c in found.values())
     assert "full" not in "".join(select.candidates(Config(input_size=40), 400))
     pinned = select.candidates(Config(input_size=5, normalization="standardize", hidden=(8,), code_size=3), 400)
-    assert list(pinned) == ["standardize-8-shared-k3", "standardize-8-learned-k3", "standardize-8-student_t-k3",
-                            "standardize-8-full-k3"]
+    assert list(pinned) == ["standardize-8-shared-k3", "yeo_johnson-standardize-8-shared-k3",
+                            "standardize-8-learned-k3", "standardize-8-student_t-k3",
+                            "yeo_johnson-standardize-8-learned-k3", "yeo_johnson-standardize-8-full-k3"]
+    untransformed = select.candidates(Config(input_size=5, transform="none"), 400)
+    assert all(c.transform == "none" for c in untransformed.values()) and len(untransformed) == 5
     heavy = select.candidates(Config(input_size=5, decoder_scale="student_t"), 400)
     assert list(heavy) == ["standardize-linear-student_t-k5", "standardize-64x64-student_t-k5"]
+
+
+def test_beta_nll_and_transforms_pin_the_likelihoods_they_need():
+    weighted = select.candidates(Config(input_size=5, nll_beta=0.5), 400)
+    assert list(weighted) == ["standardize-64x64-learned-k5", "yeo_johnson-whiten-64x64-learned-k5"]
+    with pytest.raises(TfpVaeError, match="nll_beta weighs a learned sigma"):
+        Config(decoder_scale="shared", nll_beta=0.5)
+    with pytest.raises(TfpVaeError, match="nll_beta must be in"):
+        Config(nll_beta=2.0)
+    with pytest.raises(TfpVaeError, match="needs a Gaussian decoder"):
+        Config(decoder_scale="student_t", transform="yeo_johnson")
 
 
 def test_multiworker_selection_and_selection_without_validation_rows_are_refused():
@@ -58,19 +84,28 @@ def test_train_keeps_the_candidate_with_the_best_validation_likelihood(chosen):
     run, x = chosen
     with open(run / "candidates.csv", newline="") as file:
         rows = list(csv.DictReader(file))
-    assert [row["name"] for row in rows] == ["whiten-8-shared-k4", "standardize-8-learned-k4",
-                                             "standardize-8-student_t-k4", "whiten-8-learned-k4", "whiten-8-full-k4"]
+    assert [row["name"] for row in rows] == ["whiten-8-shared-k4", "yeo_johnson-whiten-8-shared-k4",
+                                             "standardize-8-learned-k4", "standardize-8-student_t-k4",
+                                             "yeo_johnson-whiten-8-learned-k4", "yeo_johnson-whiten-8-full-k4"]
     scores = [float(row["validation_log_likelihood"]) for row in rows]
     assert [row["chosen"] for row in rows] == [str(score == max(scores)) for score in scores]
     best = rows[int(np.argmax(scores))]
     config, model = load_run(run)
-    assert (config.normalization, config.decoder_scale, config.select) == (best["normalization"],
-                                                                           best["decoder_scale"], "auto")
+    assert (config.normalization, config.transform, config.decoder_scale, config.select) == (
+        best["normalization"], best["transform"], best["decoder_scale"], "auto")
     assert all(os.path.exists(run / "candidates" / row["name"] / "model.keras") for row in rows)
+    _, candidate = load_run(run / "candidates" / best["name"])
     validation = x[in_validation(np.arange(len(x)), config.validation_split, 0)]
     assert int(best["validation_rows"]) == len(validation) and config.validation_split == 0.25
-    np.testing.assert_allclose(evaluate(model, validation, num_samples=100)["log_likelihood"],
+    np.testing.assert_allclose(evaluate(candidate, validation, num_samples=100)["log_likelihood"],
                                float(best["validation_log_likelihood"]), atol=0.05)
+    # The run's model is the candidate's last fit, on every row, for its best number of epochs.
+    last_fit, _ = load_run(run / "candidates" / "refit")
+    assert last_fit.validation_split == 0.0 and not last_fit.early_stopping_patience
+    history = json.loads((run / "history.json").read_text())
+    assert len(history["loss"]) == last_fit.epochs and "val_loss" not in history
+    np.testing.assert_array_equal(model.elbo(x[:20]).numpy(), load_run(run / "candidates" / "refit")[1].elbo(x[:20]))
+    assert (run / "thresholds.json").read_text() == (run / "candidates" / best["name"] / "thresholds.json").read_text()
 
 
 @pytest.mark.slow
@@ -103,3 +138,13 @@ def test_heavy_tailed_noise_favours_the_student_t_over_the_gaussian(rng, tmp_pat
     student_t = scores.pop("standardize-128x128-student_t-k4")
     assert student_t > scores["standardize-128x128-learned-k4"] + 0.05, (student_t, scores)
     assert student_t > scores["whiten-linear-shared-k4"] + 0.5, (student_t, scores)
+
+
+@pytest.mark.slow
+def test_skewed_columns_pick_a_transformed_model(rng, tmp_path):
+    """Log-normal columns driven by one factor: a model with the Yeo-Johnson transform wins on validation rows."""
+    factor = rng.normal(size=(2000, 1))
+    x = np.exp(factor @ [[1.0, 0.6, -0.8]] + 0.4 * rng.normal(size=(2000, 3))) * [1.0, 50.0, 3.0]
+    train(Config(seed=0, epochs=300), x.astype(np.float32), tmp_path / "run", verbose=0)
+    config, _ = load_run(tmp_path / "run")
+    assert config.transform == "yeo_johnson", config

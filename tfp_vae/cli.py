@@ -17,7 +17,7 @@ import warnings
 
 from tfp_vae import __version__
 from tfp_vae.config import (DECODER_SCALES, DEFAULTS, MAX_SEED, MAX_VERSION, MODELS, NORMALIZATIONS, POSTERIORS,
-                            SELECTS, STRATEGIES, Config)
+                            SELECTS, STRATEGIES, TRANSFORMS, Config)
 from tfp_vae.errors import TfpVaeError
 from tfp_vae.files import give_usual_permissions
 from tfp_vae.quiet import start_tensorflow_quietly
@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--select", choices=SELECTS, default=DEFAULTS.select,
                        help="auto: fit a few candidates and keep the best by validation log-likelihood "
                             "(candidates.csv in RUN_DIR); none: train exactly what the flags say. Each of "
-                            "--normalization, --decoder-scale, --code-size and --hidden given pins that choice")
+                            "--normalization, --transform, --decoder-scale, --code-size and --hidden given pins that "
+                            "choice")
     train.add_argument("--code-size", type=int, metavar="K", help="default: chosen from the data (--select none: 2)")
     train.add_argument("--hidden", type=_widths,
                        help="hidden widths, e.g. 64,64, or '' for a linear model (gaussian; default: chosen from "
@@ -125,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--normalization", choices=NORMALIZATIONS,
                        help="whiten: also decorrelate the features, so the decoder's noise is correlated in raw "
                             "units (gaussian; default: chosen from the data; --select none: standardize)")
+    train.add_argument("--transform", choices=TRANSFORMS,
+                       help="yeo_johnson: a learned power transform of each feature before the normalisation, for "
+                            "skewed columns (gaussian, not student_t; default: chosen from the data; --select none: "
+                            "none)")
+    train.add_argument("--nll-beta", type=float, metavar="B", default=DEFAULTS.nll_beta,
+                       help="train a learned sigma(z) by beta-NLL (Seitzer et al. 2022): each feature's term "
+                            "weighted by sigma^(2B), so noisy features still get their means fitted; 0 is the "
+                            "likelihood, 0.5 the paper's choice (pins --decoder-scale learned)")
     train.add_argument("--kl-weight", type=float, metavar="W", help="default 1 (gaussian), 1e-4 (question)")
     train.add_argument("--kl-warmup-epochs", type=int, metavar="N",
                        help="raise the KL weight linearly over the first N epochs; early stopping waits for them "
@@ -252,8 +261,8 @@ def standard_json(value):
 def _config(args, feature_names=None) -> Config:
     """The run settings the train command's flags give (checked as it is built)."""
     return Config(model=args.model, code_size=args.code_size, hidden=args.hidden, posterior=args.posterior,
-                  decoder_scale=args.decoder_scale, normalization=args.normalization,
-                  kl_weight=args.kl_weight, kl_warmup_epochs=args.kl_warmup_epochs,
+                  decoder_scale=args.decoder_scale, normalization=args.normalization, transform=args.transform,
+                  nll_beta=args.nll_beta, kl_weight=args.kl_weight, kl_warmup_epochs=args.kl_warmup_epochs,
                   early_stopping_patience=args.early_stopping_patience, epochs=args.epochs,
                   batch_size=args.batch_size, learning_rate=args.learning_rate,
                   validation_split=args.validation_split, seed=args.seed, strategy=args.strategy,

@@ -15,6 +15,8 @@ POSTERIORS = ("full", "diagonal")
 NORMALIZATIONS = ("standardize", "whiten")
 # The decoder likelihoods of `GaussianVAE` by name (`tfp_vae.likelihoods.LIKELIHOODS`).
 DECODER_SCALES = ("learned", "shared", "optimal", "fixed", "full", "student_t")
+# Per-feature transforms before the normaliser (`tfp_vae.transforms.TRANSFORMS`).
+TRANSFORMS = ("none", "yeo_johnson")
 STRATEGIES = ("default", "mirrored", "multiworker")
 SELECTS = ("auto", "none")
 DEFAULT_KL_WEIGHT = {"gaussian": 1.0, "question": 1e-4}
@@ -22,13 +24,21 @@ MAX_SEED = 2**31 - 1  # seeds reach TensorFlow's stateless random ops as int32
 MAX_VERSION = 2**63 - 1  # TF Serving reads an export's version folder name as an int64
 # What `select="none"` trains where a setting is left open (None): tfp_vae 0.1's fixed defaults.
 FIXED_DEFAULTS = {"code_size": 2, "hidden": (64, 64), "normalization": "standardize", "decoder_scale": "learned",
-                  "kl_warmup_epochs": 0, "early_stopping_patience": 0, "epochs": 100, "validation_split": 0.1}
+                  "transform": "none",
+                  "kl_warmup_epochs": 0, "early_stopping_patience": 0, "epochs": 100, "validation_split": 0.1,
+                  "passes_per_epoch": 1}
 
 
-def incompatibility(normalization: str | None, decoder_scale: str | None) -> str | None:
-    """Why a normalisation and a decoder likelihood cannot go together, or None if they can."""
+def incompatibility(normalization: str | None, decoder_scale: str | None, transform: str | None = None,
+                    nll_beta: float = 0.0) -> str | None:
+    """Why a normalisation, a decoder likelihood, a transform and beta-NLL cannot go together, or None if they can."""
     if normalization == "whiten" and decoder_scale == "student_t":
         return "decoder_scale='student_t' works in standardised units: normalization='standardize'"
+    if transform == "yeo_johnson" and decoder_scale == "student_t":
+        return ("transform='yeo_johnson' needs a Gaussian decoder (its raw means are Gaussian integrals): "
+                "not decoder_scale='student_t'")
+    if nll_beta and decoder_scale not in (None, "learned"):
+        return f"nll_beta weighs a learned sigma(z): decoder_scale='learned', not {decoder_scale!r}"
     return None
 
 
@@ -37,10 +47,10 @@ class Config:
     """What `tfp_vae.train` needs besides the data.
 
     A setting left at None is open: with `select="auto"` (the default) the
-    architecture's open settings (`normalization`, `decoder_scale`, `code_size`,
-    `hidden`) are chosen among candidates by their validation log-likelihood, and
-    the schedule's (`epochs`, `kl_warmup_epochs`, `early_stopping_patience`,
-    `validation_split`) are sized to the number of rows (`tfp_vae.select`); with
+    architecture's open settings (`normalization`, `transform`, `decoder_scale`,
+    `code_size`, `hidden`) are chosen among candidates by their validation log-likelihood, and
+    the schedule's (`epochs`, `passes_per_epoch`, `kl_warmup_epochs`,
+    `early_stopping_patience`, `validation_split`) are sized to the number of rows (`tfp_vae.select`); with
     `select="none"` they take `FIXED_DEFAULTS`, and exactly that model is trained.
     A value given pins it. `kl_weight=None` takes the model's default.
 
@@ -49,7 +59,10 @@ class Config:
     `early_stopping_patience` > 0 stops when the validation loss has not improved
     for that many epochs and keeps the best epoch's weights; it starts watching
     after the `kl_warmup_epochs`, and the validation loss always weighs the KL at
-    `kl_weight`, so epochs inside and after a warm-up compare.
+    `kl_weight`, so epochs inside and after a warm-up compare. An epoch passes
+    over the training rows `passes_per_epoch` times. `nll_beta` > 0
+    trains a learned sigma(z) by beta-NLL (`tfp_vae.losses.beta_nll_log_prob`);
+    validation losses and every reported figure stay the log-likelihood.
     """
 
     model: str = "gaussian"
@@ -58,10 +71,13 @@ class Config:
     posterior: str = "full"
     normalization: str | None = None
     decoder_scale: str | None = None
+    transform: str | None = None
     kl_weight: float | None = None
+    nll_beta: float = 0.0
     kl_warmup_epochs: int | None = None
     early_stopping_patience: int | None = None
     epochs: int | None = None
+    passes_per_epoch: int | None = None
     batch_size: int = 64
     learning_rate: float = 1e-3
     validation_split: float | None = None
@@ -76,19 +92,21 @@ class Config:
         if self.hidden is not None:
             self.hidden = tuple(int(width) for width in self.hidden)
         for name, choices in (("model", MODELS), ("posterior", POSTERIORS), ("normalization", NORMALIZATIONS),
-                              ("decoder_scale", DECODER_SCALES), ("strategy", STRATEGIES), ("select", SELECTS)):
+                              ("decoder_scale", DECODER_SCALES), ("transform", TRANSFORMS), ("strategy", STRATEGIES), ("select", SELECTS)):
             value = getattr(self, name)
             if value not in choices and not (value is None and name in FIXED_DEFAULTS):
                 raise TfpVaeError(f"{name} must be one of {choices}, got {value!r}")
-        conflict = incompatibility(self.normalization, self.decoder_scale)
+        conflict = incompatibility(self.normalization, self.decoder_scale, self.transform, self.nll_beta)
         if conflict:
             raise TfpVaeError(conflict)
         if self.model == "question" and self.normalization not in (None, "standardize"):
             raise TfpVaeError("the question's model works in raw units: normalization applies to the gaussian model")
+        if self.model == "question" and self.transform not in (None, "none"):
+            raise TfpVaeError("the question's model works in raw units: transform applies to the gaussian model")
         if self.kl_weight is None:
             self.kl_weight = DEFAULT_KL_WEIGHT[self.model]
-        for name, least in (("code_size", 1), ("epochs", 1), ("batch_size", 1), ("kl_warmup_epochs", 0),
-                            ("early_stopping_patience", 0)):
+        for name, least in (("code_size", 1), ("epochs", 1), ("passes_per_epoch", 1), ("batch_size", 1),
+                            ("kl_warmup_epochs", 0), ("early_stopping_patience", 0)):
             if getattr(self, name) is not None and getattr(self, name) < least:
                 raise TfpVaeError(f"{name} must be at least {least}, got {getattr(self, name)}")
         if self.hidden is not None and any(width < 1 for width in self.hidden):
@@ -102,6 +120,11 @@ class Config:
             raise TfpVaeError(f"validation_split must be in [0, 1), got {self.validation_split}")
         if not 0 < self.learning_rate < math.inf:
             raise TfpVaeError(f"learning_rate must be positive and finite, got {self.learning_rate}")
+        if not 0.0 <= self.nll_beta <= 1.0:
+            raise TfpVaeError(f"nll_beta must be in [0, 1] (0: the likelihood; 0.5: beta-NLL's usual), "
+                              f"got {self.nll_beta}")
+        if self.model == "question" and self.nll_beta:
+            raise TfpVaeError("the question's model has no learned sigma: nll_beta applies to the gaussian model")
         if not 0 <= self.kl_weight < math.inf:
             raise TfpVaeError(f"kl_weight must be finite and not negative (1 gives the ELBO), got {self.kl_weight}")
         if self.early_stopping_patience and self.validation_split == 0:

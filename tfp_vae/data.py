@@ -40,6 +40,17 @@ def batches(data, source: str = "input", batch_size: int = 4096) -> Iterator[tup
         yield start, np.asarray(array[start:start + batch_size], np.float64)
 
 
+def first_rows(data, limit: int, source: str = "input") -> np.ndarray:
+    """Up to `limit` float64 rows from the start of an array or a `tf.data.Dataset`."""
+    rows, count = [], 0
+    for _, block in batches(data, source):
+        rows.append(block[:limit - count])
+        count += len(rows[-1])
+        if count >= limit:
+            break
+    return np.concatenate(rows)
+
+
 def require_2d(array: np.ndarray, source: str) -> np.ndarray:
     """`array`, if it is 2-d [rows, features]; else a `DataError` naming its shape."""
     if array.ndim != 2:

@@ -79,8 +79,8 @@ class ServingModule(tf.Module):
             return {"code_mean": qz.mean(), "code_scale_tril": qz.scale.to_dense()}
 
         def decode(z):
-            px = model.decode(checked(z, k))
-            return {"mean": px.mean(), "stddev": px.stddev()}
+            mean, stddev, _, _ = model.decoder_outputs(checked(z, k))
+            return {"mean": mean, "stddev": stddev}
 
         def score(x):
             return model.score(checked(x, d))

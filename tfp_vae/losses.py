@@ -37,6 +37,19 @@ def gaussian_log_prob(x: tf.Tensor, loc: tf.Tensor, scale: tf.Tensor) -> tf.Tens
     return -tf.reduce_sum(0.5 * LOG_2PI + tf.math.log(scale) + 0.5 * tf.square(z), axis=-1)
 
 
+def beta_nll_log_prob(x: tf.Tensor, loc: tf.Tensor, scale: tf.Tensor, beta: float) -> tf.Tensor:
+    """beta-NLL's training objective (Seitzer et al. 2022) as a log-probability, over the last axis.
+
+    Each feature's Gaussian log-density weighted by `stop_gradient(scale^(2 beta))`:
+    beta = 0 is the log-likelihood, beta = 1 moves the mean as squared error would,
+    so features the decoder finds noisy still get their means fitted. A training
+    objective, not a log-density.
+    """
+    z = (x - loc) / scale
+    per_feature = -(0.5 * LOG_2PI + tf.math.log(scale) + 0.5 * tf.square(z))
+    return tf.reduce_sum(tf.stop_gradient(scale ** (2.0 * beta)) * per_feature, axis=-1)
+
+
 def gaussian_log_prob_tril(x: tf.Tensor, loc: tf.Tensor, scale_tril: tf.Tensor) -> tf.Tensor:
     """log N(x; loc, S S^T) over the last axis for a lower-triangular S [..., D, D] with positive diagonal.
 

@@ -4,13 +4,14 @@ r"""Variational autoencoders for real-valued data, as Keras models.
 give the decoder a likelihood and let the evidence lower bound weigh the terms.
 
     u          = (x - mean) / scale                 standardised inside the graph
-                 (normalization="whiten": C^(-1/2) (x - mean) / scale, C the correlation matrix)
+                 (normalization="whiten": C^(-1/2) (x - mean) / scale, C the correlation matrix;
+                  transform="yeo_johnson": of t = T(x), a learned power transform of each feature)
     q(z|x)     = N(m(u), L(u) L(u)^T)               tfp.layers.MultivariateNormalTriL
     z          = m + L eps,  eps ~ N(0, I)          reparameterised
     p(u|z)     = N(mu(z), diag(sigma(z)^2))         tfp.layers.IndependentNormal, sigma >= min_scale
                  (decoder_scale="full": N(mu(z), S(z) S(z)^T), tfp.layers.MultivariateNormalTriL)
     distortion = -log p(x|z) = -log p(u|z) + sum_d log scale_d    (a density of the raw data;
-                                              whitened: + 0.5 log det C)
+                                              whitened: + 0.5 log det C; transformed: - sum_d log T_d'(x_d))
     rate       = KL(q(z|x) || N(0, I))              analytic
     loss       = distortion + beta * rate           (-ELBO at beta = 1)
 
@@ -34,10 +35,11 @@ import tensorflow_probability as tfp
 from tfp_vae import heads, losses, saving
 from tfp_vae._keras import serializable, tf_keras
 from tfp_vae.config import incompatibility
-from tfp_vae.data import RunningMoments, check_block, features_of, moments, require_2d
+from tfp_vae.data import RunningMoments, check_block, features_of, first_rows, moments, require_2d
 from tfp_vae.errors import DataError, TfpVaeError
 from tfp_vae.likelihoods import make_likelihood
 from tfp_vae.normalization import NORMALIZERS, constant_columns, tiny_columns
+from tfp_vae.transforms import FIT_ROWS, TRANSFORMS
 
 tfd = tfp.distributions
 
@@ -108,25 +110,22 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
     def to_model_units(self, x):
         return x
 
-    def log_det_jacobian(self):
-        """sum_d log(d model unit / d raw unit)^-1: 0 when the model works in raw units."""
+    def log_jacobian(self, x):
+        """log |det du/dx| of rows x, model units u over raw: 0 when the model works in raw units."""
         return tf.constant(0.0)
 
-    def raw_mean(self, loc):
-        """The decoder's mean in raw units."""
+    def raw_center(self, loc):
+        """The decoder's centre in raw units, which the `mse` metric measures from: its mean or, transformed, median."""
         return loc
 
-    def raw_stddev(self, scale):
-        """Each feature's standard deviation in raw units."""
-        return scale
+    def raw_outputs(self, loc, scale):
+        """Each feature's `(mean, stddev, lower, upper)` of p(x|z) in raw units; `lower`-`upper` is the central `INTERVAL`."""
+        half_width = tf.math.ndtri(0.5 + 0.5 * INTERVAL) * scale
+        return loc, scale, loc - half_width, loc + half_width
 
     def raw_distribution(self, loc, scale):
         """p(x|z) over raw rows, from the decoder's parameters in model units."""
         return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
-
-    def half_width(self, scale):
-        """Half the central `INTERVAL` of each feature of p(x|z), in raw units."""
-        return tf.math.ndtri(0.5 + 0.5 * INTERVAL) * scale
 
     def decoder_log_prob(self, u, loc, scale, training: bool = False):
         """log p(u|z) per row in model units (`training`: as a training step scores it)."""
@@ -154,7 +153,12 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         """Whether `set_statistics` needs the training rows' covariance."""
         return False
 
-    def set_statistics(self, stats: RunningMoments) -> "VariationalAutoencoder":
+    @property
+    def needs_rows(self) -> bool:
+        """Whether `set_statistics` needs training rows (to fit a transform), besides their moments."""
+        return False
+
+    def set_statistics(self, stats: RunningMoments, rows=None) -> "VariationalAutoencoder":
         """Takes what it needs from the training rows' moments: nothing, unless it normalises."""
         return self
 
@@ -177,7 +181,7 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         qz, rate, log_scale = self.posterior_terms(u)
         z = reparameterize(qz, eps)
         loc, scale = self.decoder_params(z)
-        log_px = self.decoder_log_prob(u, loc, scale, training) - self.log_det_jacobian()
+        log_px = self.decoder_log_prob(u, loc, scale, training) + self.log_jacobian(x)
         log_qz = losses.standard_normal_log_prob(eps) - tf.reduce_sum(log_scale, axis=-1)
         return LogWeights(log_px, losses.standard_normal_log_prob(z), log_qz, rate, loc)
 
@@ -311,8 +315,7 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         `lower` and `upper` bound the central 95% (`INTERVAL`) of each feature of p(x|z) at that code.
         """
         code_mean = self.posterior_mean(self.to_model_units(tf.convert_to_tensor(x, tf.float32)))
-        loc, scale = self.decoder_params(code_mean)
-        return reconstruction(code_mean, self.raw_mean(loc), self.raw_stddev(scale), self.half_width(scale))
+        return reconstruction(code_mean, *self.raw_outputs(*self.decoder_params(code_mean)))
 
     def folded_call(self, x):
         """`call`'s outputs from a graph with fewer ops once the weights are constants (the export's)."""
@@ -324,8 +327,16 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         return self.posterior(self.to_model_units(tf.convert_to_tensor(x, tf.float32)))
 
     def decode(self, z):
-        """p(x|z) in raw units, a distribution over rows of data."""
+        """p(x|z) in raw units, a distribution over rows of data.
+
+        Under a transform (`transform="yeo_johnson"`) it has no closed-form mean:
+        `decoder_outputs` gives its moments.
+        """
         return self.raw_distribution(*self.decoder_params(tf.convert_to_tensor(z, tf.float32)))
+
+    def decoder_outputs(self, z):
+        """`(mean, stddev, lower, upper)` of each feature of p(x|z) in raw units, for codes `z` [B, K]."""
+        return self.raw_outputs(*self.decoder_params(tf.convert_to_tensor(z, tf.float32)))
 
     def score(self, x, num_samples: int = SCORE_SAMPLES) -> dict:
         """Per-example `elbo`, `reconstruction_log_prob` and `kl` in nats of the raw data.
@@ -377,6 +388,12 @@ class GaussianVAE(VariationalAutoencoder):
         independent in model units, is then correlated in raw units, which suits
         strongly correlated features (breast cancer's radius, perimeter and area).
       seed: fixes the initial weights and the noise of every step.
+      transform: `"none"`, or `"yeo_johnson"`: a learned Yeo-Johnson power
+        transform of each feature before the normalisation
+        (`tfp_vae.transforms`), for skewed columns; the likelihood stays a
+        density of the raw numbers through its log-Jacobian.
+      nll_beta: > 0 trains a learned sigma(z) by beta-NLL
+        (`tfp_vae.losses.beta_nll_log_prob`); scores stay the log-likelihood.
 
     #### Example
 
@@ -399,14 +416,16 @@ class GaussianVAE(VariationalAutoencoder):
     def __init__(self, input_size: int, code_size: int = 2, hidden=(64, 64), posterior: str = "full",
                  decoder_scale: str = "learned", kl_weight: float = 1.0, fixed_scale: float = 1.0,
                  min_scale: float = 1e-3, activation: str = "leaky_relu", normalization: str = "standardize",
-                 seed=None, **kwargs):
+                 seed=None, transform: str = "none", nll_beta: float = 0.0, **kwargs):
         super().__init__(input_size, code_size, kl_weight, seed, **kwargs)
-        if incompatibility(normalization, decoder_scale):
-            raise TfpVaeError(incompatibility(normalization, decoder_scale))
+        if incompatibility(normalization, decoder_scale, transform, nll_beta):
+            raise TfpVaeError(incompatibility(normalization, decoder_scale, transform, nll_beta))
         if posterior not in heads.POSTERIOR_HEADS:
             raise ValueError(f"posterior must be one of {tuple(heads.POSTERIOR_HEADS)}, got {posterior!r}")
         if normalization not in NORMALIZERS:
             raise ValueError(f"normalization must be one of {tuple(NORMALIZERS)}, got {normalization!r}")
+        if transform not in TRANSFORMS:
+            raise ValueError(f"transform must be one of {tuple(TRANSFORMS)}, got {transform!r}")
         self.hidden = tuple(int(width) for width in hidden)
         self.posterior_kind = posterior
         self.decoder_scale = decoder_scale
@@ -414,7 +433,10 @@ class GaussianVAE(VariationalAutoencoder):
         self.min_scale = float(min_scale)
         self.activation = activation
         self.normalization = normalization
+        self.transform = transform
+        self.nll_beta = float(nll_beta)
 
+        self.marginals = TRANSFORMS[transform](self.input_size, name="marginals")
         self.normalizer = NORMALIZERS[normalization](self.input_size, name="normalizer")
         head = heads.POSTERIOR_HEADS[posterior]
         self.encoder_mlp = heads.MLP(self.hidden, activation, seed, name="encoder_mlp")
@@ -434,7 +456,8 @@ class GaussianVAE(VariationalAutoencoder):
                 "posterior": self.posterior_kind, "decoder_scale": self.decoder_scale,
                 "kl_weight": self.kl_weight, "fixed_scale": self.fixed_scale,
                 "min_scale": self.min_scale, "activation": self.activation,
-                "normalization": self.normalization, "seed": self.seed,
+                "normalization": self.normalization, "seed": self.seed, "transform": self.transform,
+                "nll_beta": self.nll_beta,
                 "name": self.name}
 
     @property
@@ -451,18 +474,33 @@ class GaussianVAE(VariationalAutoencoder):
     def needs_covariance(self) -> bool:
         return self.normalizer.needs_covariance
 
-    def adapt(self, data) -> "GaussianVAE":
-        """Fits the normalisation to `data` (array or dataset) in one streaming pass."""
-        return self.set_statistics(moments(data, self.input_size, source="x", covariance=self.needs_covariance))
+    @property
+    def needs_rows(self) -> bool:
+        return self.marginals.needs_rows
 
-    def set_statistics(self, stats: RunningMoments) -> "GaussianVAE":
-        """Sets the normalisation from moments (with their covariance to whiten), warning about constant columns."""
+    def adapt(self, data) -> "GaussianVAE":
+        """Fits the normalisation (and transform) to `data` (array or dataset) in one streaming pass."""
+        stats = moments(data, self.input_size, source="x", covariance=self.needs_covariance)
+        return self.set_statistics(stats, first_rows(data, FIT_ROWS, "x") if self.needs_rows else None)
+
+    def set_statistics(self, stats: RunningMoments, rows=None) -> "GaussianVAE":
+        """Sets the normalisation from moments (with their covariance to whiten), warning about constant columns.
+
+        A transform (`transform="yeo_johnson"`) is fitted on `rows`, training rows
+        (up to `FIT_ROWS` of them), and the normaliser then takes its moments from
+        the transformed rows.
+        """
         constant, tiny = constant_columns(stats.mean, stats.stddev), tiny_columns(stats.mean, stats.stddev)
         if constant.size:
             warnings.warn(f"constant column(s) {constant.tolist()}: their scale is floored", stacklevel=3)
         if tiny.size:
             warnings.warn(f"column(s) {tiny.tolist()} vary by less than float32's smallest normal number "
                           "(1.2e-38): multiply them by a large power of ten first", stacklevel=3)
+        if self.needs_rows:
+            if rows is None:
+                raise TfpVaeError(f"transform={self.transform!r} is fitted on training rows: pass rows=[N, D]")
+            self.marginals.fit(stats.mean, stats.stddev, rows)
+            stats = moments(self.marginals(np.asarray(rows, np.float32)).numpy(), covariance=self.needs_covariance)
         self.normalizer.set_moments(stats.mean, stats.stddev, stats.count, stats.covariance)
         return self
 
@@ -487,26 +525,30 @@ class GaussianVAE(VariationalAutoencoder):
         return self.likelihood.chunk_width(self.input_size)
 
     def to_model_units(self, x):
-        return self.normalizer(x)
+        return self.normalizer(self.marginals(x))
 
-    def log_det_jacobian(self):
-        return self.normalizer.log_det_jacobian()
+    def log_jacobian(self, x):
+        return self.marginals.log_jacobian(x) - self.normalizer.log_det_jacobian()
 
-    def raw_mean(self, loc):
-        return self.normalizer.inverse(loc)
+    def raw_center(self, loc):
+        return self.marginals.inverse(self.normalizer.inverse(loc))
 
-    def raw_stddev(self, scale):
-        return self.likelihood.raw_stddev(self.normalizer, scale)
+    def raw_outputs(self, loc, scale):
+        return self.transformed_outputs(self.normalizer.inverse(loc), scale)
+
+    def transformed_outputs(self, transformed_mean, scale):
+        """`raw_outputs` from the decoder's mean in transformed units (before the normaliser) and its scale."""
+        return self.marginals.raw_outputs(transformed_mean, self.likelihood.raw_stddev(self.normalizer, scale),
+                                          self.likelihood.half_width(self.normalizer, scale, INTERVAL))
 
     def raw_distribution(self, loc, scale):
-        return self.likelihood.raw_distribution(self.normalizer, loc, scale)
-
-    def half_width(self, scale):
-        return self.likelihood.half_width(self.normalizer, scale, INTERVAL)
+        return self.marginals.raw_distribution(self.likelihood.raw_distribution(self.normalizer, loc, scale))
 
     def decoder_log_prob(self, u, loc, scale, training: bool = False):
         if training:
             scale = self.likelihood.training_scale(u, loc, scale)
+            if self.nll_beta:
+                return losses.beta_nll_log_prob(u, loc, scale, self.nll_beta)
         return self.likelihood.log_prob(u, loc, scale)
 
     def posterior(self, u):
@@ -529,9 +571,8 @@ class GaussianVAE(VariationalAutoencoder):
                           params.kernel[:, :self.code_size], params.bias[:self.code_size])
         hidden = self.decoder_mlp(code_mean)
         scale = self.likelihood.scale(self.likelihood(hidden))
-        return reconstruction(
-            code_mean, dense(hidden, *self.normalizer.fold_output(self.decoder_loc.kernel, self.decoder_loc.bias)),
-            self.raw_stddev(scale), self.half_width(scale))
+        transformed_mean = dense(hidden, *self.normalizer.fold_output(self.decoder_loc.kernel, self.decoder_loc.bias))
+        return reconstruction(code_mean, *self.transformed_outputs(transformed_mean, scale))
 
     def decoder_params(self, z):
         hidden = self.decoder_mlp(z)
@@ -542,7 +583,7 @@ class GaussianVAE(VariationalAutoencoder):
         distortion = -tf.reduce_mean(weights.log_px, axis=0)
         return {"loss": losses.beta_loss(distortion, weights.rate, self.kl_weight_now(training)),
                 "reconstruction_loss": distortion, "kl_loss": weights.rate,
-                "mse": tf.reduce_mean(tf.square(x - self.raw_mean(weights.loc)), axis=[0, -1])}
+                "mse": tf.reduce_mean(tf.square(x - self.raw_center(weights.loc)), axis=[0, -1])}
 
 
 def refuse_keras_3(objects, argument: str) -> None:
@@ -556,10 +597,9 @@ def refuse_keras_3(objects, argument: str) -> None:
                               f"{type(item).__name__})")
 
 
-def reconstruction(code_mean, mean, stddev, half_width) -> dict:
+def reconstruction(code_mean, mean, stddev, lower, upper) -> dict:
     """`call`'s outputs: the code, and each feature's mean, standard deviation and central interval."""
-    return {"code_mean": code_mean, "mean": mean, "stddev": stddev, "lower": mean - half_width,
-            "upper": mean + half_width}
+    return {"code_mean": code_mean, "mean": mean, "stddev": stddev, "lower": lower, "upper": upper}
 
 
 def dense(x, kernel, bias):

@@ -38,12 +38,13 @@ def in_validation(row_index, fraction: float, seed: int):
 
 @dataclass
 class Scan:
-    """What one pass over the data found: statistics of the training rows, and counts."""
+    """What one pass over the data found: statistics of the training rows, counts, and the first training rows kept."""
 
     train_moments: RunningMoments
     train_rows: int
     validation_rows: int
     dropped_rows: int
+    train_sample: np.ndarray | None = None
 
 
 class ArraySource:
@@ -145,35 +146,42 @@ def as_source(data):
     return data if isinstance(data, (ArraySource, CsvSource)) else ArraySource(data)
 
 
-def scan(source, validation_fraction: float, seed: int, covariance: bool = False) -> Scan:
-    """One validating pass: float64 moments of the training rows, and how many rows each side."""
+def scan(source, validation_fraction: float, seed: int, covariance: bool = False, keep_rows: int = 0) -> Scan:
+    """One validating pass: float64 moments of the training rows, how many rows each side, and the first `keep_rows`."""
     moments, train_rows, validation_rows, dropped = RunningMoments(covariance), 0, 0, 0
+    kept = []
     for values, row_index, dropped_here in source.blocks():
         held_out = in_validation(row_index, validation_fraction, seed)
         moments.update(values[~held_out])
+        if train_rows < keep_rows:
+            kept.append(values[~held_out][:keep_rows - train_rows])
         train_rows += int((~held_out).sum())
         validation_rows += int(held_out.sum())
         dropped += dropped_here
-    return Scan(moments, train_rows, validation_rows, dropped)
+    return Scan(moments, train_rows, validation_rows, dropped, np.concatenate(kept) if kept else None)
 
 
 def dataset(source, subset: str, batch_size: int, validation_fraction: float = 0.0, seed: int = 0,
-            shuffle: bool = False, row_count: int | None = None) -> tf.data.Dataset:
+            shuffle: bool = False, row_count: int | None = None, passes: int = 1) -> tf.data.Dataset:
     """Batches of float32 rows of `subset` ("train", "validation" or "all"), streamed from `source`.
 
     `row_count`, the subset's size when a scan has counted it, lets Keras know the
-    number of batches, which running several steps per call needs.
+    number of batches, which running several steps per call needs. `passes`
+    repeats the rows (each pass shuffled anew), so that an epoch of a small table
+    is long enough to outweigh its fixed cost.
     """
     if subset not in SUBSETS:
         raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
     rows = source.rows(subset, validation_fraction, seed)
     if shuffle:
         rows = rows.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+    if passes > 1:
+        rows = rows.repeat(passes)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     batches = rows.batch(batch_size)
     if row_count is not None:
-        batches = batches.apply(tf.data.experimental.assert_cardinality(math.ceil(row_count / batch_size)))
+        batches = batches.apply(tf.data.experimental.assert_cardinality(math.ceil(row_count * passes / batch_size)))
     return batches.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 

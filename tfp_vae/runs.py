@@ -32,8 +32,9 @@ CANDIDATES = "candidates"
 THRESHOLDS_JSON = "thresholds.json"
 THRESHOLD_QUANTILES = (0.001, 0.01, 0.05)
 CANDIDATES_CSV = "candidates.csv"
-CANDIDATE_SETTINGS = ("normalization", "decoder_scale", "hidden", "code_size", "epochs", "kl_warmup_epochs",
-                      "early_stopping_patience")
+REFIT = "refit"  # the chosen candidate's last fit, on training and validation rows together
+CANDIDATE_SETTINGS = ("normalization", "transform", "decoder_scale", "hidden", "code_size", "epochs",
+                      "passes_per_epoch", "kl_warmup_epochs", "early_stopping_patience")
 
 
 def save_config(config: Config, run_dir: str) -> None:
@@ -131,21 +132,27 @@ def _cell(value) -> str:
         return str(value)
 
 
-def adopt_candidate(run_dir: str, name: str, table: list[dict]) -> None:
-    """Writes candidates.csv, and makes the chosen candidate's model, history, logs and config the run's own."""
+def adopt_candidate(run_dir: str, name: str, table: list[dict], refitted: bool = False) -> None:
+    """Writes candidates.csv, and makes the chosen candidate's model, history, logs and config the run's own.
+
+    `refitted`: the model, history and logs come from its last fit on every row
+    (`candidates/refit`); the config (with the validation split selection used)
+    and the anomaly thresholds stay the candidate's, which held the validation rows out.
+    """
     with open(os.path.join(run_dir, CANDIDATES_CSV), "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(table[0]))
         writer.writeheader()
         writer.writerows(table)
-    chosen = os.path.join(run_dir, CANDIDATES, name)
+    candidate = os.path.join(run_dir, CANDIDATES, name)
+    chosen = os.path.join(run_dir, CANDIDATES, REFIT) if refitted else candidate
     for entry in (HISTORY_CSV, HISTORY_JSON, LOGS, THRESHOLDS_JSON):
-        source, target = os.path.join(chosen, entry), os.path.join(run_dir, entry)
+        source, target = os.path.join(candidate if entry == THRESHOLDS_JSON else chosen, entry), os.path.join(run_dir, entry)
         if os.path.isdir(source):
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(source, target)
         elif os.path.exists(source):
             shutil.copyfile(source, target)
-    config = dataclasses.replace(load_config(chosen), select="auto")
+    config = dataclasses.replace(load_config(candidate), select="auto")
     save_config(config, run_dir)
     staging = os.path.join(run_dir, ".staging-" + MODEL_FILE)
     shutil.copyfile(os.path.join(chosen, MODEL_FILE), staging)

@@ -12,11 +12,17 @@ The candidates span the normalisation, the decoder's likelihood and the network:
   ignoring the code it is exactly the full-covariance Gaussian of the training
   rows (whitening's covariance times sigma^2 = 1), so the choice can always fall
   back to the classical model; a linear code makes it probabilistic PCA around it;
-- a network with learned sigma(z), standardised and whitened;
+- the same floor after a learned Yeo-Johnson transform of each feature
+  (`tfp_vae.transforms`), which starts as the Gaussian of the Yeo-Johnson
+  transformed rows (the classical model for skewed columns) and learns the
+  transform and the dependence together;
+- a standardised network with learned sigma(z);
 - a standardised network whose decoder is a Student-t with learned degrees of
   freedom per feature: heavy tails, and robustness to outliers;
-- whitened with a full-covariance decoder S(z) S(z)^T, where the features are few
-  enough for its D (D + 1) / 2 outputs (`FULL_COVARIANCE_MAX_FEATURES`).
+- after the Yeo-Johnson transform, whitened: a network with learned sigma(z), and
+  one with a full-covariance decoder S(z) S(z)^T where the features are few enough
+  for its D (D + 1) / 2 outputs (`FULL_COVARIANCE_MAX_FEATURES`). The transform
+  contains the identity (lam = 1), so these do not give up the untransformed models.
 
 A setting the user gives pins that dimension in every candidate. The sizes below
 are rules of the data's shape, chosen before looking at any held-out figure:
@@ -39,6 +45,7 @@ ROWS_PER_UNIT = 8
 WIDTHS = (16, 128)
 WARMUP_STEPS, PATIENCE_STEPS, MAX_STEPS = 500, 1_000, 20_000
 MIN_PATIENCE_EPOCHS = 10
+MIN_EPOCH_STEPS = 50
 MIN_VALIDATION_ROWS = 100
 VALIDATION_FRACTIONS = (0.1, 0.25)
 
@@ -60,42 +67,73 @@ def code_size(input_size: int) -> int:
 
 
 def sized(config: Config, train_rows: int) -> Config:
-    """`config` with its open schedule sized to `train_rows`: epochs, KL warm-up and early stopping in steps."""
-    steps_per_epoch = max(1, math.ceil(train_rows / config.batch_size))
+    """`config` with its open schedule sized to `train_rows`: epochs, KL warm-up and early stopping in steps.
+
+    An epoch of a small table passes over its rows several times, to at least
+    `MIN_EPOCH_STEPS` steps: each epoch's fixed cost (validation, logs, the
+    early-stopping check) then stays small beside its steps. Epochs the user gave
+    keep one pass each.
+    """
+    passes = config.passes_per_epoch
+    if passes is None:
+        passes = max(1, MIN_EPOCH_STEPS // math.ceil(train_rows / config.batch_size)) if config.epochs is None else 1
+    steps_per_epoch = max(1, math.ceil(train_rows * passes / config.batch_size))
     sizes = {"epochs": max(2, math.ceil(MAX_STEPS / steps_per_epoch)),
              "kl_warmup_epochs": max(1, math.ceil(WARMUP_STEPS / steps_per_epoch)),
              "early_stopping_patience": max(MIN_PATIENCE_EPOCHS, math.ceil(PATIENCE_STEPS / steps_per_epoch))}
-    return dataclasses.replace(config, **{name: value for name, value in sizes.items()
-                                          if getattr(config, name) is None})
+    return dataclasses.replace(config, passes_per_epoch=passes, **{
+        name: value for name, value in sizes.items() if getattr(config, name) is None})
 
 
 def candidates(config: Config, train_rows: int) -> dict[str, Config]:
     """The candidate configs by name: every open architecture setting varied, the given ones pinned."""
     network = (width(train_rows),) * 2
     grid = [
-        dict(normalization="whiten", decoder_scale="shared", hidden=()),
-        dict(normalization="standardize", decoder_scale="learned", hidden=network),
-        dict(normalization="standardize", decoder_scale="student_t", hidden=network),
-        dict(normalization="whiten", decoder_scale="learned", hidden=network),
+        dict(normalization="whiten", transform="none", decoder_scale="shared", hidden=()),
+        dict(normalization="whiten", transform="yeo_johnson", decoder_scale="shared", hidden=()),
+        dict(normalization="standardize", transform="none", decoder_scale="learned", hidden=network),
+        dict(normalization="standardize", transform="none", decoder_scale="student_t", hidden=network),
+        dict(normalization="whiten", transform="yeo_johnson", decoder_scale="learned", hidden=network),
     ]
     if config.input_size <= FULL_COVARIANCE_MAX_FEATURES:
-        grid.append(dict(normalization="whiten", decoder_scale="full", hidden=network))
-    pinned = {name: getattr(config, name) for name in ("normalization", "decoder_scale", "hidden")
+        grid.append(dict(normalization="whiten", transform="yeo_johnson", decoder_scale="full", hidden=network))
+    pinned = {name: getattr(config, name) for name in ("normalization", "transform", "decoder_scale", "hidden")
               if getattr(config, name) is not None}
     code = config.code_size if config.code_size is not None else code_size(config.input_size)
     found = {}
     for settings in grid:
         settings = {**settings, **pinned}
-        if incompatibility(settings["normalization"], settings["decoder_scale"]) and "normalization" not in pinned:
-            settings["normalization"] = "standardize"  # a pinned likelihood that cannot be whitened
-        if incompatibility(settings["normalization"], settings["decoder_scale"]):
+        for name, fallback in (("normalization", "standardize"), ("transform", "none")):
+            if incompatibility(**_pairing(settings, config)) and name not in pinned:
+                settings[name] = fallback  # a pinned likelihood that cannot be whitened or transformed
+        if incompatibility(**_pairing(settings, config)):
             continue
         candidate = sized(dataclasses.replace(config, **settings, code_size=code, select="none"), train_rows)
         found.setdefault(name_of(candidate), candidate)
     return found
 
 
+def refit(config: Config, validation_losses: list) -> Config:
+    """The chosen candidate's config for a last fit on its training and validation rows together.
+
+    Selection needs the validation rows held out; the model it keeps need not:
+    on a table of a few hundred rows a quarter more rows is worth more than
+    early stopping, so the last fit trains as many epochs as the candidate's best
+    validation epoch (at least its KL warm-up) with no rows held out.
+    """
+    finite = [(loss, epoch) for epoch, loss in enumerate(validation_losses, 1) if math.isfinite(loss)]
+    best_epoch = min(finite)[1] if finite else config.epochs
+    return dataclasses.replace(config, validation_split=0.0, early_stopping_patience=0,
+                               epochs=max(best_epoch, config.kl_warmup_epochs))
+
+
+def _pairing(settings: dict, config: Config) -> dict:
+    return {**{name: settings[name] for name in ("normalization", "decoder_scale", "transform")},
+            "nll_beta": config.nll_beta}
+
+
 def name_of(config: Config) -> str:
-    """A candidate's folder name: normalisation, network, likelihood and code size."""
+    """A candidate's folder name: transform, normalisation, network, likelihood and code size."""
     network = "x".join(str(w) for w in config.hidden) if config.hidden else "linear"
-    return f"{config.normalization}-{network}-{config.decoder_scale}-k{config.code_size}"
+    transform = "" if config.transform == "none" else f"{config.transform}-"
+    return f"{transform}{config.normalization}-{network}-{config.decoder_scale}-k{config.code_size}"

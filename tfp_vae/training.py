@@ -31,6 +31,7 @@ from tfp_vae.evaluation import log_likelihood
 from tfp_vae.model import GaussianVAE, VariationalAutoencoder
 from tfp_vae.pipeline import as_source, dataset, in_validation, scan
 from tfp_vae.question import QuestionVAE
+from tfp_vae.transforms import FIT_ROWS
 
 MIN_TRAINING_ROWS = 2
 CHECKPOINT_STEPS = 200  # at least this many steps between checkpoints, where epochs are shorter
@@ -42,7 +43,8 @@ def build_model(config: Config) -> VariationalAutoencoder:
     if config.model == "question":
         return QuestionVAE(config.input_size, config.code_size, config.kl_weight, seed=config.seed)
     return GaussianVAE(config.input_size, config.code_size, config.hidden, config.posterior, config.decoder_scale,
-                       config.kl_weight, normalization=config.normalization, seed=config.seed)
+                       config.kl_weight, normalization=config.normalization, seed=config.seed,
+                       transform=config.transform, nll_beta=config.nll_beta)
 
 
 def train(config: Config, data, run_dir, resume: bool = False, verbose: int = 1,
@@ -105,20 +107,39 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
     best = max(table, key=lambda row: row["validation_log_likelihood"])
     for row in table:
         row["chosen"] = row is best
-    runs.adopt_candidate(run_dir, best["name"], table)
+    chosen = os.path.join(run_dir, runs.CANDIDATES, best["name"])
+    last_fit = select.refit(candidates[best["name"]], runs.read_history(chosen).get("val_loss", []))
+    if verbose:
+        print(f"refitting {best['name']} on the training and validation rows together: {last_fit.epochs} epochs "
+              "(its best)", flush=True)
+    try:
+        model = _train_or_load(last_fit, source, os.path.join(run_dir, runs.CANDIDATES, runs.REFIT), watchdog,
+                               refuse_divergence=True)
+    except TrainingDiverged as error:
+        warnings.warn(f"the last fit of {best['name']} diverged ({error}); kept the candidate as it was",
+                      stacklevel=2)
+        model = None
+    runs.adopt_candidate(run_dir, best["name"], table, refitted=model is not None)
     if verbose:
         print(runs.selection_summary(table), flush=True)
-    return best_model
+    return best_model if model is None else model
 
 
-def _train_or_load(candidate: Config, source, folder: str, watchdog, validation: np.ndarray) -> VariationalAutoencoder:
-    """A candidate's model: trained (or its training resumed) into `folder`, or read back if it had finished."""
+def _train_or_load(candidate: Config, source, folder: str, watchdog, validation: np.ndarray | None = None,
+                   refuse_divergence: bool = False) -> VariationalAutoencoder:
+    """A candidate's model: trained (or its training resumed) into `folder`, or read back if it had finished.
+
+    A candidate whose training diverged keeps its last good weights, with a warning;
+    with `refuse_divergence` the divergence is raised instead.
+    """
     if os.path.exists(os.path.join(folder, runs.MODEL_FILE)):
         return runs.load_run(folder)[1]
     try:
         return _train(candidate, source, folder, os.path.exists(folder), verbose=0, watchdog=watchdog,
                       validation=validation)
     except TrainingDiverged as error:
+        if refuse_divergence:
+            raise
         warnings.warn(f"candidate {os.path.basename(folder)}: {error}", stacklevel=3)
         return runs.load_run(folder)[1]
 
@@ -164,14 +185,15 @@ def _train(config: Config, source, run_dir: str, resume: bool, verbose: int, wat
     with strategy.scope():
         model = build_model(config)
         model.compile(optimizer=tf_keras.optimizers.Adam(config.learning_rate))
-    found = scan(source, config.validation_split, config.seed, covariance=model.needs_covariance)
+    found = scan(source, config.validation_split, config.seed, covariance=model.needs_covariance,
+                 keep_rows=FIT_ROWS if model.needs_rows else 0)
     if found.train_rows < MIN_TRAINING_ROWS or (config.validation_split > 0 and found.validation_rows == 0):
         raise DataError(f"{found.train_rows + found.validation_rows} rows is too few to train with validation split "
                         f"{config.validation_split}; need at least {MIN_TRAINING_ROWS} training rows and 1 "
                         "validation row")
     if found.dropped_rows:
         warnings.warn(f"dropped {found.dropped_rows} row(s) with blank, NaN or infinite cells", stacklevel=2)
-    model.set_statistics(found.train_moments)
+    model.set_statistics(found.train_moments, found.train_sample)
     if chief and not resume:
         os.makedirs(run_dir, exist_ok=True)
         runs.save_config(config, run_dir)
@@ -180,8 +202,8 @@ def _train(config: Config, source, run_dir: str, resume: bool, verbose: int, wat
     keep_good = KeepLastGoodWeights()
     callbacks = [
         tf_keras.callbacks.CSVLogger(os.path.join(write_dir, runs.HISTORY_CSV), append=resume),
-        PeriodicBackupAndRestore(os.path.join(write_dir, runs.CHECKPOINTS),
-                                 max(1, round(CHECKPOINT_STEPS * config.batch_size / found.train_rows))),
+        PeriodicBackupAndRestore(os.path.join(write_dir, runs.CHECKPOINTS), max(1, round(
+            CHECKPOINT_STEPS * config.batch_size / (found.train_rows * config.passes_per_epoch)))),
         keep_good,
         EpochScalars(os.path.join(write_dir, runs.LOGS)),
     ]
@@ -197,7 +219,7 @@ def _train(config: Config, source, run_dir: str, resume: bool, verbose: int, wat
             start_from_epoch=config.kl_warmup_epochs))
     batches = functools.partial(dataset, source, batch_size=config.batch_size,
                                 validation_fraction=config.validation_split, seed=config.seed)
-    model.fit(batches("train", shuffle=True, row_count=found.train_rows),
+    model.fit(batches("train", shuffle=True, row_count=found.train_rows, passes=config.passes_per_epoch),
               validation_data=batches("validation", row_count=found.validation_rows) if found.validation_rows else None,
               epochs=config.epochs, verbose=0, callbacks=callbacks)
     if chief and found.validation_rows:

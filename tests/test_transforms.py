@@ -1,0 +1,132 @@
+"""Per-feature transforms: the Yeo-Johnson maths against numpy, its fit, and a transformed model's densities."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfp_vae import GaussianVAE
+from tfp_vae._keras import tf_keras
+from tfp_vae.data import moments
+from tfp_vae.errors import TfpVaeError
+from tfp_vae.transforms import (Identity, YeoJohnson, fit_yeo_johnson, yeo_johnson, yeo_johnson_inverse,
+                                yeo_johnson_log_derivative)
+
+
+def numpy_yeo_johnson(s, lam):
+    """The textbook definition, branch by branch."""
+    s = np.asarray(s, np.float64)
+    positive = np.log1p(s) if lam == 0 else ((1 + np.abs(s)) ** lam - 1) / lam
+    negative = -np.log1p(-s) if lam == 2 else -((1 + np.abs(s)) ** (2 - lam) - 1) / (2 - lam)
+    return np.where(s >= 0, positive, negative)
+
+
+S = np.array([-30.0, -2.5, -0.3, 0.0, 0.4, 3.0, 40.0])
+
+
+@pytest.mark.parametrize("lam", [0.05, 0.5, 1.0, 1.7, 1.99])
+def test_yeo_johnson_matches_its_definition_and_inverts(lam):
+    t = yeo_johnson(tf.constant(S, tf.float64), tf.constant(lam, tf.float64)).numpy()
+    np.testing.assert_allclose(t, numpy_yeo_johnson(S, lam), rtol=1e-12)
+    np.testing.assert_allclose(yeo_johnson_inverse(tf.constant(t), tf.constant(lam, tf.float64)).numpy(), S,
+                               rtol=1e-10, atol=1e-12)
+    assert np.all(np.diff(t) > 0)
+
+
+@pytest.mark.parametrize("lam", [0.05, 0.5, 1.7])
+def test_log_derivative_matches_finite_differences(lam):
+    step = 1e-6
+    numeric = (numpy_yeo_johnson(S + step, lam) - numpy_yeo_johnson(S - step, lam)) / (2 * step)
+    analytic = yeo_johnson_log_derivative(tf.constant(S, tf.float64), tf.constant(lam, tf.float64)).numpy()
+    np.testing.assert_allclose(analytic, np.log(numeric), atol=1e-6)
+
+
+def test_fit_finds_the_most_gaussian_power(rng):
+    normal, lognormal = rng.normal(size=4000), rng.lognormal(size=4000)
+    rows = np.stack([normal, (lognormal - lognormal.mean()) / lognormal.std(), -lognormal], axis=1)
+    lam = fit_yeo_johnson(rows)
+    assert abs(lam[0] - 1.0) < 0.1, lam  # already Gaussian: left alone
+    assert lam[1] < 0.5 < 1.5 < lam[2], lam  # a long right tail pulled in; a long left one
+    grid = np.linspace(0.01, 1.99, 397)
+    for feature in range(3):  # the golden-section search lands on the brute-force maximum
+        scores = [np.log(np.var(numpy_yeo_johnson(rows[:, feature], g))) * -0.5
+                  + np.mean(np.where(rows[:, feature] >= 0, g - 1, 1 - g) * np.log1p(np.abs(rows[:, feature])))
+                  for g in grid]
+        assert abs(lam[feature] - grid[int(np.argmax(scores))]) < 0.01
+
+
+@pytest.fixture(scope="module")
+def skewed():
+    rng = np.random.default_rng(5)
+    z = rng.normal(size=(1500, 1))
+    x = np.exp(z @ [[1.0, 0.5, 0.0]] + 0.3 * rng.normal(size=(1500, 3))) * [1.0, 1e3, 1.0] + [0.0, 0.0, 5.0]
+    return x.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def transformed(skewed):
+    model = GaussianVAE(3, code_size=1, hidden=(8,), normalization="whiten", transform="yeo_johnson", seed=0)
+    model.compile()
+    model.fit(skewed, epochs=3, batch_size=100, verbose=0)
+    return model
+
+
+def test_the_density_is_of_the_raw_numbers(transformed, skewed):
+    """log p(x|z) = the Gaussian of the transformed, whitened row + the log-Jacobian, checked in numpy."""
+    model, rows, z = transformed, skewed[:6], np.array([[0.3]], np.float32)
+    loc, sigma = (value.numpy().astype(np.float64) for value in model.decoder_params(z))
+    marginals, normalizer = model.marginals, model.normalizer
+    mean, scale, lam = (np.float64(v.numpy()) for v in (marginals.mean, marginals.scale, marginals.lam))
+    s = (rows - mean) / scale
+    t = np.stack([numpy_yeo_johnson(s[:, d], lam[d]) for d in range(3)], axis=1)
+    u = ((t - normalizer.mean.numpy()) / normalizer.scale.numpy()) @ normalizer.unmixing.numpy().astype(np.float64)
+    log_jacobian = (np.where(s >= 0, lam - 1, 1 - lam) * np.log1p(np.abs(s)) - np.log(scale)).sum(axis=1)
+    expected = (-0.5 * ((u - loc) / sigma) ** 2 - np.log(sigma) - 0.5 * np.log(2 * np.pi)).sum(axis=1) \
+        + log_jacobian - model.normalizer.log_det_jacobian().numpy()
+    np.testing.assert_allclose(model.decode(z).log_prob(rows).numpy(), expected, rtol=1e-4, atol=1e-3)
+    eps = tf.zeros([1, 6, 1])  # the seam scores the same density
+    weights = model.log_weights(tf.constant(rows), eps)
+    z_at_mean = model.encode(rows).mean().numpy()
+    np.testing.assert_allclose(weights.log_px.numpy()[0],
+                               [model.decode(z_at_mean[i:i + 1]).log_prob(rows[i:i + 1]).numpy()[0] for i in range(6)],
+                               rtol=1e-4, atol=1e-3)
+
+
+def test_raw_outputs_are_the_moments_and_quantiles_of_samples(transformed):
+    z = np.array([[-0.5], [0.8]], np.float32)
+    mean, stddev, lower, upper = (v.numpy() for v in transformed.decoder_outputs(z))
+    draws = transformed.decode(z).sample(400_000, seed=3).numpy()
+    np.testing.assert_allclose(mean, draws.mean(axis=0), rtol=0.01)
+    np.testing.assert_allclose(stddev, draws.std(axis=0), rtol=0.03)
+    np.testing.assert_allclose((draws < lower).mean(axis=0), 0.025, atol=0.0015)  # se 0.00025
+    np.testing.assert_allclose((draws < upper).mean(axis=0), 0.975, atol=0.0015)
+    assert np.all(upper - mean > 1.2 * (mean - lower)), "skewed columns get skewed intervals, unlike mean +- 2 sd"
+
+
+def test_the_transform_trains_with_the_model_and_survives_saving(transformed, skewed, tmp_path):
+    fitted = YeoJohnson(3)
+    fitted.fit(skewed.mean(axis=0), skewed.std(axis=0), skewed)
+    assert not np.allclose(transformed.marginals.lam.numpy(), fitted.lam.numpy())
+    assert np.all(fitted.lam.numpy() < 0.6)  # every column has a long right tail
+    transformed.save(tmp_path / "model.keras")
+    loaded = tf_keras.models.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(loaded.elbo(skewed[:50]).numpy(), transformed.elbo(skewed[:50]).numpy(), rtol=1e-5)
+    assert loaded.get_config()["transform"] == "yeo_johnson"
+
+
+def test_identity_changes_nothing():
+    layer = Identity(2)
+    x = tf.constant([[1.0, -2.0]])
+    assert layer(x) is x and float(layer.log_jacobian(x)) == 0.0
+    mean, stddev, lower, upper = layer.raw_outputs(x, x, tf.ones_like(x))
+    np.testing.assert_array_equal(lower.numpy(), [[0.0, -3.0]])
+
+
+def test_a_transform_is_fitted_on_training_rows_only(skewed):
+    model = GaussianVAE(3, code_size=1, hidden=(), transform="yeo_johnson", seed=0)
+    model.compile()
+    model.fit(skewed, epochs=1, batch_size=100, validation_split=0.5, verbose=0)
+    first_half = YeoJohnson(3)
+    first_half.fit(skewed[:750].mean(axis=0), skewed[:750].std(axis=0), skewed[:750])
+    np.testing.assert_allclose(model.marginals.mean.numpy(), first_half.mean.numpy(), rtol=1e-6)
+    with pytest.raises(TfpVaeError, match="training rows"):
+        GaussianVAE(3, transform="yeo_johnson").set_statistics(moments(skewed))

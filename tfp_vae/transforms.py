@@ -1,0 +1,228 @@
+r"""Per-feature monotone transforms of the raw data, before the normaliser: `Identity` and `YeoJohnson`.
+
+A skewed column (counts, prices, concentrations) is far from Gaussian however it
+is scaled; a transform `t = T(x)`, one increasing map per feature, can make it
+close to one. The model then works on `t`, and its likelihood stays a density of
+the raw numbers through the change of variables
+
+    log p(x) = log p(t) + sum_d log T_d'(x_d)                       (`log_jacobian`)
+
+`YeoJohnson` is the Yeo-Johnson power transform of each standardised feature,
+s = (x - mean) / scale:
+
+    t = ((1 + s)^lam - 1) / lam                 s >= 0
+    t = -((1 - s)^(2 - lam) - 1) / (2 - lam)    s < 0
+
+lam = 1 is the identity, lam < 1 pulls in a long right tail (lam -> 0: log(1 + s)),
+lam > 1 a long left one. Keeping lam in (0, 2) makes it a bijection of the whole
+real line, so every sample and interval of the model maps back to a finite raw
+number. lam starts at each feature's maximum-likelihood value on the training
+rows (`fit_yeo_johnson`: the lam whose transformed feature is most Gaussian) and
+is then trained with the rest of the model, which learns the marginals and the
+dependence between features together.
+
+Raw-unit outputs come from the decoder's Gaussian marginal of each feature in
+transformed units, N(m, sd): the central interval maps exactly (`T^-1(m +- q sd)`),
+and the mean and standard deviation are `E[T^-1(m + sd Z)]` and its spread by
+Gauss-Hermite quadrature (`QUADRATURE_NODES`), all with stock TensorFlow ops.
+"""
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfp_vae._keras import serializable, tf_keras
+from tfp_vae.heads import base_config
+from tfp_vae.normalization import scale_floor
+from tfp_vae.saving import RestorableLayer
+
+tfb, tfd = tfp.bijectors, tfp.distributions
+
+QUADRATURE_NODES = 32
+LAMBDA_BOUND = 2.0  # lam in (0, LAMBDA_BOUND): the transform maps the real line onto itself
+LAMBDA_MARGIN = 1e-2  # fitted lam is kept this far inside the bound, so its logit stays finite
+GOLDEN_STEPS = 40
+FIT_ROWS = 20_000  # training rows a transform is fitted on, and the normaliser's moments then taken from
+
+
+def yeo_johnson(s, lam):
+    """The Yeo-Johnson transform of `s` with power `lam` in (0, 2), elementwise."""
+    magnitude = tf.math.log1p(tf.abs(s))
+    return tf.where(s >= 0, tf.math.expm1(lam * magnitude) / lam,
+                    -tf.math.expm1((2.0 - lam) * magnitude) / (2.0 - lam))
+
+
+def yeo_johnson_inverse(t, lam):
+    """`s` with `yeo_johnson(s, lam) == t`."""
+    positive = tf.math.expm1(tf.math.log1p(lam * tf.maximum(t, 0.0)) / lam)
+    negative = -tf.math.expm1(tf.math.log1p((2.0 - lam) * tf.maximum(-t, 0.0)) / (2.0 - lam))
+    return tf.where(t >= 0, positive, negative)
+
+
+def yeo_johnson_log_derivative(s, lam):
+    """log dt/ds, elementwise: (lam - 1) log(1 + s) for s >= 0, (1 - lam) log(1 - s) below."""
+    return tf.where(s >= 0, lam - 1.0, 1.0 - lam) * tf.math.log1p(tf.abs(s))
+
+
+def profile_log_likelihood(s: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    """Per feature, the mean log-likelihood of rows `s` [N, D] under the best Gaussian for `yeo_johnson(s, lam)`."""
+    s, lam = tf.constant(s, tf.float64), tf.constant(lam, tf.float64)
+    t = yeo_johnson(s, lam)
+    variance = tf.maximum(tf.math.reduce_variance(t, axis=0), np.finfo(np.float64).tiny)
+    log_derivative = tf.reduce_mean(yeo_johnson_log_derivative(s, lam), axis=0)
+    return (-0.5 * tf.math.log(variance) + log_derivative).numpy()
+
+
+def fit_yeo_johnson(s: np.ndarray) -> np.ndarray:
+    """Each feature's maximum-likelihood lam in [LAMBDA_MARGIN, 2 - LAMBDA_MARGIN] for standardised rows `s` [N, D].
+
+    A coarse grid finds the best bracket, golden-section search narrows it.
+    """
+    low, high = LAMBDA_MARGIN, LAMBDA_BOUND - LAMBDA_MARGIN
+    grid = np.linspace(low, high, 21)
+    scores = np.stack([profile_log_likelihood(s, np.full(s.shape[1], lam)) for lam in grid])
+    best = np.argmax(scores, axis=0)
+    step = grid[1] - grid[0]
+    left, right = np.maximum(grid[best] - step, low), np.minimum(grid[best] + step, high)
+    ratio = (np.sqrt(5.0) - 1.0) / 2.0
+    for _ in range(GOLDEN_STEPS):
+        inner_left, inner_right = right - ratio * (right - left), left + ratio * (right - left)
+        keep_left = profile_log_likelihood(s, inner_left) >= profile_log_likelihood(s, inner_right)
+        right = np.where(keep_left, inner_right, right)
+        left = np.where(keep_left, left, inner_left)
+    return (left + right) / 2.0
+
+
+class YeoJohnsonBijector(tfb.AutoCompositeTensorBijector):
+    """Raw x to transformed t, elementwise: `yeo_johnson((x - mean) / scale, lam)`."""
+
+    def __init__(self, mean, scale, lam, name="yeo_johnson"):
+        parameters = dict(locals())
+        with tf.name_scope(name) as name:
+            self._mean, self._scale, self._lam = mean, scale, lam
+            super().__init__(forward_min_event_ndims=0, parameters=parameters, name=name)
+
+    @classmethod
+    def _parameter_properties(cls, dtype, num_classes=None):
+        return {name: tfp.util.ParameterProperties() for name in ("mean", "scale", "lam")}
+
+    def _forward(self, x):
+        return yeo_johnson((x - self._mean) / self._scale, self._lam)
+
+    def _inverse(self, t):
+        return yeo_johnson_inverse(t, self._lam) * self._scale + self._mean
+
+    def _forward_log_det_jacobian(self, x):
+        return yeo_johnson_log_derivative((x - self._mean) / self._scale, self._lam) - tf.math.log(self._scale)
+
+
+@serializable
+class Identity(RestorableLayer, tf_keras.layers.Layer):
+    """No transform (`transform="none"`): the model works on the raw numbers, through its normaliser alone.
+
+    #### Example
+
+    ```python
+    layer = Identity(input_size=2)
+    layer(tf.constant([[1.0, -2.0]]))   # ==> [[1., -2.]]
+    layer.log_jacobian(x)               # ==> 0.
+    ```
+    """
+
+    needs_rows = False
+
+    def __init__(self, input_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.input_size = input_size
+
+    def call(self, x):
+        return x
+
+    def inverse(self, t):
+        return t
+
+    def log_jacobian(self, x):
+        """sum_d log T_d'(x_d) per row: 0, as a scalar."""
+        return tf.constant(0.0)
+
+    def raw_outputs(self, mean, stddev, half_width):
+        """Raw `(mean, stddev, lower, upper)` of each feature from its marginal in transformed units."""
+        return mean, stddev, mean - half_width, mean + half_width
+
+    def raw_distribution(self, distribution):
+        """A distribution over transformed rows, as one over raw rows."""
+        return distribution
+
+    def get_config(self):
+        return {**base_config(self), "input_size": self.input_size}
+
+
+@serializable
+class YeoJohnson(Identity):
+    """A learned Yeo-Johnson power transform of each standardised feature (`transform="yeo_johnson"`).
+
+    `fit` sets each feature's mean and scale and its maximum-likelihood lam from
+    training rows; lam then trains with the model (a weight, `2 sigmoid(raw_lambda)`).
+    The marginal in transformed units must be Gaussian for `raw_outputs`' quadrature.
+
+    #### Example
+
+    ```python
+    layer = YeoJohnson(input_size=1)
+    layer.fit(mean=[0.0], stddev=[1.0], rows=np.random.lognormal(size=[1000, 1]))
+    layer.lam                                   # ==> about 0.2: the long right tail pulled in
+    layer(tf.constant([[0.0], [3.0]]))          # ==> [[0.], [1.5]]
+    ```
+    """
+
+    needs_rows = True
+
+    def __init__(self, input_size: int, **kwargs):
+        super().__init__(input_size, **kwargs)
+        self.mean = self.add_weight("mean", shape=[input_size], initializer="zeros", trainable=False)
+        self.scale = self.add_weight("scale", shape=[input_size], initializer="ones", trainable=False)
+        self.raw_lambda = self.add_weight("raw_lambda", shape=[input_size], initializer="zeros")
+        nodes, weights = np.polynomial.hermite.hermgauss(QUADRATURE_NODES)
+        self.quadrature_nodes = tf.constant(np.sqrt(2.0) * nodes, tf.float32)
+        self.quadrature_weights = tf.constant(weights / np.sqrt(np.pi), tf.float32)
+
+    @property
+    def lam(self):
+        return LAMBDA_BOUND * tf.sigmoid(self.raw_lambda)
+
+    def fit(self, mean, stddev, rows) -> None:
+        """Standardises with `mean` and `stddev`, and sets lam to each feature's maximum-likelihood value on `rows`."""
+        mean = np.asarray(mean, np.float64)
+        scale = np.maximum(np.asarray(stddev, np.float64), scale_floor(mean))
+        lam = fit_yeo_johnson((np.asarray(rows, np.float64) - mean) / scale)
+        self.mean.assign(mean.astype(np.float32))
+        self.scale.assign(scale.astype(np.float32))
+        self.raw_lambda.assign(np.log(lam / (LAMBDA_BOUND - lam)).astype(np.float32))
+
+    def bijector(self) -> YeoJohnsonBijector:
+        return YeoJohnsonBijector(self.mean, self.scale, self.lam)
+
+    def call(self, x):
+        return yeo_johnson((x - self.mean) / self.scale, self.lam)
+
+    def inverse(self, t):
+        return yeo_johnson_inverse(t, self.lam) * self.scale + self.mean
+
+    def log_jacobian(self, x):
+        s = (x - self.mean) / self.scale
+        return tf.reduce_sum(yeo_johnson_log_derivative(s, self.lam) - tf.math.log(self.scale), axis=-1)
+
+    def raw_outputs(self, mean, stddev, half_width):
+        # In standardised units the quadrature's numbers stay near one whatever the feature's offset.
+        points = mean[..., tf.newaxis] + stddev[..., tf.newaxis] * self.quadrature_nodes
+        s = yeo_johnson_inverse(points, self.lam[:, tf.newaxis])
+        s_mean = tf.reduce_sum(self.quadrature_weights * s, axis=-1)
+        s_variance = tf.reduce_sum(self.quadrature_weights * tf.square(s - s_mean[..., tf.newaxis]), axis=-1)
+        return (s_mean * self.scale + self.mean, tf.sqrt(s_variance) * self.scale,
+                self.inverse(mean - half_width), self.inverse(mean + half_width))
+
+    def raw_distribution(self, distribution):
+        return tfd.TransformedDistribution(distribution, tfb.Invert(self.bijector()))
+
+
+TRANSFORMS = {"none": Identity, "yeo_johnson": YeoJohnson}
