@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -222,11 +223,14 @@ def test_demo_trains_both_models_reports_and_exports(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--epochs", "3"]) == 0
     printed = capsys.readouterr().out
-    for row in ("| question |", "| question, best fixed sigma |", "| gaussian |", "| gaussian, whitened |"):
+    for row in ("| question |", "| question, best fixed sigma |", "| gaussian, chosen by the data |", "| gaussian |",
+                "| gaussian, whitened |", "| whiten-linear-shared-k8 |"):
         assert row in printed
-    assert "gaussian, whitened: 3 epochs, held-out log p(x)" in printed and len(printed.splitlines()) < 20
+    assert "gaussian, whitened: 3 epochs, held-out log p(x)" in printed and "\nchose " in printed
+    assert len(printed.splitlines()) < 32
     results = json.loads((out / "results.json").read_text())
-    assert set(results["results"]) == {"question", "question, best fixed sigma", "gaussian", "gaussian, whitened"}
+    assert set(results["results"]) == {"question", "question, best fixed sigma", "gaussian, chosen by the data",
+                                       "gaussian", "gaussian, whitened"}
     assert os.path.exists(out / "gaussian-whitened" / "model.keras")
     assert np.isfinite(results["results"]["gaussian"]["log_likelihood"])
     assert os.path.exists(os.path.join(results["export"], "saved_model.pb"))
@@ -237,10 +241,10 @@ def test_train_with_no_model_flags_chooses_among_candidates_and_says_which(tmp_p
     assert main(["train", str(csv_file), "--out", str(tmp_path / "run"), "--epochs", "3", "--kl-warmup-epochs", "1",
                  "--early-stopping-patience", "1", "--hidden", "8", "--normalization", "whiten", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "| name |" in out and "chose whiten-8-" in out and "| whiten-8-shared-k3 |" in out
+    assert "| name |" in out and re.search(r"\nchose (yeo_johnson-)?whiten-8-", out) and "| whiten-8-shared-k3 |" in out
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["select"] == "auto" and config["normalization"] == "whiten" and config["hidden"] == [8]
-    assert len((tmp_path / "run" / "candidates.csv").read_text().splitlines()) == 4  # header + 3 candidates
+    assert len((tmp_path / "run" / "candidates.csv").read_text().splitlines()) == 6  # header + 5 candidates
     assert main(["evaluate", str(tmp_path / "run"), str(csv_file), "--samples", "10"]) == 0
 
 
@@ -268,7 +272,7 @@ def test_help_shows_defaults_and_an_example_and_version_answers(capsys):
     assert exit_.value.code == 0 and capsys.readouterr().out.strip().startswith("tfp-vae 0.")
     for command, shown in (("train", ["(default: 64)", "(default: auto)", "example:", "tfp-vae train "]),
                            ("evaluate", ["(default: 1000)", "tfp-vae evaluate "]),
-                           ("demo", ["(default: 150)", "tfp-vae demo "])):
+                           ("demo", ["(default: 150 for the fixed models", "tfp-vae demo "])):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         printed = capsys.readouterr().out

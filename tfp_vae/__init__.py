@@ -16,6 +16,8 @@ _PUBLIC = {
     "train": "tfp_vae.training",
     "load_run": "tfp_vae.runs",
     "read_history": "tfp_vae.runs",
+    "read_candidates": "tfp_vae.runs",
+    "selection_summary": "tfp_vae.runs",
     "evaluate": "tfp_vae.evaluation",
     "export_saved_model": "tfp_vae.export",
     "read_table": "tfp_vae.data",

@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = _command(commands, "demo", "the question's model against the Gaussian VAE on real data")
     demo.add_argument("--out", default="tfp-vae-demo", metavar="DIR", help="a new folder for its runs and export")
-    demo.add_argument("--epochs", type=int, default=150, help="epochs per model")
+    demo.add_argument("--epochs", type=int,
+                      help="epochs per model (default: 150 for the fixed models; the chosen model sizes its own)")
     demo.add_argument("--quiet", action="store_true", help="only the results table")
     return parser
 
