@@ -1,4 +1,4 @@
-"""`tfp-vae`: train, evaluate, export, encode, score, sample and demo from the command line.
+"""`tfp-vae`: train, evaluate, export, encode, score, impute, sample and demo from the command line.
 
 Argument parsing over the library, and nothing more: a problem with the user's
 input becomes one `error: ...` line on stderr and exit code 2.
@@ -87,6 +87,9 @@ EXAMPLES = {
     "encode": "tfp-vae encode runs/first measurements.csv --out codes.csv",
     "score": "tfp-vae score runs/first new_rows.csv --out scores.csv",
     "sample": "tfp-vae sample runs/first -n 100 --out synthetic.csv --seed 1",
+    "impute": "tfp-vae train gappy.csv --out runs/gappy --allow-missing\n"
+              "tfp-vae impute runs/gappy gappy.csv --out filled.csv\n"
+              "tfp-vae impute runs/gappy gappy.csv --out draws.npy --draws 20",
     "demo": "tfp-vae demo --out demo-output",
 }
 
@@ -153,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="tf.distribute: one device, every local GPU, or the machines in TF_CONFIG")
     train.add_argument("--worker-timeout", type=float, default=120.0, metavar="SECONDS",
                        help="multiworker: how long to wait for every worker in TF_CONFIG to join")
+    train.add_argument("--allow-missing", action="store_true",
+                       help="learn from tables with gaps: blank, NA, N/A, NaN and null cells are missing, and the "
+                            "likelihood is over each row's observed cells (gaussian, standardize, not full)")
     train.add_argument("--resume", action="store_true", help="continue the interrupted run in RUN_DIR")
     train.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -174,6 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
         _data_arguments(command)
         command.add_argument("--out", required=True, metavar="FILE", help=".csv or .npy")
 
+    impute = _command(commands, "impute", "fill the missing cells of DATA from a run trained with --allow-missing")
+    impute.add_argument("run_dir", metavar="RUN_DIR")
+    _data_arguments(impute)
+    impute.add_argument("--out", required=True, metavar="FILE",
+                        help=".csv or .npy: DATA's rows and columns, observed cells as read, missing ones set to "
+                             "E[x_missing | x_observed]")
+    impute.add_argument("--draws", type=POSITIVE, metavar="N",
+                        help="instead, N draws from p(x_missing | x_observed) for multiple imputation: FILE is a "
+                             ".npy [N, rows, columns]")
+    impute.add_argument("--seed", type=int, default=0, help="fixes the importance samples and draws")
+
     sample = _command(commands, "sample", "draw rows from a trained model, in raw units")
     sample.add_argument("run_dir", metavar="RUN_DIR")
     sample.add_argument("-n", "--num-samples", type=POSITIVE, required=True, metavar="N", help="rows to draw")
@@ -191,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _read(args, config=None):
     from tfp_vae.data import read_table
     columns = args.columns if args.columns is not None else (config.columns if config else None)
-    table = read_table(args.data, columns, args.drop_nonfinite)
+    table = read_table(args.data, columns, args.drop_nonfinite, allow_missing=bool(config and config.allow_missing))
     if table.dropped_rows:
         print(f"warning: dropped {table.dropped_rows} row(s) with blank, NaN or infinite cells", file=sys.stderr)
     return table
@@ -207,8 +224,11 @@ def _check_output_file(path: str) -> str:
     return folder
 
 
-def _write_rows(path: str, values, header: list) -> None:
-    """Writes a .csv or .npy file through a temporary file beside it, so it is whole or absent."""
+def _write_rows(path: str, values, header: list, shortest: bool = False) -> None:
+    """Writes a .csv or .npy file through a temporary file beside it, so it is whole or absent.
+
+    `shortest`: each CSV cell as the shortest text that reads back as the same float32 (0.1, not 0.100000001).
+    """
     import numpy as np
     folder = _check_output_file(path)
     handle, staging = tempfile.mkstemp(prefix=".tfp-vae-", suffix=os.path.splitext(path)[1], dir=folder)
@@ -218,12 +238,23 @@ def _write_rows(path: str, values, header: list) -> None:
                 np.save(file, np.asarray(values, np.float32))
             else:
                 file.write((",".join(header) + "\n").encode())
-                np.savetxt(file, values, delimiter=",", fmt="%.9g")
+                if shortest:
+                    file.write("".join(",".join(map(_shortest, row)) + "\n"
+                                       for row in np.asarray(values, np.float32)).encode())
+                else:
+                    np.savetxt(file, values, delimiter=",", fmt="%.9g")
         give_usual_permissions(staging)
         os.replace(staging, path)
     finally:
         if os.path.exists(staging):
             os.remove(staging)
+
+
+def _shortest(value) -> str:
+    import numpy as np
+    if value == 0 or 1e-4 <= abs(value) < 1e16:
+        return np.format_float_positional(value, unique=True, trim="-")
+    return np.format_float_scientific(value, unique=True, trim="-")
 
 
 def _train(args):
@@ -232,9 +263,9 @@ def _train(args):
     from tfp_vae.training import train
     if args.resume:
         config = load_config(args.out)
-        source = source_for(args.data, config.columns, args.drop_nonfinite)
+        source = source_for(args.data, config.columns, args.drop_nonfinite, allow_missing=config.allow_missing)
     else:
-        source = source_for(args.data, args.columns, args.drop_nonfinite)
+        source = source_for(args.data, args.columns, args.drop_nonfinite, allow_missing=args.allow_missing)
         config = _config(args, source.columns)
     train(config, source, args.out, resume=args.resume, verbose=0 if args.quiet else 1,
           worker_timeout=args.worker_timeout)
@@ -267,7 +298,8 @@ def _config(args, feature_names=None) -> Config:
                   early_stopping_patience=args.early_stopping_patience, epochs=args.epochs,
                   batch_size=args.batch_size, learning_rate=args.learning_rate,
                   validation_split=args.validation_split, seed=args.seed, strategy=args.strategy,
-                  select=args.select, columns=args.columns, feature_names=feature_names)
+                  select=args.select, columns=args.columns, feature_names=feature_names,
+                  allow_missing=args.allow_missing)
 
 
 def _preflight(args) -> None:
@@ -325,7 +357,8 @@ def _evaluate(args):
     from tfp_vae.pipeline import source_for
     from tfp_vae.runs import load_run, read_thresholds
     config, model = load_run(args.run_dir)
-    source = source_for(args.data, args.columns if args.columns is not None else config.columns, args.drop_nonfinite)
+    source = source_for(args.data, args.columns if args.columns is not None else config.columns, args.drop_nonfinite,
+                        allow_missing=config.allow_missing)
     metrics = evaluate(model, source, args.samples, args.seed)
     metrics["elbo_thresholds"] = (read_thresholds(args.run_dir) or {}).get("elbo_quantiles")
     print(json.dumps(standard_json(metrics), indent=2, allow_nan=False))
@@ -359,6 +392,25 @@ def _score(args):
     _write_rows(args.out, columns, list(names))
 
 
+def _impute(args):
+    import numpy as np
+    from tfp_vae.runs import load_run
+    config, model = load_run(args.run_dir)
+    if not config.allow_missing:
+        raise TfpVaeError(f"{args.run_dir}: trained without --allow-missing, so it cannot fill gaps; train with "
+                          "--allow-missing")
+    if args.draws and not args.out.endswith(".npy"):
+        raise TfpVaeError(f"{args.out}: --draws writes an array [draws, rows, columns]: use a .npy file")
+    x = _read(args, config).values
+    model.check_input(x, source=args.data)
+    filled, _, *draws = model.impute(x, draws=args.draws, seed=args.seed)
+    if draws:
+        _write_rows(args.out, draws[0], None)
+    else:  # observed cells as read (float32, the numbers the model saw), in their shortest text
+        _write_rows(args.out, np.where(np.isnan(x), filled, x),
+                    config.feature_names or [str(i) for i in range(x.shape[1])], shortest=True)
+
+
 def _sample(args):
     from tfp_vae.runs import load_run
     config, model = load_run(args.run_dir)
@@ -372,7 +424,7 @@ def _demo(args):
 
 
 COMMANDS = {"train": _train, "evaluate": _evaluate, "export": _export, "encode": _encode, "score": _score,
-            "sample": _sample, "demo": _demo}
+            "sample": _sample, "impute": _impute, "demo": _demo}
 
 
 # Library arguments that messages name, and the flags they are given by here.

@@ -30,8 +30,8 @@ FIXED_DEFAULTS = {"code_size": 2, "hidden": (64, 64), "normalization": "standard
 
 
 def incompatibility(normalization: str | None, decoder_scale: str | None, transform: str | None = None,
-                    nll_beta: float = 0.0) -> str | None:
-    """Why a normalisation, a decoder likelihood, a transform and beta-NLL cannot go together, or None if they can."""
+                    nll_beta: float = 0.0, allow_missing: bool = False) -> str | None:
+    """Why a normalisation, a decoder likelihood, a transform, beta-NLL and missing cells cannot go together."""
     if normalization == "whiten" and decoder_scale == "student_t":
         return "decoder_scale='student_t' works in standardised units: normalization='standardize'"
     if transform == "yeo_johnson" and decoder_scale == "student_t":
@@ -39,6 +39,11 @@ def incompatibility(normalization: str | None, decoder_scale: str | None, transf
                 "not decoder_scale='student_t'")
     if nll_beta and decoder_scale not in (None, "learned"):
         return f"nll_beta weighs a learned sigma(z): decoder_scale='learned', not {decoder_scale!r}"
+    if allow_missing and normalization == "whiten":
+        return ("allow_missing=True needs normalization='standardize': whitening mixes the features, so a missing "
+                "one would touch them all")
+    if allow_missing and decoder_scale == "full":
+        return ("allow_missing=True needs a per-feature decoder: decoder_scale='full' scores complete rows only")
     return None
 
 
@@ -74,6 +79,7 @@ class Config:
     transform: str | None = None
     kl_weight: float | None = None
     nll_beta: float = 0.0
+    allow_missing: bool = False
     kl_warmup_epochs: int | None = None
     early_stopping_patience: int | None = None
     epochs: int | None = None
@@ -96,7 +102,8 @@ class Config:
             value = getattr(self, name)
             if value not in choices and not (value is None and name in FIXED_DEFAULTS):
                 raise TfpVaeError(f"{name} must be one of {choices}, got {value!r}")
-        conflict = incompatibility(self.normalization, self.decoder_scale, self.transform, self.nll_beta)
+        conflict = incompatibility(self.normalization, self.decoder_scale, self.transform, self.nll_beta,
+                                   self.allow_missing)
         if conflict:
             raise TfpVaeError(conflict)
         if self.model == "question" and self.normalization not in (None, "standardize"):
@@ -123,6 +130,9 @@ class Config:
         if not 0.0 <= self.nll_beta <= 1.0:
             raise TfpVaeError(f"nll_beta must be in [0, 1] (0: the likelihood; 0.5: beta-NLL's usual), "
                               f"got {self.nll_beta}")
+        if self.model == "question" and self.allow_missing:
+            raise TfpVaeError("the question's model cannot leave cells out of its squared error: allow_missing "
+                              "applies to the gaussian model")
         if self.model == "question" and self.nll_beta:
             raise TfpVaeError("the question's model has no learned sigma: nll_beta applies to the gaussian model")
         if not 0 <= self.kl_weight < math.inf:

@@ -73,57 +73,72 @@ def refuse_too_large(values: np.ndarray, source: str, place_of_row, name_of_colu
                         f"column {name_of_column(column)} is too large for float32")
 
 
-def check_block(block: np.ndarray, first_row: int, input_size: int | None, source: str) -> None:
-    """Raises a `DataError` naming the shape, or the first row and column, at fault."""
+def check_block(block: np.ndarray, first_row: int, input_size: int | None, source: str,
+                allow_missing: bool = False) -> None:
+    """Raises a `DataError` naming the shape, or the first row and column, at fault.
+
+    NaN is a missing cell: an error unless `allow_missing`. Infinities always are.
+    """
     if input_size is not None and block.shape[-1] != input_size:
         raise DataError(
             f"{source}: expected {input_size} features per row, got shape {block.shape}")
-    cell = first_cell(~np.isfinite(block))
+    cell = first_cell(np.isinf(block) if allow_missing else ~np.isfinite(block))
     if cell:
         row, column = cell
+        hint = "" if np.isinf(block[row, column]) else MISSING_HINT
         raise DataError(
-            f"{source}: non-finite value {block[row, column]} at row {first_row + row}, column {column}")
-    refuse_too_large(block, source, lambda row: f"row {first_row + row}", str)
+            f"{source}: non-finite value {block[row, column]} at row {first_row + row}, column {column}{hint}")
+    refuse_too_large(np.nan_to_num(block), source, lambda row: f"row {first_row + row}", str)
 
 
 class RunningMoments:
     """Per-feature count, mean and variance, merged block by block in float64.
 
-    With `covariance=True` it also keeps the D x D covariance (what whitening
-    needs), at D^2 memory and work per row.
+    A NaN cell is missing: each feature's mean and variance are over its observed
+    cells (`observed` counts them); `count` counts rows. With `covariance=True` it
+    also keeps the D x D covariance (what whitening needs), at D^2 memory and work
+    per row, from complete rows only.
     """
 
     def __init__(self, covariance: bool = False):
         self.tracks_covariance = covariance
         self.count = 0
+        self.observed = None
         self.mean = None
         self._sum_squares = None
         self._sum_products = None
 
     def update(self, block: np.ndarray) -> None:
-        n = len(block)
-        if n == 0:
+        if len(block) == 0:
             return
-        block_mean = block.mean(axis=0)
-        centred = block - block_mean
+        present = ~np.isnan(block)
+        if self.tracks_covariance and not present.all():
+            row, column = first_cell(~present)
+            raise DataError(f"a missing cell (row {row} of a block, column {column}): whitening needs complete "
+                            "rows; use normalization='standardize'")
+        n = present.sum(axis=0)
+        block_mean = np.where(n > 0, np.where(present, block, 0.0).sum(axis=0) / np.maximum(n, 1), 0.0)
+        centred = np.where(present, block - block_mean, 0.0)
         block_sum_squares = (centred**2).sum(axis=0)
         block_sum_products = centred.T @ centred if self.tracks_covariance else None
         if self.count == 0:
-            self.count, self.mean = n, block_mean
+            self.count, self.observed, self.mean = len(block), n, block_mean
             self._sum_squares, self._sum_products = block_sum_squares, block_sum_products
             return
-        total = self.count + n
+        total = self.observed + n
         delta = block_mean - self.mean
-        weight = self.count * n / total
-        self.mean = self.mean + delta * (n / total)
+        weight = self.observed * n / np.maximum(total, 1)
+        self.mean = self.mean + delta * (n / np.maximum(total, 1))
         self._sum_squares = self._sum_squares + block_sum_squares + delta**2 * weight
         if self.tracks_covariance:
-            self._sum_products = self._sum_products + block_sum_products + np.outer(delta, delta) * weight
-        self.count = total
+            self._sum_products = (self._sum_products + block_sum_products
+                                  + np.outer(delta, delta) * self.count * len(block) / (self.count + len(block)))
+        self.count += len(block)
+        self.observed = total
 
     @property
     def variance(self) -> np.ndarray:
-        return self._sum_squares / self.count
+        return self._sum_squares / np.maximum(self.observed, 1)
 
     @property
     def stddev(self) -> np.ndarray:
@@ -135,11 +150,12 @@ class RunningMoments:
         return None if self._sum_products is None else self._sum_products / self.count
 
 
-def moments(data, input_size: int | None = None, source: str = "input", covariance: bool = False) -> RunningMoments:
+def moments(data, input_size: int | None = None, source: str = "input", covariance: bool = False,
+            allow_missing: bool = False) -> RunningMoments:
     """One validating pass over `data`: its per-feature mean and standard deviation (and covariance)."""
     running = RunningMoments(covariance)
     for first_row, block in batches(data, source):
-        check_block(block, first_row, input_size, source)
+        check_block(block, first_row, input_size, source, allow_missing)
         running.update(block)
     if running.count == 0:
         raise DataError(f"{source}: no rows")
@@ -227,9 +243,14 @@ NUMBER = re.compile(r"\s*[+-]?(((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?)|inf|infinity|n
 ENCODING = "utf-8-sig"
 
 
+# Cells that mean "missing" in a CSV file, whatever their case: read as NaN.
+MISSING_TOKENS = ("", "na", "n/a", "nan", "null")
+MISSING_HINT = "; pass allow_missing=True to learn from the observed cells, or drop_nonfinite=True to skip such rows"
+
+
 def parse_number(cell: str) -> float:
-    """The number a CSV cell holds (NaN if blank), as tf.data reads it; `ValueError` if it holds none."""
-    if not cell.strip():
+    """The number a CSV cell holds (NaN if blank or a missing token), as tf.data reads it; `ValueError` if none."""
+    if cell.strip().lower() in MISSING_TOKENS:
         return np.nan
     if not NUMBER.fullmatch(cell):
         raise ValueError(cell)
@@ -325,12 +346,14 @@ def select_columns(names: list[str], columns, source: str) -> list[int]:
     return indices
 
 
-def clean_blocks(pattern, columns=None, drop_nonfinite: bool = False,
-                 rows_per_block: int = 8192) -> Iterator[tuple[Block, int]]:
+def clean_blocks(pattern, columns=None, drop_nonfinite: bool = False, rows_per_block: int = 8192,
+                 allow_missing: bool = False) -> Iterator[tuple[Block, int]]:
     """Every file's blocks, columns selected, validated: yields `(block, rows dropped from it)`.
 
-    Non-finite or blank cells are an error naming the file, line and column,
-    unless `drop_nonfinite`, which drops their rows. Files must share columns.
+    Non-finite or missing cells (blank, NA, N/A, NaN, null) are an error naming the
+    file, line and column, unless `drop_nonfinite`, which drops their rows, or
+    `allow_missing`, which keeps missing cells as NaN (infinities stay an error).
+    Files must share columns.
     `block.row_index` numbers each kept row among all data rows read so far.
     """
     first_header, first_row = None, 0
@@ -341,25 +364,33 @@ def clean_blocks(pattern, columns=None, drop_nonfinite: bool = False,
             elif block.header != first_header:
                 raise DataError(f"{path}: columns {block.header} differ from the first file's {first_header}")
             values, names = block.values, block.names
-            finite = np.isfinite(values).all(axis=1)
-            cell = None if drop_nonfinite else first_cell(~np.isfinite(values))
+            if allow_missing:
+                finite = np.ones(len(values), bool)
+                cell = first_cell(np.isinf(values))
+            else:
+                finite = np.isfinite(values).all(axis=1)
+                cell = None if drop_nonfinite else first_cell(~np.isfinite(values))
             if cell:
                 row, column = cell
-                raise DataError(
-                    f"{path}: {_describe(values[row, column])} at {block.places[row]}, column {names[column]!r}; "
-                    "fix it or pass drop_nonfinite=True to skip such rows")
+                hint = "" if np.isinf(values[row, column]) else MISSING_HINT
+                raise DataError(f"{path}: {_describe(values[row, column])} at {block.places[row]}, column "
+                                f"{names[column]!r}; fix it{hint or ''}")
             kept = np.flatnonzero(finite)
             values = values[kept]
-            refuse_too_large(values, path, lambda row: block.places[kept[row]], lambda column: repr(names[column]))
+            refuse_too_large(np.nan_to_num(values), path, lambda row: block.places[kept[row]],
+                             lambda column: repr(names[column]))
             yield (Block(path, names, values, [block.places[i] for i in kept], first_row + kept),
                    int(len(finite) - len(kept)))
             first_row += len(finite)
 
 
-def read_table(pattern, columns=None, drop_nonfinite: bool = False) -> Table:
-    """Reads `.csv` (header row optional) or `.npy` files, or a glob of them, into one validated table."""
+def read_table(pattern, columns=None, drop_nonfinite: bool = False, allow_missing: bool = False) -> Table:
+    """Reads `.csv` (header row optional) or `.npy` files, or a glob of them, into one validated table.
+
+    With `allow_missing`, missing cells are NaN.
+    """
     blocks, dropped = [], 0
-    for block, dropped_here in clean_blocks(pattern, columns, drop_nonfinite):
+    for block, dropped_here in clean_blocks(pattern, columns, drop_nonfinite, allow_missing=allow_missing):
         blocks.append(block)
         dropped += dropped_here
     values = np.concatenate([block.values for block in blocks]).astype(np.float32)
@@ -369,4 +400,4 @@ def read_table(pattern, columns=None, drop_nonfinite: bool = False) -> Table:
 
 
 def _describe(value: float) -> str:
-    return "blank or NaN cell" if np.isnan(value) else f"infinite value {value}"
+    return "missing (blank, NA or NaN) cell" if np.isnan(value) else f"infinite value {value}"

@@ -74,6 +74,7 @@ def log_likelihood(model: VariationalAutoencoder, x, num_samples: int = 1000, se
 def calibration_counts(x, mean, stddev) -> np.ndarray:
     """Cells within 1 and 2 sigma, then the PIT histogram's counts: [2 + PIT_BINS] numbers."""
     standardised = (np.asarray(x, np.float64) - mean) / stddev
+    standardised = standardised[np.isfinite(standardised)]  # missing cells have no error
     pit = 0.5 * (1.0 + tf.math.erf(standardised / math.sqrt(2.0)).numpy())
     histogram, _ = np.histogram(pit, bins=PIT_BINS, range=(0.0, 1.0))
     return np.concatenate([[np.sum(np.abs(standardised) <= 1.0), np.sum(np.abs(standardised) <= 2.0)], histogram])
@@ -85,15 +86,17 @@ def evaluate(model: VariationalAutoencoder, data, num_samples: int = 1000, seed:
     `data` is an array [rows, features] or a `pipeline.CsvSource`, read block by
     block. `log_likelihood` is the IWAE estimate with `num_samples` draws and
     `log_likelihood_stderr` its standard error over examples; `mse` and the
-    calibration use the reconstruction at the posterior mean.
+    calibration use the reconstruction at the posterior mean. For a model that
+    allows missing cells (`allow_missing=True`), NaN cells are missing: the
+    log-likelihood is log p(x_observed), the error and calibration are over observed cells.
     """
-    source = as_source(data)
+    source = as_source(data, getattr(model, "allow_missing", False))
     if source.width != model.input_size:
         raise DataError(f"expected {model.input_size} features per row, the data has {source.width}")
     sums = np.zeros(6)
     counts = np.zeros(2 + PIT_BINS)
     codes = RunningMoments()
-    n = 0
+    n = cells = 0
     for number, (values, _, _) in enumerate(source.blocks()):
         x = values.astype(np.float32)
         per_example = log_likelihood(model, x, num_samples, seed + number)
@@ -101,16 +104,16 @@ def evaluate(model: VariationalAutoencoder, data, num_samples: int = 1000, seed:
         ll = per_example["log_likelihood"]
         sums += [ll.sum(), (ll**2).sum(), per_example["elbo"].sum(), per_example["reconstruction_log_prob"].sum(),
                  (per_example["reconstruction_log_prob"] - per_example["elbo"]).sum(),
-                 np.mean((x.astype(np.float64) - outputs["mean"]) ** 2, axis=1).sum()]
+                 np.nanmean((x.astype(np.float64) - outputs["mean"]) ** 2, axis=1).sum()]
         counts += calibration_counts(x, outputs["mean"], outputs["stddev"])
         codes.update(outputs["code_mean"].astype(np.float64))
         n += len(x)
+        cells += int(np.isfinite(x).sum())
     if n == 0:
         raise DataError("no rows to evaluate")
     ll_sum, ll_squares, elbo_sum, log_px_sum, kl_sum, mse_sum = sums
     log_likelihood_mean = ll_sum / n
     variance = max(ll_squares / n - log_likelihood_mean**2, 0.0) * n / max(n - 1, 1)
-    cells = n * model.input_size
     return {
         "elbo": elbo_sum / n,
         "log_likelihood": log_likelihood_mean,

@@ -307,9 +307,9 @@ class StudentT(LearnedNormal):
         student_t = self.distribution(loc, raw).distribution
         return student_t.loc, (student_t.scale, student_t.df)
 
-    def log_prob(self, u, loc, scale):
+    def log_prob(self, u, loc, scale, mask=None):
         sigma, df = scale
-        return losses.student_t_log_prob(u, loc, sigma, df)
+        return losses.student_t_log_prob(u, loc, sigma, df, mask)
 
     def raw_stddev(self, normalizer, scale):
         sigma, df = scale

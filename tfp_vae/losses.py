@@ -31,13 +31,19 @@ import tensorflow as tf
 LOG_2PI = math.log(2.0 * math.pi)
 
 
-def gaussian_log_prob(x: tf.Tensor, loc: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
-    """log N(x; loc, diag(scale^2)) over the last axis."""
+def observed_sum(per_feature: tf.Tensor, mask: tf.Tensor | None) -> tf.Tensor:
+    """The sum over the last axis of the observed cells (`mask` 1) only; all of them when `mask` is None."""
+    return tf.reduce_sum(per_feature if mask is None else per_feature * mask, axis=-1)
+
+
+def gaussian_log_prob(x: tf.Tensor, loc: tf.Tensor, scale: tf.Tensor, mask: tf.Tensor | None = None) -> tf.Tensor:
+    """log N(x; loc, diag(scale^2)) over the last axis (over its observed cells: the marginal, given `mask`)."""
     z = (x - loc) / scale
-    return -tf.reduce_sum(0.5 * LOG_2PI + tf.math.log(scale) + 0.5 * tf.square(z), axis=-1)
+    return -observed_sum(0.5 * LOG_2PI + tf.math.log(scale) + 0.5 * tf.square(z), mask)
 
 
-def beta_nll_log_prob(x: tf.Tensor, loc: tf.Tensor, scale: tf.Tensor, beta: float) -> tf.Tensor:
+def beta_nll_log_prob(x: tf.Tensor, loc: tf.Tensor, scale: tf.Tensor, beta: float,
+                      mask: tf.Tensor | None = None) -> tf.Tensor:
     """beta-NLL's training objective (Seitzer et al. 2022) as a log-probability, over the last axis.
 
     Each feature's Gaussian log-density weighted by `stop_gradient(scale^(2 beta))`:
@@ -47,20 +53,24 @@ def beta_nll_log_prob(x: tf.Tensor, loc: tf.Tensor, scale: tf.Tensor, beta: floa
     """
     z = (x - loc) / scale
     per_feature = -(0.5 * LOG_2PI + tf.math.log(scale) + 0.5 * tf.square(z))
-    return tf.reduce_sum(tf.stop_gradient(scale ** (2.0 * beta)) * per_feature, axis=-1)
+    return observed_sum(tf.stop_gradient(scale ** (2.0 * beta)) * per_feature, mask)
 
 
-def gaussian_log_prob_tril(x: tf.Tensor, loc: tf.Tensor, scale_tril: tf.Tensor) -> tf.Tensor:
+def gaussian_log_prob_tril(x: tf.Tensor, loc: tf.Tensor, scale_tril: tf.Tensor, mask: None = None) -> tf.Tensor:
     """log N(x; loc, S S^T) over the last axis for a lower-triangular S [..., D, D] with positive diagonal.
 
-    -0.5 |S^-1 (x - loc)|^2 - sum log diag(S) - 0.5 D log(2 pi), one triangular solve.
+    -0.5 |S^-1 (x - loc)|^2 - sum log diag(S) - 0.5 D log(2 pi), one triangular solve. Complete rows
+    only (`mask` None): a row's marginal would need a factorisation of its own.
     """
+    if mask is not None:
+        raise ValueError("a full-covariance decoder scores complete rows only")
     scale = tf.linalg.LinearOperatorLowerTriangular(scale_tril, is_non_singular=True)
     z = scale.solvevec(x - loc)
     return -scale.log_abs_determinant() - tf.reduce_sum(0.5 * LOG_2PI + 0.5 * tf.square(z), axis=-1)
 
 
-def student_t_log_prob(x: tf.Tensor, loc: tf.Tensor, scale: tf.Tensor, df: tf.Tensor) -> tf.Tensor:
+def student_t_log_prob(x: tf.Tensor, loc: tf.Tensor, scale: tf.Tensor, df: tf.Tensor,
+                       mask: tf.Tensor | None = None) -> tf.Tensor:
     """log prod_d t_df(x_d; loc_d, scale_d) over the last axis: Student-t with `df` degrees of freedom.
 
     lgamma((df + 1) / 2) - lgamma(df / 2) - 0.5 log(df pi) - log scale - (df + 1) / 2 log(1 + z^2 / df),
@@ -69,7 +79,7 @@ def student_t_log_prob(x: tf.Tensor, loc: tf.Tensor, scale: tf.Tensor, df: tf.Te
     z = (x - loc) / scale
     per_feature = (tf.math.lgamma(0.5 * (df + 1.0)) - tf.math.lgamma(0.5 * df) - 0.5 * tf.math.log(df * math.pi)
                    - tf.math.log(scale) - 0.5 * (df + 1.0) * tf.math.log1p(tf.square(z) / df))
-    return tf.reduce_sum(per_feature, axis=-1)
+    return observed_sum(per_feature, mask)
 
 
 def standard_normal_log_prob(z: tf.Tensor) -> tf.Tensor:

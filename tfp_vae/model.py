@@ -44,6 +44,8 @@ from tfp_vae.transforms import FIT_ROWS, TRANSFORMS
 tfd = tfp.distributions
 
 SCORE_SAMPLES = 16
+IMPUTE_SAMPLES = 1000  # importance samples per row when filling gaps
+IMPUTE_ROWS = 64  # rows filled at a time: their draws take IMPUTE_SAMPLES x rows x D numbers
 INTERVAL = 0.95  # the central interval `lower` to `upper` that `call` reports
 METRICS = ("loss", "reconstruction_loss", "kl_loss", "mse")
 
@@ -64,9 +66,10 @@ class Posterior(NamedTuple):
 class LogWeights(NamedTuple):
     """What one pass of rows `x` [B, D] and noise `eps` [S, B, K] gives, per draw and row.
 
-    `log_px` [S, B]: log p(x|z) in nats of the raw data; `log_pz` and `log_qz`
-    [S, B]: log p(z) and log q(z|x) at the same z; `rate` [B]: the analytic
-    KL(q(z|x) || p(z)); `loc` [S, B, D]: the decoder's mean in model units.
+    `log_px` [S, B]: log p(x|z) in nats of the raw data (of the observed cells,
+    for a model that allows missing ones); `log_pz` and `log_qz` [S, B]: log p(z)
+    and log q(z|x) at the same z; `rate` [B]: the analytic KL(q(z|x) || p(z));
+    `loc` [S, B, D]: the decoder's mean in model units; `z` [S, B, K]: the codes.
     The importance weight of a draw is `log_px + log_pz - log_qz` (`log_weight`).
     """
 
@@ -75,6 +78,7 @@ class LogWeights(NamedTuple):
     log_qz: tf.Tensor
     rate: tf.Tensor
     loc: tf.Tensor
+    z: tf.Tensor
 
     @property
     def log_weight(self) -> tf.Tensor:
@@ -110,9 +114,20 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
     def to_model_units(self, x):
         return x
 
-    def log_jacobian(self, x):
-        """log |det du/dx| of rows x, model units u over raw: 0 when the model works in raw units."""
+    def log_jacobian(self, x, mask=None):
+        """log |det du/dx| of rows x (of their observed cells, given `mask`): 0 when the model works in raw units."""
         return tf.constant(0.0)
+
+    def observed(self, x):
+        """1 where a cell of `x` is observed, 0 where it is missing (NaN); None for a model that needs complete rows."""
+        return None
+
+    def model_units(self, x):
+        """Rows in model units; a missing cell (where the model allows them) as 0, its feature's centre."""
+        mask = self.observed(x)
+        if mask is None:
+            return self.to_model_units(x)
+        return tf.where(mask > 0, self.to_model_units(tf.where(mask > 0, x, 0.0)), 0.0)
 
     def raw_center(self, loc):
         """The decoder's centre in raw units, which the `mse` metric measures from: its mean or, transformed, median."""
@@ -127,9 +142,9 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         """p(x|z) over raw rows, from the decoder's parameters in model units."""
         return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
 
-    def decoder_log_prob(self, u, loc, scale, training: bool = False):
-        """log p(u|z) per row in model units (`training`: as a training step scores it)."""
-        return losses.gaussian_log_prob(u, loc, scale)
+    def decoder_log_prob(self, u, loc, scale, training: bool = False, mask=None):
+        """log p(u|z) per row in model units (`training`: as a training step scores it; `mask`: observed cells)."""
+        return losses.gaussian_log_prob(u, loc, scale, mask)
 
     def posterior(self, u):
         raise NotImplementedError
@@ -177,13 +192,16 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
     # The one seam: every loss, score and bound.
     def log_weights(self, x, eps, training: bool = False) -> LogWeights:
         """log p(x|z), log p(z), log q(z|x) for z = loc + L eps, eps [S, B, K], with the rate and the decoder's mean."""
-        u = self.to_model_units(x)
+        mask = self.observed(x)
+        u = self.model_units(x)
+        if mask is not None:
+            x = tf.where(mask > 0, x, 0.0)  # any finite number: a missing cell's terms are masked out
         qz, rate, log_scale = self.posterior_terms(u)
         z = reparameterize(qz, eps)
         loc, scale = self.decoder_params(z)
-        log_px = self.decoder_log_prob(u, loc, scale, training) + self.log_jacobian(x)
+        log_px = self.decoder_log_prob(u, loc, scale, training, mask) + self.log_jacobian(x, mask)
         log_qz = losses.standard_normal_log_prob(eps) - tf.reduce_sum(log_scale, axis=-1)
-        return LogWeights(log_px, losses.standard_normal_log_prob(z), log_qz, rate, loc)
+        return LogWeights(log_px, losses.standard_normal_log_prob(z), log_qz, rate, loc, z)
 
     # Keras.
     def compile(self, optimizer=None, jit_compile=None, steps_per_execution=16, **kwargs):
@@ -306,7 +324,8 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
                 raise DataError(
                     f"{source}: expected {self.input_size} features per row, dataset yields {width}")
             return
-        check_block(require_2d(np.asarray(x), source), 0, self.input_size, source)
+        check_block(require_2d(np.asarray(x), source), 0, self.input_size, source,
+                    getattr(self, "allow_missing", False))
 
     # Tensors in, tensors out, in raw units.
     def call(self, x):
@@ -314,7 +333,7 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
 
         `lower` and `upper` bound the central 95% (`INTERVAL`) of each feature of p(x|z) at that code.
         """
-        code_mean = self.posterior_mean(self.to_model_units(tf.convert_to_tensor(x, tf.float32)))
+        code_mean = self.posterior_mean(self.model_units(tf.convert_to_tensor(x, tf.float32)))
         return reconstruction(code_mean, *self.raw_outputs(*self.decoder_params(code_mean)))
 
     def folded_call(self, x):
@@ -324,7 +343,7 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
     def encode(self, x):
         """q(z|x), a distribution over codes."""
         self.check_input(x)
-        return self.posterior(self.to_model_units(tf.convert_to_tensor(x, tf.float32)))
+        return self.posterior(self.model_units(tf.convert_to_tensor(x, tf.float32)))
 
     def decode(self, z):
         """p(x|z) in raw units, a distribution over rows of data.
@@ -353,6 +372,43 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
     def elbo(self, x, num_samples: int = SCORE_SAMPLES):
         """The evidence lower bound of each row, in nats of the raw data."""
         return self.score(x, num_samples)["elbo"]
+
+    def impute(self, x, draws: int | None = None, num_samples: int = IMPUTE_SAMPLES, seed: int = 0,
+               batch_size: int = IMPUTE_ROWS):
+        """Rows `x` [B, D] with their missing (NaN) cells filled from p(x_missing | x_observed).
+
+        Importance-weighted (MIWAE, Mattei and Frellsen 2019): `num_samples` codes
+        from q(z|x_observed), weighted by p(x_observed|z) p(z) / q(z|x_observed).
+        Returns `(filled, stddev)`: E[x_missing | x_observed] in the gaps and each
+        filled cell's predictive standard deviation (observed cells are copied as
+        they are, their stddev 0); with `draws`, a third array [draws, B, D] of rows
+        drawn from p(x_missing | x_observed) by sampling importance resampling, for
+        multiple imputation. Deterministic for a given `seed`.
+        """
+        self.check_input(x)
+        x = np.asarray(x, np.float32)
+        results = [self._impute_rows(tf.constant(x[start:start + batch_size]), draws, num_samples, seed + start)
+                   for start in range(0, len(x), batch_size)]
+        return tuple(np.concatenate([part[i] for part in results], axis=-2) for i in range(len(results[0])))
+
+    def _impute_rows(self, x, draws, num_samples: int, seed: int):
+        if self.observed(x) is None:
+            raise TfpVaeError("this model needs complete rows: train it with allow_missing=True to fill gaps")
+        mask = tf.math.is_finite(x)
+        eps = tf.random.stateless_normal([num_samples, tf.shape(x)[0], self.code_size], seed=[seed, self.noise_seed_])
+        weights = self.log_weights(x, eps)
+        probability = tf.nn.softmax(weights.log_weight, axis=0)[..., tf.newaxis]  # [S, B, 1]
+        loc, scale = self.decoder_params(weights.z)
+        mean, stddev, _, _ = self.raw_outputs(loc, scale)
+        fill = tf.reduce_sum(probability * mean, axis=0)
+        spread = tf.reduce_sum(probability * (tf.square(stddev) + tf.square(mean - fill)), axis=0)
+        outputs = (tf.where(mask, x, fill).numpy(), tf.where(mask, 0.0, tf.sqrt(spread)).numpy())
+        if not draws:
+            return outputs
+        chosen = tf.random.stateless_categorical(tf.transpose(weights.log_weight), draws, seed=[seed, 1])  # [B, draws]
+        z = tf.gather(tf.transpose(weights.z, [1, 0, 2]), chosen, batch_dims=1)  # [B, draws, K]
+        rows = self.raw_distribution(*self.decoder_params(tf.transpose(z, [1, 0, 2]))).sample(seed=[seed, 2])
+        return outputs + (tf.where(mask, x, rows).numpy(),)
 
     def sample(self, num_samples: int, seed=None):
         """`num_samples` rows drawn from the model, in raw units."""
@@ -394,6 +450,10 @@ class GaussianVAE(VariationalAutoencoder):
         density of the raw numbers through its log-Jacobian.
       nll_beta: > 0 trains a learned sigma(z) by beta-NLL
         (`tfp_vae.losses.beta_nll_log_prob`); scores stay the log-likelihood.
+      allow_missing: NaN cells are missing values (MIWAE, Mattei and Frellsen
+        2019): the likelihood is over each row's observed cells, the encoder sees
+        a missing cell as its feature's centre, and `impute` fills the gaps.
+        Standardised, with a per-feature decoder (not whitened, not `"full"`).
 
     #### Example
 
@@ -416,10 +476,10 @@ class GaussianVAE(VariationalAutoencoder):
     def __init__(self, input_size: int, code_size: int = 2, hidden=(64, 64), posterior: str = "full",
                  decoder_scale: str = "learned", kl_weight: float = 1.0, fixed_scale: float = 1.0,
                  min_scale: float = 1e-3, activation: str = "leaky_relu", normalization: str = "standardize",
-                 seed=None, transform: str = "none", nll_beta: float = 0.0, **kwargs):
+                 seed=None, transform: str = "none", nll_beta: float = 0.0, allow_missing: bool = False, **kwargs):
         super().__init__(input_size, code_size, kl_weight, seed, **kwargs)
-        if incompatibility(normalization, decoder_scale, transform, nll_beta):
-            raise TfpVaeError(incompatibility(normalization, decoder_scale, transform, nll_beta))
+        if incompatibility(normalization, decoder_scale, transform, nll_beta, allow_missing):
+            raise TfpVaeError(incompatibility(normalization, decoder_scale, transform, nll_beta, allow_missing))
         if posterior not in heads.POSTERIOR_HEADS:
             raise ValueError(f"posterior must be one of {tuple(heads.POSTERIOR_HEADS)}, got {posterior!r}")
         if normalization not in NORMALIZERS:
@@ -435,6 +495,7 @@ class GaussianVAE(VariationalAutoencoder):
         self.normalization = normalization
         self.transform = transform
         self.nll_beta = float(nll_beta)
+        self.allow_missing = bool(allow_missing)
 
         self.marginals = TRANSFORMS[transform](self.input_size, name="marginals")
         self.normalizer = NORMALIZERS[normalization](self.input_size, name="normalizer")
@@ -457,7 +518,7 @@ class GaussianVAE(VariationalAutoencoder):
                 "kl_weight": self.kl_weight, "fixed_scale": self.fixed_scale,
                 "min_scale": self.min_scale, "activation": self.activation,
                 "normalization": self.normalization, "seed": self.seed, "transform": self.transform,
-                "nll_beta": self.nll_beta,
+                "nll_beta": self.nll_beta, "allow_missing": self.allow_missing,
                 "name": self.name}
 
     @property
@@ -480,7 +541,8 @@ class GaussianVAE(VariationalAutoencoder):
 
     def adapt(self, data) -> "GaussianVAE":
         """Fits the normalisation (and transform) to `data` (array or dataset) in one streaming pass."""
-        stats = moments(data, self.input_size, source="x", covariance=self.needs_covariance)
+        stats = moments(data, self.input_size, source="x", covariance=self.needs_covariance,
+                        allow_missing=self.allow_missing)
         return self.set_statistics(stats, first_rows(data, FIT_ROWS, "x") if self.needs_rows else None)
 
     def set_statistics(self, stats: RunningMoments, rows=None) -> "GaussianVAE":
@@ -490,6 +552,10 @@ class GaussianVAE(VariationalAutoencoder):
         (up to `FIT_ROWS` of them), and the normaliser then takes its moments from
         the transformed rows.
         """
+        if stats.observed is not None and (stats.observed < 2).any():
+            column = int(np.argmax(stats.observed < 2))
+            raise DataError(f"column {column} has {int(stats.observed[column])} observed value(s) in the training "
+                            "rows; a feature needs at least 2")
         constant, tiny = constant_columns(stats.mean, stats.stddev), tiny_columns(stats.mean, stats.stddev)
         if constant.size:
             warnings.warn(f"constant column(s) {constant.tolist()}: their scale is floored", stacklevel=3)
@@ -500,7 +566,8 @@ class GaussianVAE(VariationalAutoencoder):
             if rows is None:
                 raise TfpVaeError(f"transform={self.transform!r} is fitted on training rows: pass rows=[N, D]")
             self.marginals.fit(stats.mean, stats.stddev, rows)
-            stats = moments(self.marginals(np.asarray(rows, np.float32)).numpy(), covariance=self.needs_covariance)
+            stats = moments(self.marginals(np.asarray(rows, np.float32)).numpy(), covariance=self.needs_covariance,
+                            allow_missing=self.allow_missing)
         self.normalizer.set_moments(stats.mean, stats.stddev, stats.count, stats.covariance)
         return self
 
@@ -527,8 +594,11 @@ class GaussianVAE(VariationalAutoencoder):
     def to_model_units(self, x):
         return self.normalizer(self.marginals(x))
 
-    def log_jacobian(self, x):
-        return self.marginals.log_jacobian(x) - self.normalizer.log_det_jacobian()
+    def log_jacobian(self, x, mask=None):
+        return self.marginals.log_jacobian(x, mask) - self.normalizer.log_det_jacobian(mask)
+
+    def observed(self, x):
+        return tf.cast(tf.math.is_finite(x), x.dtype) if self.allow_missing else None
 
     def raw_center(self, loc):
         return self.marginals.inverse(self.normalizer.inverse(loc))
@@ -544,12 +614,12 @@ class GaussianVAE(VariationalAutoencoder):
     def raw_distribution(self, loc, scale):
         return self.marginals.raw_distribution(self.likelihood.raw_distribution(self.normalizer, loc, scale))
 
-    def decoder_log_prob(self, u, loc, scale, training: bool = False):
+    def decoder_log_prob(self, u, loc, scale, training: bool = False, mask=None):
         if training:
             scale = self.likelihood.training_scale(u, loc, scale)
             if self.nll_beta:
-                return losses.beta_nll_log_prob(u, loc, scale, self.nll_beta)
-        return self.likelihood.log_prob(u, loc, scale)
+                return losses.beta_nll_log_prob(u, loc, scale, self.nll_beta, mask)
+        return self.likelihood.log_prob(u, loc, scale, mask)
 
     def posterior(self, u):
         return self.posterior_head(self.encoder_params(self.encoder_mlp(u)))
@@ -567,7 +637,7 @@ class GaussianVAE(VariationalAutoencoder):
         concatenation and slicing. On variables it would refold at every call.
         """
         params = self.encoder_params  # only the posterior mean's columns, which both heads put first
-        code_mean = dense(self.encoder_mlp(self.to_model_units(tf.convert_to_tensor(x, tf.float32))),
+        code_mean = dense(self.encoder_mlp(self.model_units(tf.convert_to_tensor(x, tf.float32))),
                           params.kernel[:, :self.code_size], params.bias[:self.code_size])
         hidden = self.decoder_mlp(code_mean)
         scale = self.likelihood.scale(self.likelihood(hidden))
@@ -581,9 +651,14 @@ class GaussianVAE(VariationalAutoencoder):
     def loss_terms(self, x, eps, training: bool = False) -> dict:
         weights = self.log_weights(x, eps, training)
         distortion = -tf.reduce_mean(weights.log_px, axis=0)
+        mask = self.observed(x)
+        squared_error = tf.square(x - self.raw_center(weights.loc))
+        if mask is None:
+            mse = tf.reduce_mean(squared_error, axis=[0, -1])
+        else:  # over the observed cells
+            mse = tf.reduce_mean(observed_mean(tf.where(mask > 0, squared_error, 0.0), mask), axis=0)
         return {"loss": losses.beta_loss(distortion, weights.rate, self.kl_weight_now(training)),
-                "reconstruction_loss": distortion, "kl_loss": weights.rate,
-                "mse": tf.reduce_mean(tf.square(x - self.raw_center(weights.loc)), axis=[0, -1])}
+                "reconstruction_loss": distortion, "kl_loss": weights.rate, "mse": mse}
 
 
 def refuse_keras_3(objects, argument: str) -> None:
@@ -600,6 +675,11 @@ def refuse_keras_3(objects, argument: str) -> None:
 def reconstruction(code_mean, mean, stddev, lower, upper) -> dict:
     """`call`'s outputs: the code, and each feature's mean, standard deviation and central interval."""
     return {"code_mean": code_mean, "mean": mean, "stddev": stddev, "lower": lower, "upper": upper}
+
+
+def observed_mean(values, mask):
+    """The mean over the last axis of the observed cells (`mask` 1) of each row; 0 for a row with none."""
+    return losses.observed_sum(values, mask) / tf.maximum(tf.reduce_sum(mask, axis=-1), 1.0)
 
 
 def dense(x, kernel, bias):

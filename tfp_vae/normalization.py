@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfp_vae import losses
 from tfp_vae._keras import serializable, tf_keras
 from tfp_vae.errors import TfpVaeError
 from tfp_vae.heads import base_config
@@ -118,9 +119,9 @@ class Standardize(RestorableLayer, tf_keras.layers.Layer):
         return tfd.Independent(tfd.StudentT(df, self.inverse(loc), self.raw_stddev(sigma)),
                                reinterpreted_batch_ndims=1)
 
-    def log_det_jacobian(self):
-        """sum log scale: what a density loses going from model to raw units."""
-        return tf.reduce_sum(tf.math.log(self.scale))
+    def log_det_jacobian(self, mask=None):
+        """sum log scale (over each row's observed features, given `mask`): what a density loses from model to raw units."""
+        return losses.observed_sum(tf.math.log(self.scale), mask)
 
     def fold_output(self, kernel, bias):
         """`(kernel', bias')` with `self.inverse(h @ kernel + bias) == h @ kernel' + bias'`: raw units out.
@@ -213,7 +214,10 @@ class Whiten(Standardize):
             mixing_tril, tf.linalg.LinearOperatorAdjoint(mixing_tril), model_scale])
         return tfd.MultivariateNormalLinearOperator(self.inverse(loc), raw_scale)
 
-    def log_det_jacobian(self):
+    def log_det_jacobian(self, mask=None):
+        if mask is not None:
+            raise TfpVaeError("whitening mixes the features, so a missing one would touch them all: "
+                              "normalization='standardize' with allow_missing=True")
         return super().log_det_jacobian() + self.log_det_mixing
 
     def fold_output(self, kernel, bias):

@@ -25,6 +25,8 @@ LINES_PER_BLOCK = 4096
 SHUFFLE_BUFFER = 10_000
 SUBSETS = ("train", "validation", "all")
 IN_MEMORY_BYTES = 16 * 2**20  # CSV files up to this size are read once, into memory
+# An unquoted missing token (`data.MISSING_TOKENS`) as a whole cell, with the separators around it.
+MISSING_CELL = r"(^|,)[ \t]*(?i:na|n/a|nan|null)[ \t]*(,|$)"
 
 
 def in_validation(row_index, fraction: float, seed: int):
@@ -51,12 +53,15 @@ class ArraySource:
     """Rows already in memory: a float32 array [rows, features].
 
     `dropped_rows` counts rows a reader left out (blank or non-finite cells), for the
-    training's report.
+    training's report. With `allow_missing`, NaN cells are missing values.
     """
 
-    def __init__(self, values, columns=None, dropped_rows: int = 0):
+    def __init__(self, values, columns=None, dropped_rows: int = 0, allow_missing: bool = False):
         self.values = require_2d(np.asarray(values, np.float32), "x")
-        check_block(self.values, 0, None, "x")
+        check_block(self.values, 0, None, "x", allow_missing)
+        if allow_missing:  # a row with no observed cell says nothing
+            empty = np.isnan(self.values).all(axis=1)
+            self.values, dropped_rows = self.values[~empty], dropped_rows + int(empty.sum())
         self.columns = list(columns) if columns is not None else [str(i) for i in range(self.values.shape[1])]
         self.dropped_rows = dropped_rows
 
@@ -124,26 +129,33 @@ class CsvSource:
 
 
 def clean_line(line):
-    """A CSV line as the validating pass read it: no byte-order mark before it, no carriage return after."""
-    return tf.strings.regex_replace(tf.strings.regex_replace(line, "\r$", ""), "^\ufeff", "")
+    """A CSV line as the validating pass read it: no byte-order mark before it, no carriage return after, and
+    missing tokens (NA, N/A, null: `data.MISSING_TOKENS`) as blank cells, which tf.data reads as NaN."""
+    line = tf.strings.regex_replace(tf.strings.regex_replace(line, "\r$", ""), "^\ufeff", "")
+    for _ in range(2):  # a match takes the comma after it, so a run of missing cells needs a second pass
+        line = tf.strings.regex_replace(line, MISSING_CELL, r"\1\2")
+    return line
 
 
-def source_for(pattern, columns=None, drop_nonfinite: bool = False, in_memory_bytes: int = IN_MEMORY_BYTES):
+def source_for(pattern, columns=None, drop_nonfinite: bool = False, in_memory_bytes: int = IN_MEMORY_BYTES,
+               allow_missing: bool = False):
     """A `CsvSource` streaming CSV files larger than `in_memory_bytes`; an in-memory `ArraySource` otherwise.
 
     Small CSV files are read once: decoding them with tf.data at every epoch costs
-    more than the training on a few hundred rows.
+    more than the training on a few hundred rows. Files with missing cells
+    (`allow_missing`) are read into memory whatever their size.
     """
     paths = expand_paths(pattern)
-    if all(path.endswith(".csv") for path in paths) and sum(map(os.path.getsize, paths)) > in_memory_bytes:
+    if (not allow_missing and all(path.endswith(".csv") for path in paths)
+            and sum(map(os.path.getsize, paths)) > in_memory_bytes):
         return CsvSource(pattern, columns, drop_nonfinite)
-    table = read_table(pattern, columns, drop_nonfinite)
-    return ArraySource(table.values, table.columns, table.dropped_rows)
+    table = read_table(pattern, columns, drop_nonfinite, allow_missing)
+    return ArraySource(table.values, table.columns, table.dropped_rows, allow_missing)
 
 
-def as_source(data):
+def as_source(data, allow_missing: bool = False):
     """`data` if it is a source already, else an `ArraySource` of the array it is."""
-    return data if isinstance(data, (ArraySource, CsvSource)) else ArraySource(data)
+    return data if isinstance(data, (ArraySource, CsvSource)) else ArraySource(data, allow_missing=allow_missing)
 
 
 def scan(source, validation_fraction: float, seed: int, covariance: bool = False, keep_rows: int = 0) -> Scan:

@@ -129,7 +129,7 @@ def refit(config: Config, validation_losses: list) -> Config:
 
 def _pairing(settings: dict, config: Config) -> dict:
     return {**{name: settings[name] for name in ("normalization", "decoder_scale", "transform")},
-            "nll_beta": config.nll_beta}
+            "nll_beta": config.nll_beta, "allow_missing": config.allow_missing}
 
 
 def name_of(config: Config) -> str:

@@ -44,7 +44,7 @@ def build_model(config: Config) -> VariationalAutoencoder:
         return QuestionVAE(config.input_size, config.code_size, config.kl_weight, seed=config.seed)
     return GaussianVAE(config.input_size, config.code_size, config.hidden, config.posterior, config.decoder_scale,
                        config.kl_weight, normalization=config.normalization, seed=config.seed,
-                       transform=config.transform, nll_beta=config.nll_beta)
+                       transform=config.transform, nll_beta=config.nll_beta, allow_missing=config.allow_missing)
 
 
 def train(config: Config, data, run_dir, resume: bool = False, verbose: int = 1,
@@ -58,10 +58,10 @@ def train(config: Config, data, run_dir, resume: bool = False, verbose: int = 1,
     (after saving the last good weights) if the loss stops being finite.
     """
     run_dir = os.fspath(run_dir)
-    source = as_source(data)
     if resume:
         config = runs.load_config(run_dir)
-    elif config.input_size is None:
+    source = as_source(data, config.allow_missing)
+    if config.input_size is None:
         config = dataclasses.replace(config, input_size=source.width)  # checks the settings against the width
     watchdog = JoinWatchdog(worker_timeout, read_tf_config()) if config.strategy == "multiworker" else None
     try:
@@ -192,7 +192,8 @@ def _train(config: Config, source, run_dir: str, resume: bool, verbose: int, wat
                         f"{config.validation_split}; need at least {MIN_TRAINING_ROWS} training rows and 1 "
                         "validation row")
     if found.dropped_rows:
-        warnings.warn(f"dropped {found.dropped_rows} row(s) with blank, NaN or infinite cells", stacklevel=2)
+        what = "no observed cell" if config.allow_missing else "blank, NaN or infinite cells"
+        warnings.warn(f"dropped {found.dropped_rows} row(s) with {what}", stacklevel=2)
     model.set_statistics(found.train_moments, found.train_sample)
     if chief and not resume:
         os.makedirs(run_dir, exist_ok=True)

@@ -32,6 +32,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_vae._keras import serializable, tf_keras
+from tfp_vae.losses import observed_sum
 from tfp_vae.heads import base_config
 from tfp_vae.normalization import scale_floor
 from tfp_vae.saving import RestorableLayer
@@ -65,11 +66,17 @@ def yeo_johnson_log_derivative(s, lam):
 
 
 def profile_log_likelihood(s: np.ndarray, lam: np.ndarray) -> np.ndarray:
-    """Per feature, the mean log-likelihood of rows `s` [N, D] under the best Gaussian for `yeo_johnson(s, lam)`."""
-    s, lam = tf.constant(s, tf.float64), tf.constant(lam, tf.float64)
+    """Per feature, the mean log-likelihood of rows `s` [N, D] under the best Gaussian for `yeo_johnson(s, lam)`.
+
+    NaN cells are missing: each feature's figure is over its observed cells.
+    """
+    observed = tf.constant(~np.isnan(s), tf.float64)
+    count = tf.reduce_sum(observed, axis=0)
+    s, lam = tf.constant(np.nan_to_num(s), tf.float64), tf.constant(lam, tf.float64)
     t = yeo_johnson(s, lam)
-    variance = tf.maximum(tf.math.reduce_variance(t, axis=0), np.finfo(np.float64).tiny)
-    log_derivative = tf.reduce_mean(yeo_johnson_log_derivative(s, lam), axis=0)
+    mean = tf.reduce_sum(observed * t, axis=0) / count
+    variance = tf.maximum(tf.reduce_sum(observed * tf.square(t - mean), axis=0) / count, np.finfo(np.float64).tiny)
+    log_derivative = tf.reduce_sum(observed * yeo_johnson_log_derivative(s, lam), axis=0) / count
     return (-0.5 * tf.math.log(variance) + log_derivative).numpy()
 
 
@@ -141,8 +148,8 @@ class Identity(RestorableLayer, tf_keras.layers.Layer):
     def inverse(self, t):
         return t
 
-    def log_jacobian(self, x):
-        """sum_d log T_d'(x_d) per row: 0, as a scalar."""
+    def log_jacobian(self, x, mask=None):
+        """sum_d log T_d'(x_d) per row (over its observed features, given `mask`): 0, as a scalar."""
         return tf.constant(0.0)
 
     def raw_outputs(self, mean, stddev, half_width):
@@ -208,9 +215,9 @@ class YeoJohnson(Identity):
     def inverse(self, t):
         return yeo_johnson_inverse(t, self.lam) * self.scale + self.mean
 
-    def log_jacobian(self, x):
+    def log_jacobian(self, x, mask=None):
         s = (x - self.mean) / self.scale
-        return tf.reduce_sum(yeo_johnson_log_derivative(s, self.lam) - tf.math.log(self.scale), axis=-1)
+        return observed_sum(yeo_johnson_log_derivative(s, self.lam) - tf.math.log(self.scale), mask)
 
     def raw_outputs(self, mean, stddev, half_width):
         # In standardised units the quadrature's numbers stay near one whatever the feature's offset.

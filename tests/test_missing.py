@@ -1,0 +1,174 @@
+"""Missing values: reading them, training on the observed cells, scoring and filling gaps (MIWAE)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfp_vae import Config, GaussianVAE, evaluate, read_candidates
+from tfp_vae._keras import tf_keras
+from tfp_vae.cli import main
+from tfp_vae.data import RunningMoments, read_table
+from tfp_vae.errors import DataError, TfpVaeError
+from tfp_vae.pipeline import clean_line
+
+
+def test_missing_tokens_are_read_as_nan_only_when_allowed(tmp_path):
+    path = tmp_path / "gaps.csv"
+    path.write_text("a,b,c\n1,NA,3\n n/a ,2,null\nNaN,,6\n4,5,6\n")
+    with pytest.raises(DataError, match="line 2, column 'b'; fix it; pass allow_missing=True"):
+        read_table(str(path))
+    values = read_table(str(path), allow_missing=True).values
+    np.testing.assert_array_equal(np.isnan(values), [[0, 1, 0], [1, 0, 1], [1, 1, 0], [0, 0, 0]])
+    (tmp_path / "inf.csv").write_text("a,b\n1,inf\n")
+    with pytest.raises(DataError, match="infinite value inf at line 2, column 'b'; fix it$"):
+        read_table(str(tmp_path / "inf.csv"), allow_missing=True)
+    assert clean_line(tf.constant("NA,1,N/A,null,x")).numpy() == b",1,,,x"  # the streaming reader agrees
+
+
+def test_moments_are_over_each_columns_observed_cells(rng):
+    x = rng.normal(size=(500, 3)) * [1.0, 10.0, 0.1]
+    running = RunningMoments()
+    complete = RunningMoments()
+    gappy = np.where(rng.random(x.shape) < 0.3, np.nan, x)
+    for start in range(0, 500, 128):
+        running.update(gappy[start:start + 128])
+        complete.update(x[start:start + 128])
+    np.testing.assert_allclose(running.mean, np.nanmean(gappy, axis=0), rtol=1e-12)
+    np.testing.assert_allclose(running.stddev, np.nanstd(gappy, axis=0), rtol=1e-12)
+    np.testing.assert_array_equal(running.observed, np.isfinite(gappy).sum(axis=0))
+    np.testing.assert_allclose(complete.stddev, x.std(axis=0), rtol=1e-12)
+
+
+def linear_gaussian(rng, n=3000, missing=0.3):
+    d, k = 6, 2
+    loadings = rng.normal(size=(k, d))
+    noise = np.array([0.5, 0.3, 0.8, 0.4, 0.6, 0.5])
+    x = rng.normal(size=(n, k)) @ loadings + noise * rng.normal(size=(n, d)) + 3.0
+    gappy = np.where(rng.random(x.shape) < missing, np.nan, x)
+    return x, gappy, np.full(d, 3.0), loadings.T @ loadings + np.diag(noise**2)
+
+
+def conditional_means(rows, mean, covariance):
+    """E[x_missing | x_observed] under the true Gaussian, row by row (NaN where nothing is missing)."""
+    filled = np.array(rows, np.float64)
+    for row in filled:
+        seen = ~np.isnan(row)
+        if seen.all() or not seen.any():
+            continue
+        row[~seen] = mean[~seen] + covariance[np.ix_(~seen, seen)] @ np.linalg.solve(
+            covariance[np.ix_(seen, seen)], row[seen] - mean[seen])
+    return filled
+
+
+@pytest.mark.slow
+def test_linear_vae_learns_the_observed_data_likelihood_and_fills_like_the_true_conditional(rng):
+    """30% of cells missing at random: within 0.05 nats per observed cell of the true Gaussian's marginal
+    likelihood, and fills nearly as close to the hidden values as the true conditional means."""
+    x, gappy, mean, covariance = linear_gaussian(rng)
+    model = GaussianVAE(6, code_size=2, hidden=(), decoder_scale="shared", allow_missing=True, seed=0)
+    model.compile(tf_keras.optimizers.Adam(1e-2))
+    model.fit(gappy[:2400].astype(np.float32), epochs=150, batch_size=64, verbose=0)
+    test, hidden = gappy[2400:], x[2400:]
+    truth = []
+    for row in test:
+        seen = ~np.isnan(row)
+        centred, block = row[seen] - mean[seen], covariance[np.ix_(seen, seen)]
+        truth.append(-0.5 * (seen.sum() * np.log(2 * np.pi) + np.linalg.slogdet(block)[1]
+                             + centred @ np.linalg.solve(block, centred)))
+    held_out = evaluate(model, test.astype(np.float32), num_samples=200)["log_likelihood"]
+    observed_per_row = np.isfinite(test).sum() / len(test)
+    assert (np.mean(truth) - held_out) / observed_per_row < 0.05, (np.mean(truth), held_out)
+    filled, stddev = model.impute(test.astype(np.float32))
+    gaps = np.isnan(test)
+    model_error = np.sqrt(np.mean((filled[gaps] - hidden[gaps]) ** 2))
+    oracle_error = np.sqrt(np.mean((conditional_means(test, mean, covariance)[gaps] - hidden[gaps]) ** 2))
+    column_mean_error = np.sqrt(np.mean((np.nanmean(gappy[:2400], axis=0)[np.nonzero(gaps)[1]] - hidden[gaps]) ** 2))
+    assert model_error < 1.1 * oracle_error < column_mean_error, (model_error, oracle_error, column_mean_error)
+    assert 0.6 < np.mean(np.abs(filled[gaps] - hidden[gaps]) <= stddev[gaps]) < 0.76  # a calibrated 68%
+
+
+@pytest.fixture(scope="module")
+def gappy_model():
+    _, gappy, _, _ = linear_gaussian(np.random.default_rng(7), n=600)
+    model = GaussianVAE(6, code_size=2, hidden=(8,), allow_missing=True, seed=0)
+    model.compile()
+    model.fit(gappy.astype(np.float32), epochs=2, batch_size=100, verbose=0)
+    return model, gappy.astype(np.float32)
+
+
+def test_filling_keeps_observed_cells_and_is_deterministic(gappy_model):
+    model, gappy = gappy_model
+    rows = gappy[:50]
+    filled, stddev, draws = model.impute(rows, draws=4, num_samples=100, seed=3)
+    seen = ~np.isnan(rows)
+    np.testing.assert_array_equal(filled[seen], rows[seen])
+    assert np.all(stddev[seen] == 0) and np.all(stddev[~seen] > 0) and np.isfinite(filled).all()
+    assert draws.shape == (4, 50, 6) and np.isfinite(draws).all()
+    np.testing.assert_array_equal(draws[:, seen], np.broadcast_to(rows[seen], (4, seen.sum())))
+    assert np.std(draws[:, ~seen], axis=0).min() > 0  # draws, not copies of the mean
+    again = model.impute(rows, draws=4, num_samples=100, seed=3)
+    np.testing.assert_array_equal(again[0], filled)
+    np.testing.assert_array_equal(again[2], draws)
+
+
+def test_scores_are_of_the_observed_cells(gappy_model):
+    model, gappy = gappy_model
+    row = gappy[:1].copy()
+    row[0, :] = np.arange(6.0)
+    fewer = row.copy()
+    fewer[0, 3:] = np.nan
+    assert np.isfinite(model.elbo(fewer).numpy()).all()
+    assert float(model.score(np.full((1, 6), np.nan, np.float32))["reconstruction_log_prob"][0]) == 0.0
+    assert np.isfinite(evaluate(model, gappy[:100], num_samples=10)["log_likelihood"])
+
+
+def test_complete_data_trains_to_exactly_the_same_weights(rng):
+    x = (rng.normal(size=(300, 4)) * [1.0, 5.0, 0.1, 2.0]).astype(np.float32)
+    weights = []
+    for allow_missing in (False, True):
+        model = GaussianVAE(4, code_size=2, hidden=(8,), allow_missing=allow_missing, seed=0)
+        model.compile()
+        model.fit(x, epochs=2, batch_size=50, verbose=0, shuffle=False)
+        weights.append(model.get_weights())
+    for before, after in zip(*weights):
+        np.testing.assert_array_equal(before, after)
+
+
+def test_what_cannot_leave_cells_out_is_refused(rng):
+    for settings, message in ((dict(normalization="whiten"), "whitening mixes the features"),
+                              (dict(decoder_scale="full"), "full' scores complete rows only"),
+                              (dict(model="question"), "question's model cannot leave cells out")):
+        with pytest.raises(TfpVaeError, match=message):
+            Config(allow_missing=True, **settings)
+    x = rng.normal(size=(50, 3)).astype(np.float32)
+    x[1:, 2] = np.nan
+    with pytest.raises(DataError, match="column 2 has 1 observed value"):
+        GaussianVAE(3, allow_missing=True).adapt(x)
+    with pytest.raises(TfpVaeError, match="train it with allow_missing=True"):
+        GaussianVAE(3).impute(rng.normal(size=(2, 3)))
+
+
+def test_selection_and_the_command_line_with_gaps(tmp_path, capsys):
+    _, gappy, _, _ = linear_gaussian(np.random.default_rng(2), n=400)
+    gappy[5] = np.nan  # a row with nothing observed
+    path = tmp_path / "gappy.csv"
+    lines = ["a,b,c,d,e,f"] + [",".join("NA" if np.isnan(v) else f"{v:.5g}" for v in row) for row in gappy]
+    path.write_text("\n".join(lines) + "\n")
+    assert main(["train", str(path), "--out", str(tmp_path / "run"), "--allow-missing", "--epochs", "2",
+                 "--hidden", "8", "--quiet"]) == 0
+    names = [row["name"] for row in read_candidates(tmp_path / "run")]
+    assert names and all(name.startswith(("standardize", "yeo_johnson-standardize")) for name in names), names
+    assert "full" not in "".join(names)
+    assert main(["impute", str(tmp_path / "run"), str(path), "--out", str(tmp_path / "filled.csv")]) == 0
+    filled = np.loadtxt(tmp_path / "filled.csv", delimiter=",", skiprows=1)
+    read = read_table(str(path), allow_missing=True).values
+    assert filled.shape == gappy.shape and np.isfinite(filled).all()
+    seen = ~np.isnan(read)
+    np.testing.assert_array_equal(filled.astype(np.float32)[seen], read[seen])
+    assert main(["impute", str(tmp_path / "run"), str(path), "--out", str(tmp_path / "d.npy"), "--draws", "3"]) == 0
+    assert np.load(tmp_path / "d.npy").shape == (3, 400, 6)
+    capsys.readouterr()
+    assert main(["impute", str(tmp_path / "run"), str(path), "--out", str(tmp_path / "d.csv"), "--draws", "3"]) == 2
+    assert "use a .npy file" in capsys.readouterr().err
+    assert main(["train", str(path), "--out", str(tmp_path / "refused"), "--quiet"]) == 2
+    assert "pass --allow-missing to learn from the observed cells" in capsys.readouterr().err
