@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfp_vae import Config, GaussianVAE, evaluate, read_candidates
+from tfp_vae import Config, GaussianVAE, evaluate, export_saved_model, read_candidates
 from tfp_vae._keras import tf_keras
 from tfp_vae.cli import main
 from tfp_vae.data import RunningMoments, read_table
@@ -172,3 +172,20 @@ def test_selection_and_the_command_line_with_gaps(tmp_path, capsys):
     assert "use a .npy file" in capsys.readouterr().err
     assert main(["train", str(path), "--out", str(tmp_path / "refused"), "--quiet"]) == 2
     assert "pass --allow-missing to learn from the observed cells" in capsys.readouterr().err
+
+
+def test_the_saved_model_fills_gaps_and_scores_incomplete_rows(gappy_model, tmp_path):
+    model, gappy = gappy_model
+    loaded = tf.saved_model.load(export_saved_model(model, tmp_path / "exports"))
+    rows = gappy[:20]
+    served = loaded.signatures["impute"](x=tf.constant(rows))
+    filled, stddev, _ = model.imputation(tf.constant(rows))
+    np.testing.assert_allclose(served["x"].numpy(), filled.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(served["stddev"].numpy(), stddev.numpy(), rtol=1e-4, atol=1e-5)
+    seen = ~np.isnan(rows)
+    np.testing.assert_array_equal(served["x"].numpy()[seen], rows[seen])
+    again = loaded.signatures["impute"](x=tf.constant(rows))["x"].numpy()
+    np.testing.assert_array_equal(again, served["x"].numpy())
+    score = loaded.signatures["score"](x=tf.constant(rows))
+    np.testing.assert_allclose(score["elbo"].numpy(), model.score(rows)["elbo"].numpy(), rtol=1e-5, atol=1e-4)
+    assert np.isfinite(score["elbo"].numpy()).all()

@@ -10,6 +10,7 @@ layout TF Serving polls, with these signatures (float32, batch-major, raw units)
 | `decode`                    | `z` [B, K]                  | `mean` [B, D], `stddev` [B, D]                   |
 | `score`                     | `x` [B, D]                  | `elbo`, `reconstruction_log_prob`, `kl` [B]      |
 | `sample`                    | `num_samples`, `seed` int32 | `x` [num_samples, D]                             |
+| `impute` (`allow_missing` models) | `x` [B, D], NaN = missing | `x` [B, D] filled, `stddev` [B, D] (0 where observed) |
 
 Each signature is traced from the model's maths and its weights are folded into
 the graph as constants: no Keras layer is saved (Keras's layer serialisation
@@ -88,16 +89,24 @@ class ServingModule(tf.Module):
         def sample(num_samples, seed):
             return {"x": model.sample(num_samples, seed)}
 
+        def impute(x):
+            filled, stddev, _ = model.imputation(checked(x, d))
+            return {"x": filled, "stddev": stddev}
+
         self.reconstruct = frozen(tf.function(reconstruct, input_signature=[rows]))
         self.encode = frozen(tf.function(encode, input_signature=[rows]))
         self.decode = frozen(tf.function(decode, input_signature=[codes]))
         self.score = frozen(tf.function(score, input_signature=[rows]))
         self.sample = frozen(tf.function(sample, input_signature=[
             tf.TensorSpec([], tf.int32, name="num_samples"), tf.TensorSpec([], tf.int32, name="seed")]))
+        # Only a model trained on gaps can fill them.
+        self.impute = (frozen(tf.function(impute, input_signature=[rows]))
+                       if getattr(model, "allow_missing", False) else None)
 
     def signatures(self) -> dict:
-        return {"serving_default": self.reconstruct, "reconstruct": self.reconstruct, "encode": self.encode,
-                "decode": self.decode, "score": self.score, "sample": self.sample}
+        signatures = {"serving_default": self.reconstruct, "reconstruct": self.reconstruct, "encode": self.encode,
+                      "decode": self.decode, "score": self.score, "sample": self.sample}
+        return {**signatures, "impute": self.impute} if self.impute is not None else signatures
 
 
 def next_version(export_base: str) -> int:

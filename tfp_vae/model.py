@@ -391,20 +391,25 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
                    for start in range(0, len(x), batch_size)]
         return tuple(np.concatenate([part[i] for part in results], axis=-2) for i in range(len(results[0])))
 
-    def _impute_rows(self, x, draws, num_samples: int, seed: int):
+    def imputation(self, x, num_samples: int = IMPUTE_SAMPLES, seed: int = 0):
+        """Tensors in and out: `(filled, stddev, weights)` for rows `x` [B, D] with NaN gaps (see `impute`)."""
         if self.observed(x) is None:
             raise TfpVaeError("this model needs complete rows: train it with allow_missing=True to fill gaps")
         mask = tf.math.is_finite(x)
         eps = tf.random.stateless_normal([num_samples, tf.shape(x)[0], self.code_size], seed=[seed, self.noise_seed_])
         weights = self.log_weights(x, eps)
         probability = tf.nn.softmax(weights.log_weight, axis=0)[..., tf.newaxis]  # [S, B, 1]
-        loc, scale = self.decoder_params(weights.z)
-        mean, stddev, _, _ = self.raw_outputs(loc, scale)
+        mean, stddev, _, _ = self.raw_outputs(*self.decoder_params(weights.z))
         fill = tf.reduce_sum(probability * mean, axis=0)
         spread = tf.reduce_sum(probability * (tf.square(stddev) + tf.square(mean - fill)), axis=0)
-        outputs = (tf.where(mask, x, fill).numpy(), tf.where(mask, 0.0, tf.sqrt(spread)).numpy())
+        return tf.where(mask, x, fill), tf.where(mask, 0.0, tf.sqrt(spread)), weights
+
+    def _impute_rows(self, x, draws, num_samples: int, seed: int):
+        filled, stddev, weights = self.imputation(x, num_samples, seed)
+        outputs = (filled.numpy(), stddev.numpy())
         if not draws:
             return outputs
+        mask = tf.math.is_finite(x)
         chosen = tf.random.stateless_categorical(tf.transpose(weights.log_weight), draws, seed=[seed, 1])  # [B, draws]
         z = tf.gather(tf.transpose(weights.z, [1, 0, 2]), chosen, batch_dims=1)  # [B, draws, K]
         rows = self.raw_distribution(*self.decoder_params(tf.transpose(z, [1, 0, 2]))).sample(seed=[seed, 2])
