@@ -275,7 +275,7 @@ def test_help_shows_defaults_and_an_example_and_version_answers(capsys):
                            ("demo", ["(default: 150 for the fixed models", "tfp-vae demo "])):
         with pytest.raises(SystemExit):
             main([command, "--help"])
-        printed = capsys.readouterr().out
+        printed = " ".join(capsys.readouterr().out.split())  # wherever the help's lines wrap
         assert all(text in printed for text in shown), (command, printed)
 
 

@@ -113,9 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="gaussian: the Gaussian VAE; question: the question's MSE + 1e-4 KL model, as asked")
     train.add_argument("--select", choices=SELECTS, default=DEFAULTS.select,
                        help="auto: fit a few candidates and keep the best by validation log-likelihood "
-                            "(candidates.csv in RUN_DIR); none: train exactly what the flags say. Each of "
-                            "--normalization, --transform, --decoder-scale, --code-size and --hidden given pins that "
-                            "choice")
+                            "(RUN_DIR/candidates.csv), then refit it on every row; none: train just what the "
+                            "flags say. Model flags pin their choice")
     train.add_argument("--code-size", type=int, metavar="K", help="default: chosen from the data (--select none: 2)")
     train.add_argument("--hidden", type=_widths,
                        help="hidden widths, e.g. 64,64, or '' for a linear model (gaussian; default: chosen from "
@@ -429,7 +428,8 @@ COMMANDS = {"train": _train, "evaluate": _evaluate, "export": _export, "encode":
 
 # Library arguments that messages name, and the flags they are given by here.
 FLAGS = {name: "--" + name.replace("_", "-") for name in
-         [field.name for field in dataclasses.fields(Config) if field.name not in ("input_size", "feature_names")]
+         [field.name for field in dataclasses.fields(Config)
+          if field.name not in ("input_size", "feature_names", "passes_per_epoch")]
          + ["drop_nonfinite", "resume", "worker_timeout"]}
 FLAGS["run_dir"] = "--out"
 
