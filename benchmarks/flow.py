@@ -22,9 +22,13 @@ BATCH_SIZE, LEARNING_RATE = 64, 1e-3
 LOG_SCALE_BOUND = 3.0  # tanh-bounded log scales keep a flow's first steps finite
 
 
-def masked_autoregressive_flow(input_size: int, layers: int, width: int, seed: int) -> tfd.Distribution:
-    """N(0, I) through `layers` MAF layers of two hidden layers each, the feature order reversed between them."""
-    bijectors = []
+def masked_autoregressive_flow(input_size: int, layers: int, width: int, seed: int):
+    """N(0, I) through `layers` MAF layers of two hidden layers each, the feature order reversed between them.
+
+    Returns the distribution and its networks: the networks sit in closures, where
+    `tf.Module` cannot find their variables.
+    """
+    bijectors, networks = [], []
     for layer in range(layers):
         made = tfb.AutoregressiveNetwork(params=2, hidden_units=[width, width], activation="relu",
                                          kernel_initializer=tf_keras.initializers.GlorotUniform(seed + layer))
@@ -34,14 +38,16 @@ def masked_autoregressive_flow(input_size: int, layers: int, width: int, seed: i
             return shift, LOG_SCALE_BOUND * tf.tanh(log_scale / LOG_SCALE_BOUND)
 
         bijectors += [tfb.MaskedAutoregressiveFlow(shift_and_log_scale), tfb.Permute(list(range(input_size))[::-1])]
+        networks.append(made)
     base = tfd.MultivariateNormalDiag(tf.zeros(input_size, tf.float32))
-    return tfd.TransformedDistribution(base, tfb.Chain(bijectors[:-1]))
+    return tfd.TransformedDistribution(base, tfb.Chain(bijectors[:-1])), networks
 
 
-def fit_flow(flow: tfd.Distribution, fit_rows: np.ndarray, validation_rows: np.ndarray, seed: int) -> float:
+def fit_flow(flow: tfd.Distribution, networks, fit_rows: np.ndarray, validation_rows: np.ndarray, seed: int) -> float:
     """Adam on `fit_rows` with early stopping on `validation_rows`; keeps the best weights, returns their log-likelihood."""
     flow.log_prob(fit_rows[:1])  # builds the networks' variables
-    variables = flow.trainable_variables
+    variables = [variable for network in networks for variable in network.trainable_variables]
+    assert variables, "the flow has weights to train"
     optimizer = tf_keras.optimizers.Adam(LEARNING_RATE)
     validation = tf.constant(validation_rows)
 
@@ -83,8 +89,8 @@ def flow_log_density(x_train: np.ndarray, x_test: np.ndarray, seed: int) -> np.n
     tf.random.set_seed(seed)
     fitted = []
     for layers, width in SIZES:
-        flow = masked_autoregressive_flow(u.shape[1], layers, width, seed)
-        fitted.append((fit_flow(flow, fit_rows, validation_rows, seed), flow))
+        flow, networks = masked_autoregressive_flow(u.shape[1], layers, width, seed)
+        fitted.append((fit_flow(flow, networks, fit_rows, validation_rows, seed), flow))
     _, best = max(fitted, key=lambda pair: pair[0])
     u_test = ((x_test - mean) / scale).astype(np.float32)
     return best.log_prob(u_test).numpy().astype(np.float64) - np.log(scale).sum()
