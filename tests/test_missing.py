@@ -189,3 +189,13 @@ def test_the_saved_model_fills_gaps_and_scores_incomplete_rows(gappy_model, tmp_
     score = loaded.signatures["score"](x=tf.constant(rows))
     np.testing.assert_allclose(score["elbo"].numpy(), model.score(rows)["elbo"].numpy(), rtol=1e-5, atol=1e-4)
     assert np.isfinite(score["elbo"].numpy()).all()
+
+
+def test_the_sigma_vaes_batch_error_counts_observed_cells_only():
+    model = GaussianVAE(2, code_size=1, hidden=(), decoder_scale="optimal", allow_missing=True, seed=0)
+    u, loc = tf.constant([[1.0, 0.0], [3.0, 2.0]]), tf.zeros([2, 2])
+    mask = tf.constant([[1.0, 0.0], [1.0, 1.0]])
+    model.likelihood.training_scale(u, loc, None, mask)
+    # Running average from 1 with momentum 0.95: feature 0 saw (1 + 9) / 2 = 5, feature 1 saw 4 (one cell).
+    np.testing.assert_allclose(model.likelihood.mean_squared_error.numpy(), [0.95 + 0.05 * 5, 0.95 + 0.05 * 4],
+                               rtol=1e-6)

@@ -13,8 +13,9 @@ model units (its mean comes from the model's `decoder_loc` layer), and knows
   Gaussian, the normal quantile times its standard deviation; for a Student-t,
   the t quantile times its scale);
 - `chunk_width(D)`: numbers per row and draw that evaluation's chunks are sized by;
-- `training_scale(u, loc, scale)`: the scale a training step uses (only the
-  sigma-VAE's `OptimalNormal` changes it, from the batch's errors).
+- `training_scale(u, loc, scale, mask)`: the scale a training step uses (only
+  the sigma-VAE's `OptimalNormal` changes it, from the batch's errors in its
+  observed cells).
 
 Names (`LIKELIHOODS`) are for the boundary alone: the config, the command line
 and the model's `get_config`. Scales are in model units: multiples of each
@@ -91,7 +92,7 @@ class DiagonalNormal(RestorableLayer, tf_keras.layers.Layer):
         """Half the central `probability` interval of each feature in raw units (its marginal is Gaussian)."""
         return tf.math.ndtri(0.5 + 0.5 * probability) * self.raw_stddev(normalizer, scale)
 
-    def training_scale(self, u, loc, scale):
+    def training_scale(self, u, loc, scale, mask=None):
         return scale
 
     def get_config(self):
@@ -180,8 +181,13 @@ class OptimalNormal(DiagonalNormal):
     def call(self, hidden):
         return self.broadcast(raw_from_scale(tf.sqrt(self.mean_squared_error), self.min_scale), hidden)
 
-    def training_scale(self, u, loc, scale):
-        batch_mse = global_batch_mean(tf.stop_gradient(tf.reshape(tf.square(u - loc), [-1, self.event_size])))
+    def training_scale(self, u, loc, scale, mask=None):
+        squared_error = tf.reshape(tf.square(u - loc), [-1, self.event_size])
+        observed = tf.ones_like(squared_error) if mask is None else tf.reshape(
+            tf.broadcast_to(mask, tf.shape(u - loc)), [-1, self.event_size])
+        total, count = global_batch_sums(tf.stop_gradient(squared_error * observed), observed)
+        # A feature missing from the whole batch keeps its running error.
+        batch_mse = tf.where(count > 0, total / tf.maximum(count, 1.0), self.mean_squared_error)
         self.mean_squared_error.assign(
             self.MOMENTUM * self.mean_squared_error + (1.0 - self.MOMENTUM) * batch_mse)
         return losses.optimal_scale(batch_mse, self.min_scale)
@@ -337,10 +343,11 @@ def make_likelihood(decoder_scale: str, event_size: int, min_scale: float, seed,
     return likelihood(event_size, min_scale, seed, **options, **kwargs)
 
 
-def global_batch_mean(rows):
-    """The mean over axis 0 of the whole global batch, across replicas when training is distributed."""
-    total, count = tf.reduce_sum(rows, axis=0), tf.cast(tf.shape(rows)[0], rows.dtype)
+def global_batch_sums(rows, observed):
+    """Sums over axis 0 of the whole global batch: of `rows`, and of `observed` (its cells' count), across
+    replicas when training is distributed."""
+    total, count = tf.reduce_sum(rows, axis=0), tf.reduce_sum(observed, axis=0)
     context = tf.distribute.get_replica_context()
     if context is not None and context.num_replicas_in_sync > 1:
         total, count = context.all_reduce(tf.distribute.ReduceOp.SUM, [total, count])
-    return total / count
+    return total, count

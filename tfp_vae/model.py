@@ -621,7 +621,7 @@ class GaussianVAE(VariationalAutoencoder):
 
     def decoder_log_prob(self, u, loc, scale, training: bool = False, mask=None):
         if training:
-            scale = self.likelihood.training_scale(u, loc, scale)
+            scale = self.likelihood.training_scale(u, loc, scale, mask)
             if self.nll_beta:
                 return losses.beta_nll_log_prob(u, loc, scale, self.nll_beta, mask)
         return self.likelihood.log_prob(u, loc, scale, mask)
