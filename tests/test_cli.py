@@ -424,3 +424,13 @@ def test_mistakes_are_answered_before_tensorflow_starts(run_dir, tmp_path, argv,
     completed = subprocess.run([sys.executable, "-c", PREFLIGHT, *argv], capture_output=True, text=True, cwd=tmp_path)
     assert completed.stdout.split() == ["2", "False"], completed.stdout + completed.stderr
     assert completed.stderr.count("\n") == 1 and message in completed.stderr, completed.stderr
+
+
+def test_the_library_starts_tensorflow_quietly():
+    program = "from tfp_vae import GaussianVAE; GaussianVAE(3, hidden=(4,))"
+    env = {name: value for name, value in os.environ.items() if name not in ("TF_CPP_MIN_LOG_LEVEL", "TF_CONFIG")}
+    quiet = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=env, check=True)
+    assert quiet.stderr == "", quiet.stderr
+    chosen = subprocess.run([sys.executable, "-c", "import tfp_vae, sys; tfp_vae.Config; "
+                             "print('tensorflow' in sys.modules)"], capture_output=True, text=True, env=env, check=True)
+    assert chosen.stdout.strip() == "False"  # a TensorFlow-free name loads no TensorFlow

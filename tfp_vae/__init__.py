@@ -2,9 +2,14 @@
 
 The public names load on first use, so `import tfp_vae` stays quick and the
 command line can quiet TensorFlow's start-up logging before TensorFlow loads.
+The first public name that needs TensorFlow loads it quietly too (without its
+C++ start-up lines), unless TensorFlow is loaded already or `TF_CPP_MIN_LOG_LEVEL`
+is set, which leaves TensorFlow's logging as you chose it.
 """
 
 import importlib
+import os
+import sys
 
 __version__ = "0.1.0"
 
@@ -32,9 +37,19 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC) + ["__version__"]
 
 
+# Modules that import no TensorFlow.
+_TENSORFLOW_FREE = {"tfp_vae.config", "tfp_vae.data", "tfp_vae.errors", "tfp_vae.quiet"}
+
+
 def __getattr__(name):
     if name in _PUBLIC:
-        return getattr(importlib.import_module(_PUBLIC[name]), name)
+        module = _PUBLIC[name]
+        if (module not in _TENSORFLOW_FREE and "tensorflow" not in sys.modules
+                and "TF_CPP_MIN_LOG_LEVEL" not in os.environ):
+            from tfp_vae.quiet import start_tensorflow_quietly
+            # Devices start quietly too, except where TF_CONFIG says a multiworker strategy will configure them.
+            start_tensorflow_quietly(initialize_devices="TF_CONFIG" not in os.environ)
+        return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module 'tfp_vae' has no attribute {name!r}")
 
 
