@@ -187,6 +187,21 @@ def test_rest_and_grpc_requests_for_every_signature(exported):
             np.testing.assert_allclose(tf.make_ndarray(response.outputs[name]), value, rtol=1e-5, atol=1e-6)
 
 
+def test_warmup_requests_cover_every_signature_and_run(exported):
+    from tensorflow_serving.apis import prediction_log_pb2
+    _, path, _, _, _ = exported
+    loaded = tf.saved_model.load(path)
+    seen = []
+    for record in tf.data.TFRecordDataset(os.path.join(path, "assets.extra", "tf_serving_warmup_requests")):
+        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        request = log.predict_log.request
+        seen.append(request.model_spec.signature_name)
+        inputs = {name: tf.constant(tf.make_ndarray(proto)) for name, proto in request.inputs.items()}
+        outputs = loaded.signatures[request.model_spec.signature_name](**inputs)
+        assert all(np.isfinite(value.numpy()).all() for value in outputs.values()), request.model_spec.signature_name
+    assert sorted(seen) == sorted(SIGNATURES)
+
+
 def test_existing_version_is_refused_and_left_untouched(exported, tmp_path):
     model = exported[0]
     first = export_saved_model(model, tmp_path, version=3)

@@ -176,7 +176,10 @@ def test_selection_and_the_command_line_with_gaps(tmp_path, capsys):
 
 def test_the_saved_model_fills_gaps_and_scores_incomplete_rows(gappy_model, tmp_path):
     model, gappy = gappy_model
-    loaded = tf.saved_model.load(export_saved_model(model, tmp_path / "exports"))
+    path = export_saved_model(model, tmp_path / "exports")
+    loaded = tf.saved_model.load(path)
+    warmup = tf.data.TFRecordDataset(f"{path}/assets.extra/tf_serving_warmup_requests")
+    assert sum(b"impute" in record.numpy() for record in warmup) == 1  # warmed up with the rest
     rows = gappy[:20]
     served = loaded.signatures["impute"](x=tf.constant(rows))
     filled, stddev, _ = model.imputation(tf.constant(rows))

@@ -21,7 +21,9 @@ of its latency above the runtime's call overhead (`benchmarks/speed.py`).
 the decoder's last layer: with constant weights that folding happens once, at load.
 Weights stored this way are read-only, as served weights are. The version
 folder is built beside its final name and renamed into place, so TF Serving
-never sees half of one.
+never sees half of one. `assets.extra/tf_serving_warmup_requests` holds one
+request per signature, which TF Serving runs when it loads the version, so the
+first real request finds the graph warm.
 """
 
 import errno
@@ -31,6 +33,7 @@ import re
 import shutil
 import tempfile
 
+import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2_as_graph
 
@@ -38,6 +41,7 @@ from tfp_vae.config import MAX_VERSION
 from tfp_vae.errors import ExportError
 from tfp_vae.files import give_usual_permissions
 from tfp_vae.model import VariationalAutoencoder
+from tfp_vae.serving import warmup_record
 
 SIGNATURES = ("serving_default", "reconstruct", "encode", "decode", "score", "sample")
 # A GraphDef must stay under protobuf's 2 GiB; weights appear once per signature graph that uses them.
@@ -119,6 +123,7 @@ def next_version(export_base: str) -> int:
 
 STAGING = ".tmp-"
 ASSETS_EXTRA = "assets.extra"  # what TF Serving reads beside the graph (warm-up requests; here, thresholds too)
+WARMUP_FILE = "tf_serving_warmup_requests"  # a TFRecord of PredictionLogs that TF Serving replays at load
 
 
 def remove_abandoned_staging(export_base: str) -> None:
@@ -137,6 +142,17 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def warmup_inputs(model: VariationalAutoencoder, signatures: dict) -> dict:
+    """One small request per signature, for TF Serving to run at load (`assets.extra/tf_serving_warmup_requests`)."""
+    rows = np.zeros([1, model.input_size], np.float32)
+    gappy = rows.copy()
+    gappy[0, 0] = np.nan
+    inputs = {"serving_default": {"x": rows}, "reconstruct": {"x": rows}, "encode": {"x": rows},
+              "decode": {"z": np.zeros([1, model.code_size], np.float32)}, "score": {"x": rows},
+              "sample": {"num_samples": np.int32(1), "seed": np.int32(0)}, "impute": {"x": gappy}}
+    return {name: inputs[name] for name in signatures}
 
 
 def export_saved_model(model: VariationalAutoencoder, export_base, version: int | None = None,
@@ -173,8 +189,11 @@ def export_saved_model(model: VariationalAutoencoder, export_base, version: int 
         # Served graphs take no gradients; saving custom ones fails on Student-t sampling's captures.
         tf.saved_model.save(module, staging, signatures=module.signatures(),
                             options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
+        os.makedirs(os.path.join(staging, ASSETS_EXTRA))
+        with tf.io.TFRecordWriter(os.path.join(staging, ASSETS_EXTRA, WARMUP_FILE)) as writer:
+            for signature, inputs in warmup_inputs(model, module.signatures()).items():
+                writer.write(warmup_record(signature, inputs))
         if thresholds is not None:
-            os.makedirs(os.path.join(staging, ASSETS_EXTRA))
             with open(os.path.join(staging, ASSETS_EXTRA, "thresholds.json"), "w") as file:
                 json.dump(thresholds, file, indent=2)
         give_usual_permissions(staging)

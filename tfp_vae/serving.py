@@ -8,6 +8,12 @@ tensors and answers `{"outputs": {...}}`. Signatures with scalar inputs
 
 gRPC: `grpc_request(...)` builds a `tensorflow.serving.PredictRequest` for
 `PredictionService.Predict` on port 8500 (needs `tensorflow-serving-api`).
+
+Warm-up: `warmup_record(...)` is one `tensorflow.serving.PredictionLog`, the
+record TF Serving replays from `assets.extra/tf_serving_warmup_requests` when it
+loads a model, so that the first real request does not pay for the graph's first
+run. It is written with TensorFlow's own protos and the protobuf wire format, so
+exporting needs no `tensorflow-serving-api`.
 """
 
 import numpy as np
@@ -31,6 +37,34 @@ def rest_body(signature_name: str, inputs: dict, columnar: bool = False) -> dict
     rows = zip(*(np.asarray(v) for v in inputs.values()))
     return {"signature_name": signature_name,
             "instances": [{name: _plain(v) for name, v in zip(inputs, row)} for row in rows]}
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (wire type 2): a string, bytes or a message."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def warmup_record(signature_name: str, inputs: dict) -> bytes:
+    """A serialized `PredictionLog` whose `predict_log.request` calls `signature_name` with `inputs` (TensorProtos).
+
+    Field numbers from tensorflow_serving/apis: PredictionLog.predict_log = 6,
+    PredictLog.request = 1, PredictRequest.model_spec = 1 and .inputs = 2 (a map:
+    entries of key = 1, value = 2), ModelSpec.signature_name = 3.
+    """
+    import tensorflow as tf
+    request = _field(1, _field(3, signature_name.encode()))
+    for name, value in inputs.items():
+        request += _field(2, _field(1, name.encode()) + _field(2, tf.make_tensor_proto(value).SerializeToString()))
+    return _field(6, _field(1, request))
 
 
 def grpc_request(model_name: str, signature_name: str, inputs: dict):
