@@ -1,4 +1,4 @@
-"""`tfp-vae`: train, evaluate, export, encode, score, impute, sample and demo from the command line.
+"""`tfp-vae`: train, evaluate, export, encode, score, impute, report, sample and demo from the command line.
 
 Argument parsing over the library, and nothing more: a problem with the user's
 input becomes one `error: ...` line on stderr and exit code 2.
@@ -90,6 +90,7 @@ EXAMPLES = {
     "impute": "tfp-vae train gappy.csv --out runs/gappy --allow-missing\n"
               "tfp-vae impute runs/gappy gappy.csv --out filled.csv\n"
               "tfp-vae impute runs/gappy gappy.csv --out draws.npy --draws 20",
+    "report": "tfp-vae report runs/first held_out.csv --out report  # then open report/index.html",
     "demo": "tfp-vae demo --out demo-output",
 }
 
@@ -189,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="instead, N draws from p(x_missing | x_observed) for multiple imputation: FILE is a "
                              ".npy [N, rows, columns]")
     impute.add_argument("--seed", type=int, default=0, help="fixes the importance samples and draws")
+
+    report = _command(commands, "report", "pictures of a run (and, given DATA, its calibration): PNGs and index.html")
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    report.add_argument("data", metavar="DATA", nargs="?", help="rows to score (optional): .csv, .npy or a glob")
+    report.add_argument("--columns", type=_names, help="comma-separated column names or indices to use")
+    report.add_argument("--drop-nonfinite", action="store_true", help="skip rows with blank, NaN or infinite cells")
+    report.add_argument("--out", required=True, metavar="DIR", help="a new folder for the PNGs and index.html")
 
     sample = _command(commands, "sample", "draw rows from a trained model, in raw units")
     sample.add_argument("run_dir", metavar="RUN_DIR")
@@ -318,9 +326,12 @@ def _preflight(args) -> None:
             _refuse_changes_on_resume(args, config)
         else:
             _config(args)
+    elif args.command == "report":
+        if os.path.exists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out)):
+            raise TfpVaeError(f"{args.out}: exists and is not an empty folder; choose another --out")
     elif hasattr(args, "out") and args.command != "demo":
         _check_output_file(args.out)
-    if hasattr(args, "data"):
+    if getattr(args, "data", None) is not None:
         _refuse_overwriting_input(args)
         columns = args.columns if args.columns is not None else (config.columns if config else None)
         for path in data.expand_paths(args.data):
@@ -410,6 +421,13 @@ def _impute(args):
                     config.feature_names or [str(i) for i in range(x.shape[1])], shortest=True)
 
 
+def _report(args):
+    from tfp_vae.report import write_report
+    from tfp_vae.runs import load_config
+    rows = _read(args, load_config(args.run_dir)).values if args.data is not None else None
+    print(write_report(args.run_dir, args.out, rows))
+
+
 def _sample(args):
     from tfp_vae.runs import load_run
     config, model = load_run(args.run_dir)
@@ -423,7 +441,7 @@ def _demo(args):
 
 
 COMMANDS = {"train": _train, "evaluate": _evaluate, "export": _export, "encode": _encode, "score": _score,
-            "sample": _sample, "impute": _impute, "demo": _demo}
+            "sample": _sample, "impute": _impute, "report": _report, "demo": _demo}
 
 
 # Library arguments that messages name, and the flags they are given by here.
