@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfp_vae import Config, GaussianVAE, evaluate, export_saved_model, read_candidates
+from tfp_vae import Config, GaussianVAE, evaluate, export_saved_model, read_candidates, train
 from tfp_vae._keras import tf_keras
 from tfp_vae.cli import main
 from tfp_vae.data import RunningMoments, read_table
@@ -146,6 +146,8 @@ def test_what_cannot_leave_cells_out_is_refused(rng):
         GaussianVAE(3, allow_missing=True).adapt(x)
     with pytest.raises(TfpVaeError, match="train it with allow_missing=True"):
         GaussianVAE(3).impute(rng.normal(size=(2, 3)))
+    with pytest.raises(DataError, match="none of its 2 rows has an observed cell"):
+        train(Config(allow_missing=True), np.full((2, 3), np.nan, np.float32), "never-written")
 
 
 def test_selection_and_the_command_line_with_gaps(tmp_path, capsys):

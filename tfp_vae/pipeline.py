@@ -56,11 +56,13 @@ class ArraySource:
     training's report. With `allow_missing`, NaN cells are missing values.
     """
 
-    def __init__(self, values, columns=None, dropped_rows: int = 0, allow_missing: bool = False):
-        self.values = require_2d(np.asarray(values, np.float32), "x")
-        check_block(self.values, 0, None, "x", allow_missing)
+    def __init__(self, values, columns=None, dropped_rows: int = 0, allow_missing: bool = False, name: str = "x"):
+        self.values = require_2d(np.asarray(values, np.float32), name)
+        check_block(self.values, 0, None, name, allow_missing)
         if allow_missing:  # a row with no observed cell says nothing
             empty = np.isnan(self.values).all(axis=1)
+            if empty.all():
+                raise DataError(f"{name}: none of its {len(empty)} rows has an observed cell")
             self.values, dropped_rows = self.values[~empty], dropped_rows + int(empty.sum())
         self.columns = list(columns) if columns is not None else [str(i) for i in range(self.values.shape[1])]
         self.dropped_rows = dropped_rows
@@ -150,7 +152,7 @@ def source_for(pattern, columns=None, drop_nonfinite: bool = False, in_memory_by
             and sum(map(os.path.getsize, paths)) > in_memory_bytes):
         return CsvSource(pattern, columns, drop_nonfinite)
     table = read_table(pattern, columns, drop_nonfinite, allow_missing)
-    return ArraySource(table.values, table.columns, table.dropped_rows, allow_missing)
+    return ArraySource(table.values, table.columns, table.dropped_rows, allow_missing, name=str(pattern))
 
 
 def as_source(data, allow_missing: bool = False):
