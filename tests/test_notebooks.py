@@ -15,8 +15,9 @@ def read(path):
     return nbformat.read(os.path.join(ROOT, path), as_version=4)
 
 
-def test_both_notebooks_exist():
-    assert NOTEBOOKS == ["notebooks/01_mse_vs_gaussian_nll.ipynb", "notebooks/02_serving.ipynb"]
+def test_every_notebook_exists():
+    assert NOTEBOOKS == ["notebooks/01_mse_vs_gaussian_nll.ipynb", "notebooks/02_serving.ipynb",
+                         "notebooks/03_missing_values.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS)
