@@ -148,3 +148,10 @@ def test_skewed_columns_pick_a_transformed_model(rng, tmp_path):
     train(Config(seed=0, epochs=300), x.astype(np.float32), tmp_path / "run", verbose=0)
     config, _ = load_run(tmp_path / "run")
     assert config.transform == "yeo_johnson", config
+
+
+def test_with_gaps_the_linear_floor_is_as_wide_as_the_data():
+    found = select.candidates(Config(input_size=12, allow_missing=True), 400)
+    assert "standardize-linear-shared-k12" in found and "standardize-64x64-learned-k8" in found
+    assert not any(name.startswith("whiten") or "full" in name for name in found)
+    assert "standardize-linear-shared-k3" in select.candidates(Config(input_size=12, allow_missing=True, code_size=3), 400)

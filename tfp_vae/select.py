@@ -24,6 +24,10 @@ The candidates span the normalisation, the decoder's likelihood and the network:
   for its D (D + 1) / 2 outputs (`FULL_COVARIANCE_MAX_FEATURES`). The transform
   contains the identity (lam = 1), so these do not give up the untransformed models.
 
+With gaps (`allow_missing`), where whitening is refused, the linear floors are
+standardised with a code as wide as the data, which again holds the
+full-covariance Gaussian (the one EM fits to rows with gaps).
+
 A setting the user gives pins that dimension in every candidate. The sizes below
 are rules of the data's shape, chosen before looking at any held-out figure:
 network width from the number of training rows (about 8 rows per unit, between
@@ -108,7 +112,12 @@ def candidates(config: Config, train_rows: int) -> dict[str, Config]:
                 settings[name] = fallback  # a pinned likelihood that cannot be whitened or transformed
         if incompatibility(**_pairing(settings, config)):
             continue
-        candidate = sized(dataclasses.replace(config, **settings, code_size=code, select="none"), train_rows)
+        floor_code = settings["hidden"] == () and settings["normalization"] == "standardize" and config.allow_missing
+        # Standardised, a linear floor needs a code as wide as the data to hold any covariance (W W^T + sigma^2):
+        # with gaps, where whitening is refused, that keeps the full-covariance Gaussian among the candidates.
+        candidate = sized(dataclasses.replace(
+            config, **settings, select="none",
+            code_size=config.input_size if floor_code and config.code_size is None else code), train_rows)
         found.setdefault(name_of(candidate), candidate)
     return found
 
