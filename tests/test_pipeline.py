@@ -45,7 +45,7 @@ def test_split_and_statistics_agree_between_memory_and_disk(parts):
 
 def test_columns_blank_lines_and_dropped_rows(tmp_path):
     (tmp_path / "d.csv").write_text("a,b,c\r\n1,2,3\r\n\r\n4,,6\r\n7,8,9\r\n")
-    with pytest.raises(DataError, match="missing (blank, NA or NaN) cell at line 4, column 'b'"):
+    with pytest.raises(DataError, match="missing cell: blank, NA or NaN, at line 4, column 'b'"):
         scan(CsvSource(tmp_path / "d.csv"), 0.0, 0)
     source = CsvSource(tmp_path / "d.csv", columns=["c", "b"], drop_nonfinite=True)
     assert scan(source, 0.0, 0).dropped_rows == 1

@@ -400,4 +400,4 @@ def read_table(pattern, columns=None, drop_nonfinite: bool = False, allow_missin
 
 
 def _describe(value: float) -> str:
-    return "missing (blank, NA or NaN) cell" if np.isnan(value) else f"infinite value {value}"
+    return "missing cell: blank, NA or NaN," if np.isnan(value) else f"infinite value {value}"
