@@ -1,5 +1,6 @@
 """The command line, through its real entry point, on real files: good runs and every kind of bad input."""
 
+import gzip
 import json
 import os
 import re
@@ -90,10 +91,13 @@ def test_export_encode_score_sample(run_dir, tmp_path, capsys):
     ("a,b,c\n1,2,3\n4,5\n", "line 3 has 2 cells, expected 3"),
     ("a,b,c\n1,2,3\n4,5,1e39\n", "value 1e+39 at line 3, column 'c' is too large for float32"),
     ("1,2,3\n4,5,6\n", "too few to train"),
+    ("a;b;c\n1;2;3\n", "the file seems separated by ';': save it with commas"),
+    ("a,b,c\n1,2,3\n".encode("utf-16"), "cannot read: it is UTF-16 text; save it as UTF-8"),
+    (gzip.compress(b"a,b,c\n1,2,3\n"), "cannot read: it is compressed (gzip); decompress it first"),
 ])
 def test_bad_csv_is_one_clear_error_and_no_output(tmp_path, capsys, content, message):
     path = tmp_path / "bad.csv"
-    path.write_text(content)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
     fails(capsys, ["train", path, "--out", tmp_path / "run", *FAST], message)
     assert not (tmp_path / "run").exists()
 
@@ -369,7 +373,7 @@ def test_a_full_disk_is_one_error_line_and_leaves_nothing(run_dir, tmp_path, cap
     monkeypatch.setattr(tempfile, "mkstemp", full)
     monkeypatch.setattr(tempfile, "mkdtemp", full)
     fails(capsys, ["encode", run_dir, run_dir.parent / "data.csv", "--out", tmp_path / "codes.csv"],
-          f"{tmp_path}: No space left on device")
+          f"{tmp_path / 'codes.csv'}: cannot write (No space left on device)")
     fails(capsys, ["export", run_dir, tmp_path / "exports"], "No space left on device")
     assert sorted(os.listdir(tmp_path)) in ([], ["exports"]) and not os.listdir(tmp_path / "exports")
 
@@ -434,3 +438,87 @@ def test_the_library_starts_tensorflow_quietly():
     chosen = subprocess.run([sys.executable, "-c", "import tfp_vae, sys; tfp_vae.Config; "
                              "print('tensorflow' in sys.modules)"], capture_output=True, text=True, env=env, check=True)
     assert chosen.stdout.strip() == "False"  # a TensorFlow-free name loads no TensorFlow
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["evaluate", "{run}", "{data}", "--seed", "-5"], "argument --seed: expected an integer from 0 to 2147483647"),
+    (["sample", "{run}", "-n", "3", "--out", "{out}/s.csv", "--seed", str(2**31)], "argument --seed: expected an "
+     "integer from 0 to 2147483647"),
+    (["evaluate", "{run}", "{data}", "--samples", "10000000"], "argument --samples: expected an integer from 1 to 1000000"),
+    (["train", "{data}", "--out", "{out}/run", "--worker-timeout", "nan"], "expected a positive, finite number of seconds"),
+    (["train", "{data}", "--out", "{out}/run", "--worker-timeout", "-1"], "expected a positive, finite number of seconds"),
+    (["train", "{data}", "--out", "{out}/run", "--columns", ","], "--columns must be a non-empty list of names or indices"),
+    (["train", "{data}", "--out", "{out}/run", "--epochs", "3", "--kl-warmup-epochs", "5"],
+     "--kl-warmup-epochs must be at most the number of epochs (3), got 5"),
+    (["evaluate", "{data}", "{data}"], "data.csv: not a tfp-vae run folder"),
+    (["evaluate", "{run}", "{data}", "--columns", "huge,offset,tiny"], "columns ['huge', 'offset', 'tiny'] differ from "
+     "the ['tiny', 'offset', 'huge'] the model was trained on; pick them in that order with --columns tiny,offset,huge"),
+    (["demo", "--out", "{run}"], "exists and is not an empty folder; choose another --out"),
+], ids=lambda value: "-".join(value[:1] + value[-2:]) if isinstance(value, list) else None)
+def test_more_mistakes_are_one_error_line_and_write_nothing(run_dir, tmp_path, capsys, argv, message):
+    fails(capsys, [a.format(data=run_dir.parent / "data.csv", run=run_dir, out=tmp_path) for a in argv], message)
+    assert os.listdir(tmp_path) == []
+
+
+def test_broken_run_files_are_one_error_line_before_any_work(run_dir, tmp_path, capsys):
+    import shutil
+    broken = tmp_path / "run"
+    shutil.copytree(run_dir, broken)
+    (broken / "thresholds.json").write_text("{not json")
+    fails(capsys, ["evaluate", broken, run_dir.parent / "data.csv"], "thresholds.json: unreadable anomaly thresholds")
+    fails(capsys, ["export", broken, tmp_path / "exports"], "thresholds.json: unreadable anomaly thresholds")
+    (broken / "thresholds.json").unlink()
+    (broken / "history.csv").write_text("epoch,loss\n0,abc\n")
+    fails(capsys, ["report", broken, "--out", tmp_path / "report"], "history.csv: unreadable training history")
+    assert sorted(os.listdir(tmp_path)) == ["run"]
+
+
+def test_one_column_trains_with_a_code_no_wider(tmp_path, rng):
+    np.savetxt(tmp_path / "one.csv", rng.normal(size=(40, 1)), delimiter=",", header="a", comments="")
+    assert main(["train", str(tmp_path / "one.csv"), "--out", str(tmp_path / "run"), *FAST]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["code_size"] == 1
+
+
+def test_tensorflow_errors_are_said_without_graph_node_and_op():
+    import tensorflow as tf
+    from tfp_vae.errors import tensorflow_message
+    error = tf.errors.ResourceExhaustedError(None, None, "{{function_node __wrapped__Mul_device_/job:localhost/"
+                                             "device:CPU:0}} OOM when allocating tensor with shape[9,2] [Op:Mul] "
+                                             "name: \nmore")
+    assert tensorflow_message(error) == "OOM when allocating tensor with shape[9,2]"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 200 KiB file system (tmpfs), where this machine lets the tests mount one; its size can be raised."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(folder)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a small file system here (needs root)")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_a_disk_filling_up_mid_training_leaves_no_partial_checkpoint_and_resume_finishes(small_disk, csv_file,
+                                                                                         capsys):
+    run = small_disk / "run"
+    argv = ["train", csv_file, "--out", run, "--select", "none", "--epochs", "30", "--hidden", "128,128",
+            "--batch-size", "8", "--quiet"]
+    fails(capsys, argv, f"{run / 'checkpoints'}: could not write a checkpoint (No space left on device)")
+    assert not [folder for folder, _, _ in os.walk(run) if folder.endswith("_temp")]
+    subprocess.run(["mount", "-o", "remount,size=4m", str(small_disk)], check=True)
+    assert main([str(a) for a in argv + ["--resume"]]) == 0
+    assert len(json.loads((run / "history.json").read_text())["loss"]) == 30
+
+
+def test_a_full_disk_during_export_report_and_outputs_is_one_line_naming_the_target(run_dir, small_disk, capsys):
+    (small_disk / "filler").write_bytes(b"x" * 190_000)
+    fails(capsys, ["export", run_dir, small_disk / "exports"], f"{small_disk / 'exports' / '1'}: could not write the "
+          "export (No space left on device)")
+    fails(capsys, ["report", run_dir, "--out", small_disk / "report"], f"{small_disk / 'report'}: cannot write the "
+          "report (No space left on device)")
+    fails(capsys, ["sample", run_dir, "-n", "20000", "--out", small_disk / "rows.csv"], f"{small_disk / 'rows.csv'}: "
+          "cannot write (No space left on device)")
+    assert sorted(os.listdir(small_disk)) in (["filler"], ["exports", "filler"])
+    assert not os.listdir(small_disk / "exports") if (small_disk / "exports").exists() else True

@@ -2,6 +2,7 @@
 
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -10,6 +11,7 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from tfp_vae._keras import tf_keras
+from tfp_vae.errors import RunError, tensorflow_message
 
 
 class KLWarmup(tf_keras.callbacks.Callback):
@@ -109,9 +111,27 @@ class PeriodicBackupAndRestore(tf_keras.callbacks.BackupAndRestore):
         super().__init__(backup_dir)
         self.every_epochs = every_epochs
 
+    def on_train_begin(self, logs=None):
+        self.remove_partial_checkpoints()  # left by a process killed while writing one
+        super().on_train_begin(logs)
+
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every_epochs == 0:
-            super().on_epoch_end(epoch, logs)
+            try:
+                super().on_epoch_end(epoch, logs)
+            except (OSError, tf.errors.OpError) as error:  # a full disk, a folder gone read-only
+                self.remove_partial_checkpoints()
+                cause = error.strerror if isinstance(error, OSError) else tensorflow_message(error)
+                raise RunError(f"{self.backup_dir}: could not write a checkpoint ({cause.rsplit('; ', 1)[-1]}); "
+                               "the last whole checkpoint is kept: make room, then resume=True continues "
+                               "from it") from None
+
+    def remove_partial_checkpoints(self) -> None:
+        """Removes the `*_temp` folders that a checkpoint being written lives in until it is whole."""
+        for folder, names, _ in os.walk(self.backup_dir):
+            for name in [name for name in names if name.endswith("_temp")]:
+                shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+                names.remove(name)
 
 
 class EpochLines(tf_keras.callbacks.Callback):

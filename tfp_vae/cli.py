@@ -18,8 +18,8 @@ import warnings
 from tfp_vae import __version__
 from tfp_vae.config import (DECODER_SCALES, DEFAULTS, MAX_SEED, MAX_VERSION, MODELS, NORMALIZATIONS, POSTERIORS,
                             SELECTS, STRATEGIES, TRANSFORMS, Config)
-from tfp_vae.errors import TfpVaeError
-from tfp_vae.files import give_usual_permissions
+from tfp_vae.errors import TfpVaeError, tensorflow_message
+from tfp_vae.files import give_usual_permissions, require_new_folder
 from tfp_vae.quiet import start_tensorflow_quietly
 
 EXIT_USAGE = 2
@@ -49,7 +49,20 @@ def _bounded_int(least: int, most: int):
 
 
 POSITIVE = _bounded_int(1, MAX_SEED)
+SEED = _bounded_int(0, MAX_SEED)
 VERSION = _bounded_int(0, MAX_VERSION)
+# Past a few thousand draws the bound barely moves, and each draw costs a pass of every row through the model.
+SAMPLES = _bounded_int(1, 1_000_000)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a positive, finite number of seconds, got {text!r}")
+    return value
 
 
 class Parser(argparse.ArgumentParser):
@@ -154,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=DEFAULTS.seed, help="fixes weights, noise and the split")
     train.add_argument("--strategy", choices=STRATEGIES, default=DEFAULTS.strategy,
                        help="tf.distribute: one device, every local GPU, or the machines in TF_CONFIG")
-    train.add_argument("--worker-timeout", type=float, default=120.0, metavar="SECONDS",
+    train.add_argument("--worker-timeout", type=_seconds, default=120.0, metavar="SECONDS",
                        help="multiworker: how long to wait for every worker in TF_CONFIG to join")
     train.add_argument("--allow-missing", action="store_true",
                        help="learn from tables with gaps: blank, NA, N/A, NaN and null cells are missing, and the "
@@ -165,8 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = _command(commands, "evaluate", "held-out metrics of a run on DATA, as JSON")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     _data_arguments(evaluate)
-    evaluate.add_argument("--samples", type=POSITIVE, default=1000, help="importance samples per row")
-    evaluate.add_argument("--seed", type=int, default=0, help="fixes the importance samples")
+    evaluate.add_argument("--samples", type=SAMPLES, default=1000, help="importance samples per row")
+    evaluate.add_argument("--seed", type=SEED, default=0, help="fixes the importance samples")
 
     export = _command(commands, "export", "write a SavedModel version for TensorFlow Serving")
     export.add_argument("run_dir", metavar="RUN_DIR")
@@ -189,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     impute.add_argument("--draws", type=POSITIVE, metavar="N",
                         help="instead, N draws from p(x_missing | x_observed) for multiple imputation: FILE is a "
                              ".npy [N, rows, columns]")
-    impute.add_argument("--seed", type=int, default=0, help="fixes the importance samples and draws")
+    impute.add_argument("--seed", type=SEED, default=0, help="fixes the importance samples and draws")
 
     report = _command(commands, "report", "pictures of a run (and, given DATA, its calibration): PNGs and index.html")
     report.add_argument("run_dir", metavar="RUN_DIR")
@@ -202,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("run_dir", metavar="RUN_DIR")
     sample.add_argument("-n", "--num-samples", type=POSITIVE, required=True, metavar="N", help="rows to draw")
     sample.add_argument("--out", required=True, metavar="FILE", help=".csv or .npy")
-    sample.add_argument("--seed", type=int, default=0, help="fixes the draws")
+    sample.add_argument("--seed", type=SEED, default=0, help="fixes the draws")
 
     demo = _command(commands, "demo", "the question's model against the Gaussian VAE on real data")
     demo.add_argument("--out", default="tfp-vae-demo", metavar="DIR", help="a new folder for its runs and export")
@@ -236,8 +249,15 @@ def _write_rows(path: str, values, header: list, shortest: bool = False) -> None
 
     `shortest`: each CSV cell as the shortest text that reads back as the same float32 (0.1, not 0.100000001).
     """
-    import numpy as np
     folder = _check_output_file(path)
+    try:
+        _write_through_staging(path, folder, values, header, shortest)
+    except OSError as error:  # named for the file asked for, not the staging file beside it
+        raise TfpVaeError(f"{path}: cannot write ({error.strerror or error})") from None
+
+
+def _write_through_staging(path: str, folder: str, values, header: list, shortest: bool) -> None:
+    import numpy as np
     handle, staging = tempfile.mkstemp(prefix=".tfp-vae-", suffix=os.path.splitext(path)[1], dir=folder)
     try:
         with os.fdopen(handle, "wb") as file:
@@ -318,6 +338,7 @@ def _preflight(args) -> None:
     config = None
     if hasattr(args, "run_dir"):
         config, _ = runs.finished_run(args.run_dir)
+        runs.read_thresholds(args.run_dir)
     if args.command == "train":
         if args.strategy != "multiworker":  # there, the chief alone owns the run folder
             runs.check_run_dir(args.out, args.resume)
@@ -326,17 +347,18 @@ def _preflight(args) -> None:
             _refuse_changes_on_resume(args, config)
         else:
             _config(args)
-    elif args.command == "report":
-        if os.path.exists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out)):
-            raise TfpVaeError(f"{args.out}: exists and is not an empty folder; choose another --out")
-    elif hasattr(args, "out") and args.command != "demo":
+    elif args.command in ("report", "demo"):
+        require_new_folder(args.out, "--out")
+    elif hasattr(args, "out"):
         _check_output_file(args.out)
     if getattr(args, "data", None) is not None:
         _refuse_overwriting_input(args)
         columns = args.columns if args.columns is not None else (config.columns if config else None)
         for path in data.expand_paths(args.data):
             if path.endswith(".csv"):
-                data.select_columns(data.csv_header(path)[0], columns, path)
+                header = data.csv_header(path)[0]
+                selected = [header[i] for i in data.select_columns(header, columns, path)]
+                data.require_columns_of_run(selected, config.feature_names if config else None, path)
             elif not path.endswith(".npy"):
                 raise TfpVaeError(f"{path}: unsupported file type; use .csv or .npy")
 
@@ -367,10 +389,11 @@ def _evaluate(args):
     from tfp_vae.pipeline import source_for
     from tfp_vae.runs import load_run, read_thresholds
     config, model = load_run(args.run_dir)
+    thresholds = read_thresholds(args.run_dir) or {}
     source = source_for(args.data, args.columns if args.columns is not None else config.columns, args.drop_nonfinite,
                         allow_missing=config.allow_missing)
     metrics = evaluate(model, source, args.samples, args.seed)
-    metrics["elbo_thresholds"] = (read_thresholds(args.run_dir) or {}).get("elbo_quantiles")
+    metrics["elbo_thresholds"] = thresholds.get("elbo_quantiles")
     print(json.dumps(standard_json(metrics), indent=2, allow_nan=False))
 
 
@@ -483,11 +506,14 @@ def main(argv=None) -> int:
         print(f"error: {in_flags(str(error))}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as error:  # a full disk, a read-only folder, a path that vanished
-        where = f"{error.filename}: " if error.filename else ""
-        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
+        where = error.filename or getattr(args, "out", None) or getattr(args, "export_base", None)
+        print(f"error: {where}: {error.strerror or error}", file=sys.stderr)
         return EXIT_USAGE
     except (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError) as error:
-        print(f"error: {error.message.splitlines()[0]}", file=sys.stderr)
+        print(f"error: {tensorflow_message(error)}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError:
+        print(f"error: out of memory in {args.command}; ask for less at a time", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

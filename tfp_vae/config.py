@@ -137,6 +137,11 @@ class Config:
             raise TfpVaeError("the question's model has no learned sigma: nll_beta applies to the gaussian model")
         if not 0 <= self.kl_weight < math.inf:
             raise TfpVaeError(f"kl_weight must be finite and not negative (1 gives the ELBO), got {self.kl_weight}")
+        if (self.kl_warmup_epochs is not None and self.epochs is not None
+                and self.kl_warmup_epochs > self.epochs):
+            raise TfpVaeError(f"kl_warmup_epochs must be at most the number of epochs ({self.epochs}), got "
+                              f"{self.kl_warmup_epochs}: "
+                              "the KL term would never reach its weight")
         if self.early_stopping_patience and self.validation_split == 0:
             raise TfpVaeError("early stopping watches the validation loss: set validation_split above 0")
         if self.selects and self.strategy == "multiworker":
@@ -157,8 +162,11 @@ class Config:
         return [name for name in FIXED_DEFAULTS if getattr(self, name) is None]
 
     def with_fixed_defaults(self) -> "Config":
-        """This config with every open setting at `FIXED_DEFAULTS`."""
-        return dataclasses.replace(self, **{name: FIXED_DEFAULTS[name] for name in self.open_settings})
+        """This config with every open setting at `FIXED_DEFAULTS` (a code no wider than the data)."""
+        fixed = {name: FIXED_DEFAULTS[name] for name in self.open_settings}
+        if "code_size" in fixed and self.input_size is not None:
+            fixed["code_size"] = min(fixed["code_size"], self.input_size)
+        return dataclasses.replace(self, **fixed)
 
 
 DEFAULTS = Config()

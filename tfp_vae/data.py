@@ -263,7 +263,7 @@ def csv_header(path: str) -> tuple[list[str], bool]:
         with open(path, newline="", encoding=ENCODING) as file:
             first = next((row for row in csv.reader(file) if row), None)
     except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise DataError(f"{path}: cannot read ({getattr(error, 'strerror', None) or error})") from error
+        raise unreadable(path, error) from error
     if first is None:
         raise DataError(f"{path}: empty file")
     if any(_cell_is_text(cell) for cell in first):
@@ -294,7 +294,7 @@ def _csv_blocks(path: str, rows_per_block: int, columns) -> Iterator[Block]:
                     seen += len(values)
                     values, places = [], []
     except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise DataError(f"{path}: cannot read ({getattr(error, 'strerror', None) or error})") from error
+        raise unreadable(path, error) from error
     if values:
         yield Block(path, names, np.array(values), places, header=header)
     elif seen == 0:
@@ -313,9 +313,25 @@ def _parse_row(row: list[str], header: list[str], selected: list[int], path: str
         try:
             parsed.append(parse_number(row[column]))
         except ValueError:
+            separator = next((mark for mark in ";\t|" if len(header) == 1 and mark in row[column]), None)
+            hint = f"; the file seems separated by {separator!r}: save it with commas" if separator else ""
             raise DataError(f"{path}: line {number}, column {header[column]!r}: non-numeric value "
-                            f"{row[column].strip()!r}") from None
+                            f"{row[column].strip()!r}{hint}") from None
     return parsed
+
+
+def unreadable(path: str, error: Exception) -> DataError:
+    """The error for a file that cannot be read as text, saying what it seems to be instead."""
+    if not isinstance(error, UnicodeDecodeError):
+        return DataError(f"{path}: cannot read ({getattr(error, 'strerror', None) or error})")
+    with open(path, "rb") as file:
+        start = file.read(2)
+    if start == b"\x1f\x8b":
+        return DataError(f"{path}: cannot read: it is compressed (gzip); decompress it first")
+    if start in (b"\xff\xfe", b"\xfe\xff"):
+        return DataError(f"{path}: cannot read: it is UTF-16 text; save it as UTF-8")
+    return DataError(f"{path}: cannot read: not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                     f"{error.start}); save it as UTF-8")
 
 
 def _cell_is_text(cell: str) -> bool:
@@ -330,6 +346,8 @@ def select_columns(names: list[str], columns, source: str) -> list[int]:
     """Indices of `columns` (names, or integer indices), all columns when None."""
     if columns is None:
         return list(range(len(names)))
+    if not len(columns):
+        raise DataError(f"{source}: columns must be a non-empty list of names or indices (leave it out for all)")
     indices = []
     for token in columns:
         token = str(token).strip()
@@ -344,6 +362,18 @@ def select_columns(names: list[str], columns, source: str) -> list[int]:
         else:
             raise DataError(f"{source}: no column {token!r}; columns are {', '.join(names)}")
     return indices
+
+
+def require_columns_of_run(names: list[str], expected: list[str] | None, source: str) -> None:
+    """Refuses named columns that differ, in name or order, from those a model was trained on.
+
+    Columns known only by their place (a file without a header, a .npy) pass.
+    """
+    if expected is None or all(name.isdigit() for name in names) or all(name.isdigit() for name in expected):
+        return
+    if list(names) != list(expected):
+        raise DataError(f"{source}: columns {list(names)} differ from the {list(expected)} the model was trained on; "
+                        f"pick them in that order with columns='{','.join(expected)}'")
 
 
 def clean_blocks(pattern, columns=None, drop_nonfinite: bool = False, rows_per_block: int = 8192,

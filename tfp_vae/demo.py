@@ -19,7 +19,8 @@ import time
 import numpy as np
 
 from tfp_vae.config import Config
-from tfp_vae.errors import RunError, TfpVaeError
+from tfp_vae.errors import TfpVaeError
+from tfp_vae.files import require_new_folder
 from tfp_vae.evaluation import evaluate
 from tfp_vae.export import export_saved_model
 from tfp_vae.pipeline import in_validation
@@ -78,16 +79,16 @@ def results_table(results: dict) -> str:
 def run_demo(out="tfp-vae-demo", epochs: int | None = None, num_samples: int = 1000, verbose: int = 1) -> dict:
     """Trains the models, prints a line per model and their held-out metrics, exports the chosen Gaussian VAE."""
     out = os.fspath(out)
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise RunError(f"{out}: already exists; remove it or pass --out to a new folder")
+    require_new_folder(out, "out")
     x, names = load_demo_data()
     held_out = in_validation(np.arange(len(x)), 0.2, seed=0)
     x_train, x_test = x[~held_out], x[held_out]
     results = {}
     models = {}
+    configs = demo_configs(epochs, names)  # checks `epochs` before anything is said or written
     if verbose:
         print(f"training on {len(x_train)} breast-cancer rows x {x.shape[1]} features, raw units", flush=True)
-    for name, config in demo_configs(epochs, names).items():
+    for name, config in configs.items():
         started = time.perf_counter()
         models[name] = train(config, x_train, os.path.join(out, run_folder(name)), verbose=0)
         results[name] = evaluate(models[name], x_test, num_samples=num_samples)

@@ -4,6 +4,8 @@ Messages speak in the library's terms (argument names such as `drop_nonfinite=Tr
 the command line maps those names to its flags.
 """
 
+import re
+
 
 class TfpVaeError(ValueError):
     """A problem with what the user gave (data, settings, a run folder, an export base), said in one line."""
@@ -23,3 +25,9 @@ class TrainingDiverged(TfpVaeError):
 
 class ExportError(TfpVaeError):
     """An export that cannot be written: the message names the folder at fault."""
+
+
+def tensorflow_message(error) -> str:
+    """A TensorFlow error's first line, without the graph node it names first and the op it names last."""
+    line = re.sub(r"\{\{[^}]*\}\}\s*", "", error.message.splitlines()[0])
+    return re.sub(r"\s*\[Op:\w+\].*$", "", line)

@@ -46,8 +46,9 @@ def log_likelihood(model: VariationalAutoencoder, x, num_samples: int = 1000, se
                    rows_per_chunk: int = 256, cells_per_chunk: int = 4_000_000) -> dict:
     """Per-example IWAE log-likelihood, ELBO and reconstruction log-probability, in nats.
 
-    Draws are made `cells_per_chunk` decoder numbers at a time, so memory stays
-    bounded for any number of samples; the bound itself is over all of them.
+    Draws are made `cells_per_chunk` decoder numbers at a time and summed as they
+    come, so memory stays bounded for any number of samples; the bound itself is
+    over all of them.
     """
     x = np.asarray(x, np.float32)
     log_weights = _log_weights_function(model)
@@ -57,17 +58,19 @@ def log_likelihood(model: VariationalAutoencoder, x, num_samples: int = 1000, se
     for start in range(0, len(x), rows_per_chunk):
         rows = tf.constant(x[start:start + rows_per_chunk])
         samples_per_chunk = max(1, cells_per_chunk // (len(rows) * width))
-        weights, log_px = [], []
+        # Running sums over the draws: log sum exp of the weights, the weights, log p(x|z).
+        log_total, weight_total, log_px_total = np.full(len(rows), -np.inf), 0.0, 0.0
         for first in range(0, num_samples, samples_per_chunk):
             count = min(samples_per_chunk, num_samples - first)
             eps = rng.standard_normal((count, len(rows), model.code_size)).astype(np.float32)
             chunk_weights, chunk_log_px = log_weights(rows, tf.constant(eps))
-            weights.append(chunk_weights.numpy().astype(np.float64))
-            log_px.append(chunk_log_px.numpy().astype(np.float64))
-        weights = np.concatenate(weights)
-        results["log_likelihood"].append(losses.iwae_bound(tf.constant(weights)).numpy())
-        results["elbo"].append(weights.mean(axis=0))
-        results["reconstruction_log_prob"].append(np.concatenate(log_px).mean(axis=0))
+            chunk_weights = tf.cast(chunk_weights, tf.float64)
+            log_total = np.logaddexp(log_total, losses.iwae_bound(chunk_weights).numpy() + np.log(count))
+            weight_total = weight_total + tf.reduce_sum(chunk_weights, axis=0).numpy()
+            log_px_total = log_px_total + tf.reduce_sum(tf.cast(chunk_log_px, tf.float64), axis=0).numpy()
+        results["log_likelihood"].append(log_total - np.log(num_samples))
+        results["elbo"].append(weight_total / num_samples)
+        results["reconstruction_log_prob"].append(log_px_total / num_samples)
     return {name: np.concatenate(values) for name, values in results.items()}
 
 
@@ -92,7 +95,7 @@ def evaluate(model: VariationalAutoencoder, data, num_samples: int = 1000, seed:
     """
     source = as_source(data, getattr(model, "allow_missing", False))
     if source.width != model.input_size:
-        raise DataError(f"expected {model.input_size} features per row, the data has {source.width}")
+        raise DataError(f"{source.name}: expected {model.input_size} features per row, the data has {source.width}")
     sums = np.zeros(6)
     counts = np.zeros(2 + PIT_BINS)
     codes = RunningMoments()

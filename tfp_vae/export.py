@@ -38,7 +38,7 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2_as_graph
 
 from tfp_vae.config import MAX_VERSION
-from tfp_vae.errors import ExportError
+from tfp_vae.errors import ExportError, tensorflow_message
 from tfp_vae.files import give_usual_permissions
 from tfp_vae.model import VariationalAutoencoder
 from tfp_vae.serving import warmup_record
@@ -200,6 +200,9 @@ def export_saved_model(model: VariationalAutoencoder, export_base, version: int 
         return rename_into_place(staging, export_base, version)
     except OSError as error:
         raise ExportError(f"{final}: could not write the export ({error.strerror or error})") from error
+    except tf.errors.OpError as error:  # TensorFlow's own writers: a full disk, a folder gone read-only
+        cause = tensorflow_message(error).rsplit("; ", 1)[-1]
+        raise ExportError(f"{final}: could not write the export ({cause})") from None
     finally:
         if os.path.exists(staging):
             shutil.rmtree(staging, ignore_errors=True)

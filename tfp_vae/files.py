@@ -7,6 +7,8 @@ are renamed into place, since TF Serving and colleagues often run as other users
 
 import os
 
+from tfp_vae.errors import TfpVaeError
+
 
 def current_umask() -> int:
     mask = os.umask(0)
@@ -24,3 +26,9 @@ def give_usual_permissions(path: str) -> None:
         os.chmod(folder, 0o777 & ~mask)
         for name in names:
             os.chmod(os.path.join(folder, name), 0o666 & ~mask)
+
+
+def require_new_folder(path: str, option: str) -> None:
+    """Refuses `path` unless it is absent or an empty folder: what a command writes never mixes with what was there."""
+    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        raise TfpVaeError(f"{path}: exists and is not an empty folder; choose another {option}")

@@ -173,7 +173,7 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         """Whether `set_statistics` needs training rows (to fit a transform), besides their moments."""
         return False
 
-    def set_statistics(self, stats: RunningMoments, rows=None) -> "VariationalAutoencoder":
+    def set_statistics(self, stats: RunningMoments, rows=None, names=None) -> "VariationalAutoencoder":
         """Takes what it needs from the training rows' moments: nothing, unless it normalises."""
         return self
 
@@ -550,17 +550,18 @@ class GaussianVAE(VariationalAutoencoder):
                         allow_missing=self.allow_missing)
         return self.set_statistics(stats, first_rows(data, FIT_ROWS, "x") if self.needs_rows else None)
 
-    def set_statistics(self, stats: RunningMoments, rows=None) -> "GaussianVAE":
+    def set_statistics(self, stats: RunningMoments, rows=None, names=None) -> "GaussianVAE":
         """Sets the normalisation from moments (with their covariance to whiten), warning about constant columns.
 
         A transform (`transform="yeo_johnson"`) is fitted on `rows`, training rows
         (up to `FIT_ROWS` of them), and the normaliser then takes its moments from
-        the transformed rows.
+        the transformed rows. `names`, the columns' names, are for messages.
         """
         if stats.observed is not None and (stats.observed < 2).any():
             column = int(np.argmax(stats.observed < 2))
-            raise DataError(f"column {column} has {int(stats.observed[column])} observed value(s) in the training "
-                            "rows; a feature needs at least 2")
+            name = f" {names[column]!r}" if names is not None else ""
+            raise DataError(f"column {column}{name} has {int(stats.observed[column])} observed value(s) in the "
+                            "training rows; a feature needs at least 2")
         constant, tiny = constant_columns(stats.mean, stats.stddev), tiny_columns(stats.mean, stats.stddev)
         if constant.size:
             warnings.warn(f"constant column(s) {constant.tolist()}: their scale is floored", stacklevel=3)

@@ -66,6 +66,7 @@ class ArraySource:
             self.values, dropped_rows = self.values[~empty], dropped_rows + int(empty.sum())
         self.columns = list(columns) if columns is not None else [str(i) for i in range(self.values.shape[1])]
         self.dropped_rows = dropped_rows
+        self.name = name
 
     @property
     def width(self) -> int:
@@ -86,7 +87,7 @@ class CsvSource:
     """CSV files (a path or a glob), streamed: validated once in Python, then read by tf.data."""
 
     def __init__(self, pattern, columns=None, drop_nonfinite: bool = False):
-        self.pattern = pattern
+        self.pattern = self.name = pattern
         self.paths = expand_paths(pattern)
         for path in self.paths:
             if not path.endswith(".csv"):

@@ -12,11 +12,14 @@ Needs matplotlib (`pip install 'tfp-vae[examples]'`).
 
 import html
 import os
+import shutil
+import tempfile
 
 import numpy as np
 
 from tfp_vae import runs
 from tfp_vae.errors import TfpVaeError
+from tfp_vae.files import give_usual_permissions, require_new_folder
 
 LOSS_TERMS = (("loss", "loss (negative ELBO)"), ("reconstruction_loss", "distortion, -log p(x|z)"),
               ("kl_loss", "rate, KL(q(z|x) || p(z))"))
@@ -37,10 +40,26 @@ def write_report(run_dir, out_dir, data=None, num_samples: int = 200) -> str:
     """Writes the run's figures into `out_dir` (a new or empty folder) and returns the path of its index.html."""
     plt = _pyplot()
     run_dir, out_dir = os.fspath(run_dir), os.fspath(out_dir)
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-        raise TfpVaeError(f"{out_dir}: exists and is not an empty folder; choose another --out")
+    require_new_folder(out_dir, "--out")
     config, model = runs.load_run(run_dir)
-    os.makedirs(out_dir, exist_ok=True)
+    # Drawn in a staging folder beside `out_dir` and renamed into place when whole: a failure leaves nothing.
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    staging = None
+    try:
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".tfp-vae-report-", dir=parent)
+        _write_figures(plt, run_dir, staging, config, model, data, num_samples)
+        give_usual_permissions(staging)
+        os.replace(staging, out_dir)
+    except OSError as error:  # named for the folder asked for, not the staging folder beside it
+        raise TfpVaeError(f"{out_dir}: cannot write the report ({error.strerror or error})") from None
+    finally:
+        if staging:
+            shutil.rmtree(staging, ignore_errors=True)
+    return os.path.join(out_dir, "index.html")
+
+
+def _write_figures(plt, run_dir: str, out_dir: str, config, model, data, num_samples: int) -> None:
     figures = [_loss_terms(plt, run_dir, out_dir)]
     if os.path.exists(os.path.join(run_dir, runs.CANDIDATES_CSV)):
         figures.append(_candidates(plt, run_dir, out_dir))
@@ -61,7 +80,7 @@ def write_report(run_dir, out_dir, data=None, num_samples: int = 200) -> str:
         _, stddev, _, _ = model.decoder_outputs(np.zeros([1, model.code_size], np.float32))
         spread = model.marginals.scale if model.transform != "none" else model.normalizer.scale
         figures.append(_sigma(plt, out_dir, names, spread.numpy(), stddev.numpy()[0]))
-    return _index(out_dir, run_dir, facts, figures)
+    _index(out_dir, run_dir, facts, figures)
 
 
 def _save(plt, figure, out_dir: str, name: str, title: str, caption: str) -> dict:
@@ -141,7 +160,7 @@ def _codes(plt, out_dir: str, codes: np.ndarray) -> dict:
     return _save(plt, figure, out_dir, "codes.png", "The codes", "E[z|x] of each row given (at most 5,000).")
 
 
-def _index(out_dir: str, run_dir: str, facts: dict, figures: list) -> str:
+def _index(out_dir: str, run_dir: str, facts: dict, figures: list) -> None:
     rows = "".join(f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(str(value))}</td></tr>"
                    for key, value in facts.items())
     sections = "".join(
@@ -151,7 +170,5 @@ def _index(out_dir: str, run_dir: str, facts: dict, figures: list) -> str:
             "<style>body{font-family:sans-serif;max-width:1400px;margin:2em auto}img{max-width:100%}"
             "th{text-align:left;padding-right:1em}</style></head><body>"
             f"<h1>Run {html.escape(run_dir)}</h1><table>{rows}</table>{sections}</body></html>")
-    path = os.path.join(out_dir, "index.html")
-    with open(path, "w") as file:
+    with open(os.path.join(out_dir, "index.html"), "w") as file:
         file.write(page)
-    return path

@@ -48,9 +48,9 @@ def load_config(run_dir) -> Config:
     try:
         with open(path) as file:
             return Config(**json.load(file))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise RunError(f"{run_dir}: not a tfp-vae run folder (no {CONFIG_FILE})") from None
-    except (json.JSONDecodeError, TypeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as error:
         raise RunError(f"{path}: unreadable run config ({error})") from None
 
 
@@ -80,13 +80,17 @@ def read_history(run_dir) -> dict:
     Keras's CSV logger writes `NA` for a metric an epoch did not have (validation
     metrics, without validation rows): such a metric is left out.
     """
-    with open(os.path.join(os.fspath(run_dir), HISTORY_CSV), newline="") as file:
-        rows = {int(row["epoch"]): row for row in csv.DictReader(file)}
-    history = {}
-    for epoch in sorted(rows):
-        for name, value in rows[epoch].items():
-            if name != "epoch" and value != "NA":
-                history.setdefault(name, []).append(float(value))
+    path = os.path.join(os.fspath(run_dir), HISTORY_CSV)
+    try:
+        with open(path, newline="") as file:
+            rows = {int(row["epoch"]): row for row in csv.DictReader(file)}
+        history = {}
+        for epoch in sorted(rows):
+            for name, value in rows[epoch].items():
+                if name != "epoch" and value != "NA":
+                    history.setdefault(name, []).append(float(value))
+    except (UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as error:
+        raise RunError(f"{path}: unreadable training history ({type(error).__name__}: {error})") from None
     return history
 
 
@@ -105,8 +109,15 @@ def read_thresholds(run_dir) -> dict | None:
     path = os.path.join(os.fspath(run_dir), THRESHOLDS_JSON)
     if not os.path.exists(path):
         return None
-    with open(path) as file:
-        return json.load(file)
+    try:
+        with open(path) as file:
+            thresholds = json.load(file)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunError(f"{path}: unreadable anomaly thresholds ({error}); delete the file to go without them") from None
+    if not isinstance(thresholds, dict):
+        raise RunError(f"{path}: unreadable anomaly thresholds (expected an object, got {type(thresholds).__name__}); "
+                       "delete the file to go without them")
+    return thresholds
 
 
 def remove_if_empty(folder: str) -> None:

@@ -180,7 +180,8 @@ def _train(config: Config, source, run_dir: str, resume: bool, verbose: int, wat
     if chief:
         runs.check_run_dir(run_dir, resume)
     if source.width != config.input_size:
-        raise DataError(f"the data has {source.width} columns; this run was set up for {config.input_size}")
+        raise DataError(f"{source.name}: the data has {source.width} columns; this run was set up for "
+                        f"{config.input_size}")
     tf_keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = build_model(config)
@@ -188,13 +189,17 @@ def _train(config: Config, source, run_dir: str, resume: bool, verbose: int, wat
     found = scan(source, config.validation_split, config.seed, covariance=model.needs_covariance,
                  keep_rows=FIT_ROWS if model.needs_rows else 0)
     if found.train_rows < MIN_TRAINING_ROWS or (config.validation_split > 0 and found.validation_rows == 0):
-        raise DataError(f"{found.train_rows + found.validation_rows} rows is too few to train with validation split "
+        raise DataError(f"{source.name}: {found.train_rows + found.validation_rows} row(s) is too few to train with "
+                        f"validation split "
                         f"{config.validation_split}; need at least {MIN_TRAINING_ROWS} training rows and 1 "
                         "validation row")
     if found.dropped_rows:
         what = "no observed cell" if config.allow_missing else "blank, NaN or infinite cells"
         warnings.warn(f"dropped {found.dropped_rows} row(s) with {what}", stacklevel=2)
-    model.set_statistics(found.train_moments, found.train_sample)
+    try:
+        model.set_statistics(found.train_moments, found.train_sample, source.columns)
+    except DataError as error:
+        raise DataError(f"{source.name}: {error}") from None
     if chief and not resume:
         os.makedirs(run_dir, exist_ok=True)
         runs.save_config(config, run_dir)
