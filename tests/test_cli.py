@@ -238,7 +238,8 @@ def test_demo_trains_both_models_reports_and_exports(tmp_path, capsys):
     assert os.path.exists(out / "gaussian-whitened" / "model.keras")
     assert np.isfinite(results["results"]["gaussian"]["log_likelihood"])
     assert os.path.exists(os.path.join(results["export"], "saved_model.pb"))
-    fails(capsys, ["demo", "--out", str(out), "--epochs", "3", "--quiet"], "already exists")
+    fails(capsys, ["demo", "--out", str(out), "--epochs", "3", "--quiet"],
+          "exists and is not an empty folder; choose another --out")
 
 
 def test_train_with_no_model_flags_chooses_among_candidates_and_says_which(tmp_path, csv_file, capsys):
@@ -522,3 +523,26 @@ def test_a_full_disk_during_export_report_and_outputs_is_one_line_naming_the_tar
           "cannot write (No space left on device)")
     assert sorted(os.listdir(small_disk)) in (["filler"], ["exports", "filler"])
     assert not os.listdir(small_disk / "exports") if (small_disk / "exports").exists() else True
+
+
+def test_staging_left_by_a_killed_writer_is_removed_by_the_next_one(run_dir, tmp_path):
+    (tmp_path / ".tfp-vae-999999999-abc.csv").write_text("half")  # no such process: a kill -9 left them
+    (tmp_path / ".tfp-vae-report-999999999-abc").mkdir()
+    assert main(["score", str(run_dir), str(run_dir.parent / "data.csv"), "--out", str(tmp_path / "s.csv")]) == 0
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "report")]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["report", "s.csv"]
+
+
+def test_ctrl_c_while_tensorflow_starts_is_one_line(run_dir, tmp_path, capsys, monkeypatch):
+    from tfp_vae import cli
+
+    def interrupted(**kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "start_tensorflow_quietly", interrupted)
+    assert main(["export", str(run_dir), str(tmp_path / "exports")]) == 130
+    assert capsys.readouterr().err == "interrupted\n" and os.listdir(tmp_path) == []
+
+
+def test_a_npy_file_without_columns_is_refused(tmp_path, capsys):
+    np.save(tmp_path / "empty.npy", np.zeros((5, 0)))
+    fails(capsys, ["train", tmp_path / "empty.npy", "--out", tmp_path / "run"], "empty.npy: no columns of data")

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,7 +12,7 @@ from ppca import ppca_log_likelihood
 
 
 def trained(x, epochs=3, **kwargs):
-    model = GaussianVAE(x.shape[1], **{"code_size": 2, "hidden": (16,), "seed": 0, **kwargs})
+    model = GaussianVAE(np.shape(x)[1], **{"code_size": 2, "hidden": (16,), "seed": 0, **kwargs})
     model.compile()
     model.fit(x, epochs=epochs, batch_size=100, verbose=0, shuffle=False)
     return model
@@ -329,3 +331,45 @@ def test_training_reports_a_line_per_epoch(mixed_scale_data):
     lines = stream.getvalue().splitlines()
     assert [line.split(":")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
     assert all("loss" in line and "val_loss" in line and "\r" not in line for line in lines)
+
+
+def test_integer_rows_and_nested_lists_train_like_floats(rng):
+    counts = rng.poisson(5.0, size=(64, 3))
+    as_float = trained(counts.astype(np.float32), epochs=2)
+    as_int = trained(counts, epochs=2)
+    as_list = trained(counts.tolist(), epochs=2)
+    for model in (as_int, as_list):
+        np.testing.assert_allclose(model.get_weights()[0], as_float.get_weights()[0], rtol=1e-5)
+    assert as_int.predict(counts, verbose=0)["mean"].shape == (64, 3)
+
+
+def test_counts_sizes_and_settings_out_of_range_are_clear_errors(mixed_scale_data):
+    from tfp_vae.errors import DataError, TfpVaeError
+    model = trained(mixed_scale_data, epochs=1)
+    for call, message in [
+        (lambda: model.sample(-1), "num_samples must be a whole number of at least 0, got -1"),
+        (lambda: model.sample(2.5), "num_samples must be a whole number of at least 0, got 2.5"),
+        (lambda: model.elbo(mixed_scale_data, num_samples=0), "num_samples must be a whole number of at least 1"),
+        (lambda: GaussianVAE(3, min_scale=-1.0), "min_scale must be in (0, 1)"),
+        (lambda: GaussianVAE(3, kl_weight=float("nan")), "kl_weight must be finite and not negative"),
+    ]:
+        with pytest.raises(TfpVaeError, match=re.escape(message)):
+            call()
+    with pytest.raises(DataError, match=re.escape("z: expected codes of size 2 [..., 2], got shape (4, 5)")):
+        model.decode(np.zeros((4, 5), np.float32))
+    assert model.sample(0).shape == (0, mixed_scale_data.shape[1])
+    with pytest.raises(DataError, match="1 row.s. with a value in each column is too few to fit"):
+        trained(mixed_scale_data[:1], epochs=1)
+
+
+def test_impute_checks_its_counts_and_fills_no_rows(rng):
+    from tfp_vae.errors import TfpVaeError
+    x = rng.normal(size=(40, 3)).astype(np.float32)
+    x[::4, 1] = np.nan
+    model = trained(x, epochs=1, allow_missing=True)
+    with pytest.raises(TfpVaeError, match="draws must be a whole number of at least 0, got -1"):
+        model.impute(x, draws=-1)
+    with pytest.raises(TfpVaeError, match="num_samples must be a whole number of at least 1, got 0"):
+        model.impute(x, num_samples=0)
+    filled, stddev, draws = model.impute(x[:0], draws=3)
+    assert filled.shape == stddev.shape == (0, 3) and draws.shape == (3, 0, 3)

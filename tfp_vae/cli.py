@@ -12,14 +12,13 @@ import math
 import os
 import re
 import sys
-import tempfile
 import warnings
 
 from tfp_vae import __version__
 from tfp_vae.config import (DECODER_SCALES, DEFAULTS, MAX_SEED, MAX_VERSION, MODELS, NORMALIZATIONS, POSTERIORS,
                             SELECTS, STRATEGIES, TRANSFORMS, Config)
 from tfp_vae.errors import TfpVaeError, tensorflow_message
-from tfp_vae.files import give_usual_permissions, require_new_folder
+from tfp_vae.files import give_usual_permissions, require_new_folder, staging_file
 from tfp_vae.quiet import start_tensorflow_quietly
 
 EXIT_USAGE = 2
@@ -258,7 +257,7 @@ def _write_rows(path: str, values, header: list, shortest: bool = False) -> None
 
 def _write_through_staging(path: str, folder: str, values, header: list, shortest: bool) -> None:
     import numpy as np
-    handle, staging = tempfile.mkstemp(prefix=".tfp-vae-", suffix=os.path.splitext(path)[1], dir=folder)
+    handle, staging = staging_file(folder, ".tfp-vae-", os.path.splitext(path)[1])
     try:
         with os.fdopen(handle, "wb") as file:
             if path.endswith(".npy"):
@@ -494,6 +493,14 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning
     try:
+        return _run(args)
+    except KeyboardInterrupt:  # at any point, TensorFlow's start-up included
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
+    try:
         _preflight(args)
     except TfpVaeError as error:
         print(f"error: {in_flags(str(error))}", file=sys.stderr)
@@ -515,11 +522,7 @@ def main(argv=None) -> int:
     except MemoryError:
         print(f"error: out of memory in {args.command}; ask for less at a time", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

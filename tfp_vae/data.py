@@ -228,6 +228,8 @@ def _npy_blocks(path: str, rows_per_block: int, columns) -> Iterator[Block]:
         raise DataError(f"{path}: expected numbers, got dtype {array.dtype}")
     if len(array) == 0:
         raise DataError(f"{path}: no rows of data")
+    if array.shape[1] == 0:
+        raise DataError(f"{path}: no columns of data (shape {array.shape})")
     header = [str(i) for i in range(array.shape[1])]
     selected = select_columns(header, columns, path)
     for start in range(0, len(array), rows_per_block):

@@ -31,7 +31,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -39,7 +38,7 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 
 from tfp_vae.config import MAX_VERSION
 from tfp_vae.errors import ExportError, tensorflow_message
-from tfp_vae.files import give_usual_permissions
+from tfp_vae.files import give_usual_permissions, staging_folder
 from tfp_vae.model import VariationalAutoencoder
 from tfp_vae.serving import warmup_record
 
@@ -126,24 +125,6 @@ ASSETS_EXTRA = "assets.extra"  # what TF Serving reads beside the graph (warm-up
 WARMUP_FILE = "tf_serving_warmup_requests"  # a TFRecord of PredictionLogs that TF Serving replays at load
 
 
-def remove_abandoned_staging(export_base: str) -> None:
-    """Removes staging folders (`.tmp-<pid>-...`) whose exporting process is gone (killed mid-export)."""
-    for name in os.listdir(export_base):
-        match = re.fullmatch(re.escape(STAGING) + r"(\d+)-.*", name)
-        if match and not process_alive(int(match[1])):
-            shutil.rmtree(os.path.join(export_base, name), ignore_errors=True)
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def warmup_inputs(model: VariationalAutoencoder, signatures: dict) -> dict:
     """One small request per signature, for TF Serving to run at load (`assets.extra/tf_serving_warmup_requests`)."""
     rows = np.zeros([1, model.input_size], np.float32)
@@ -180,8 +161,7 @@ def export_saved_model(model: VariationalAutoencoder, export_base, version: int 
                           f"{MAX_FROZEN_WEIGHT_BYTES // 2**20} MiB that fit in a SavedModel graph as constants")
     try:
         os.makedirs(export_base, exist_ok=True)
-        remove_abandoned_staging(export_base)
-        staging = tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}-", dir=export_base)
+        staging = staging_folder(export_base, STAGING)
     except OSError as error:
         raise ExportError(f"{export_base}: cannot write the export ({error.strerror or error})") from error
     try:

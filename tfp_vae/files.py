@@ -1,11 +1,17 @@
 """Files and folders that people and other programs read: the permissions their umask gives.
 
+Outputs are written in a staging file or folder beside their place and renamed
+into it when whole. Staging names carry the writer's process id, so a writer
+killed midway (kill -9) leaves something the next writer in that folder removes.
 Staging areas made with `tempfile` are private (0700 folders, 0600 files) so that
 nobody reads half of them; once whole, they get the usual permissions before they
 are renamed into place, since TF Serving and colleagues often run as other users.
 """
 
 import os
+import re
+import shutil
+import tempfile
 
 from tfp_vae.errors import TfpVaeError
 
@@ -32,3 +38,37 @@ def require_new_folder(path: str, option: str) -> None:
     """Refuses `path` unless it is absent or an empty folder: what a command writes never mixes with what was there."""
     if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
         raise TfpVaeError(f"{path}: exists and is not an empty folder; choose another {option}")
+
+
+def staging_folder(folder: str, prefix: str) -> str:
+    """A new private staging folder in `folder`, after removing those of writers that died."""
+    remove_abandoned_staging(folder, prefix)
+    return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=folder)
+
+
+def staging_file(folder: str, prefix: str, suffix: str) -> tuple[int, str]:
+    """A new private staging file in `folder` (its handle and path), after removing those of writers that died."""
+    remove_abandoned_staging(folder, prefix)
+    return tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}-", suffix=suffix, dir=folder)
+
+
+def remove_abandoned_staging(folder: str, prefix: str) -> None:
+    """Removes the staging files and folders (`<prefix><pid>-...`) whose writing process is gone."""
+    for name in os.listdir(folder):
+        match = re.fullmatch(re.escape(prefix) + r"(\d+)-.*", name)
+        if match and not process_alive(int(match[1])):
+            path = os.path.join(folder, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -102,6 +102,8 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         if int(input_size) < 1 or int(code_size) < 1:
             raise ValueError(
                 f"input_size and code_size must be positive, got {input_size} and {code_size}")
+        if not 0 <= float(kl_weight) < np.inf:
+            raise TfpVaeError(f"kl_weight must be finite and not negative (1 gives the ELBO), got {kl_weight}")
         self.input_size = int(input_size)
         self.code_size = int(code_size)
         self.kl_weight = float(kl_weight)
@@ -292,6 +294,7 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         if y is not None:
             raise DataError("a VAE learns from x alone: call fit(x) without y")
         self.check_input(x)
+        x = as_rows(x)
         refuse_keras_3(kwargs.get("callbacks"), "callbacks")
         if kwargs.get("steps_per_epoch") is None and any(
                 isinstance(data, tf.data.Dataset) and data.cardinality() < 0
@@ -303,11 +306,11 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
 
     def evaluate(self, x=None, y=None, **kwargs):
         self.check_input(x)
-        return super().evaluate(x, y, **kwargs)
+        return super().evaluate(as_rows(x), y, **kwargs)
 
     def predict(self, x, *args, **kwargs):
         self.check_input(x)
-        return super().predict(x, *args, **kwargs)
+        return super().predict(as_rows(x), *args, **kwargs)
 
     def check_input(self, x, source: str = "x") -> None:
         """A clear `DataError` for data of the wrong width or rank, with non-finite values, or paired with targets.
@@ -351,11 +354,18 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         Under a transform (`transform="yeo_johnson"`) it has no closed-form mean:
         `decoder_outputs` gives its moments.
         """
-        return self.raw_distribution(*self.decoder_params(tf.convert_to_tensor(z, tf.float32)))
+        return self.raw_distribution(*self.decoder_params(self.codes(z)))
 
     def decoder_outputs(self, z):
         """`(mean, stddev, lower, upper)` of each feature of p(x|z) in raw units, for codes `z` [B, K]."""
-        return self.raw_outputs(*self.decoder_params(tf.convert_to_tensor(z, tf.float32)))
+        return self.raw_outputs(*self.decoder_params(self.codes(z)))
+
+    def codes(self, z):
+        """`z` as a float32 tensor [..., K]; a `DataError` for codes of another size."""
+        z = tf.convert_to_tensor(z, tf.float32)
+        if z.shape.rank is not None and (z.shape.rank < 1 or z.shape[-1] not in (None, self.code_size)):
+            raise DataError(f"z: expected codes of size {self.code_size} [..., {self.code_size}], got shape {z.shape}")
+        return z
 
     def score(self, x, num_samples: int = SCORE_SAMPLES) -> dict:
         """Per-example `elbo`, `reconstruction_log_prob` and `kl` in nats of the raw data.
@@ -364,6 +374,7 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         and call, so a row's score does not depend on its batch.
         """
         self.check_input(x)
+        require_count(num_samples, "num_samples", least=1)
         weights = self.log_weights(tf.convert_to_tensor(x, tf.float32), self.fixed_noise(num_samples))
         reconstruction_log_prob = tf.reduce_mean(weights.log_px, axis=0)
         return {"elbo": losses.elbo(-reconstruction_log_prob, weights.rate),
@@ -386,7 +397,13 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         multiple imputation. Deterministic for a given `seed`.
         """
         self.check_input(x)
+        require_count(num_samples, "num_samples", least=1)
+        if draws is not None:
+            require_count(draws, "draws", least=0)
         x = np.asarray(x, np.float32)
+        if not len(x):
+            empty = np.zeros([0, self.input_size], np.float32)
+            return (empty, empty) + ((np.zeros([draws, 0, self.input_size], np.float32),) if draws else ())
         results = [self._impute_rows(tf.constant(x[start:start + batch_size]), draws, num_samples, seed + start)
                    for start in range(0, len(x), batch_size)]
         return tuple(np.concatenate([part[i] for part in results], axis=-2) for i in range(len(results[0])))
@@ -417,6 +434,7 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
 
     def sample(self, num_samples: int, seed=None):
         """`num_samples` rows drawn from the model, in raw units."""
+        require_count(num_samples, "num_samples", least=0)
         seed = tf.stack([tf.cast(self.noise_seed_ if seed is None else seed, tf.int32), 1])
         z = tf.random.stateless_normal([num_samples, self.code_size], seed=seed)
         return self.raw_distribution(*self.decoder_params(z)).sample(seed=seed + [0, 1])
@@ -483,6 +501,8 @@ class GaussianVAE(VariationalAutoencoder):
                  min_scale: float = 1e-3, activation: str = "leaky_relu", normalization: str = "standardize",
                  seed=None, transform: str = "none", nll_beta: float = 0.0, allow_missing: bool = False, **kwargs):
         super().__init__(input_size, code_size, kl_weight, seed, **kwargs)
+        if not 0 < float(min_scale) < 1:
+            raise TfpVaeError(f"min_scale must be in (0, 1) standard deviations, got {min_scale}")
         if incompatibility(normalization, decoder_scale, transform, nll_beta, allow_missing):
             raise TfpVaeError(incompatibility(normalization, decoder_scale, transform, nll_beta, allow_missing))
         if posterior not in heads.POSTERIOR_HEADS:
@@ -557,6 +577,9 @@ class GaussianVAE(VariationalAutoencoder):
         (up to `FIT_ROWS` of them), and the normaliser then takes its moments from
         the transformed rows. `names`, the columns' names, are for messages.
         """
+        if stats.observed is not None and (stats.observed < 2).all():
+            raise DataError(f"{int(stats.observed.max())} row(s) with a value in each column is too few to fit; a "
+                            "feature needs at least 2")
         if stats.observed is not None and (stats.observed < 2).any():
             column = int(np.argmax(stats.observed < 2))
             name = f" {names[column]!r}" if names is not None else ""
@@ -564,7 +587,8 @@ class GaussianVAE(VariationalAutoencoder):
                             "training rows; a feature needs at least 2")
         constant, tiny = constant_columns(stats.mean, stats.stddev), tiny_columns(stats.mean, stats.stddev)
         if constant.size:
-            warnings.warn(f"constant column(s) {constant.tolist()}: their scale is floored", stacklevel=3)
+            warnings.warn(f"constant column(s) {constant.tolist()} (to float32's precision at their values): their "
+                          "scale is floored", stacklevel=3)
         if tiny.size:
             warnings.warn(f"column(s) {tiny.tolist()} vary by less than float32's smallest normal number "
                           "(1.2e-38): multiply them by a large power of ten first", stacklevel=3)
@@ -676,6 +700,26 @@ def refuse_keras_3(objects, argument: str) -> None:
                               f"Keras 2, which tfp.layers needs: take it from tf_keras "
                               f"(tf_keras.{'callbacks' if argument == 'callbacks' else 'optimizers'}."
                               f"{type(item).__name__})")
+
+
+def require_count(value, name: str, least: int) -> None:
+    """A `TfpVaeError` unless `value` is a whole number of at least `least` (a count of draws, rows or samples).
+
+    A tensor passes: a served signature's graph answers for its own inputs.
+    """
+    if tf.is_tensor(value):
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+        raise TfpVaeError(f"{name} must be a whole number of at least {least}, got {value!r}")
+
+
+def as_rows(x):
+    """Arrays and nested lists as float32 rows (Keras would feed integers to the float32 graph); datasets as they are."""
+    if x is None or isinstance(x, tf.data.Dataset):
+        return x
+    if tf.is_tensor(x):
+        return tf.cast(x, tf.float32)
+    return np.asarray(x, np.float32)
 
 
 def reconstruction(code_mean, mean, stddev, lower, upper) -> dict:

@@ -13,13 +13,12 @@ Needs matplotlib (`pip install 'tfp-vae[examples]'`).
 import html
 import os
 import shutil
-import tempfile
 
 import numpy as np
 
 from tfp_vae import runs
 from tfp_vae.errors import TfpVaeError
-from tfp_vae.files import give_usual_permissions, require_new_folder
+from tfp_vae.files import give_usual_permissions, require_new_folder, staging_folder
 
 LOSS_TERMS = (("loss", "loss (negative ELBO)"), ("reconstruction_loss", "distortion, -log p(x|z)"),
               ("kl_loss", "rate, KL(q(z|x) || p(z))"))
@@ -47,7 +46,7 @@ def write_report(run_dir, out_dir, data=None, num_samples: int = 200) -> str:
     staging = None
     try:
         os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=".tfp-vae-report-", dir=parent)
+        staging = staging_folder(parent, ".tfp-vae-report-")
         _write_figures(plt, run_dir, staging, config, model, data, num_samples)
         give_usual_permissions(staging)
         os.replace(staging, out_dir)
