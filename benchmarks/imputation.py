@@ -6,8 +6,8 @@ Each data set of `quality.py` (dequantised as there, same 75/25 split) loses a s
 completely at random, in the training and the held-out rows alike. tfp_vae trains with no flags but
 `allow_missing=True` on the gappy training rows and fills their gaps (`model.impute`); the classical
 imputers fill the same gaps: each column's mean, scikit-learn's `IterativeImputer` (chained
-regressions, MICE-like) and `KNNImputer`, and a full-covariance Gaussian fitted by EM, which fills with
-its conditional means. Fills are scored by their root mean squared error over the hidden cells, in
+regressions, MICE-like), the same with extra trees (missForest-like) and `KNNImputer`, and a
+full-covariance Gaussian fitted by EM (`tfp_vae.gaps.em_gaussian`), which fills with its conditional means. Fills are scored by their root mean squared error over the hidden cells, in
 units of each column's standard deviation (lower is better). tfp_vae and the EM Gaussian are also
 scored as densities: log p(x_observed) of the held-out gappy rows, in nats per row (higher is better).
 """
@@ -21,6 +21,7 @@ import tempfile
 import time
 
 import numpy as np
+from sklearn.ensemble import ExtraTreesRegressor
 from sklearn.model_selection import train_test_split
 
 importlib.import_module("sklearn.experimental.enable_iterative_imputer")  # IterativeImputer is experimental
@@ -31,22 +32,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from quality import SPLIT_SEED, data_sets  # noqa: E402
 from report import write_report  # noqa: E402
 from tfp_vae import Config, evaluate, train  # noqa: E402
-
-EM_STEPS = 200
-EM_RIDGE = 1e-6
-
-
-def gaussian_em(x: np.ndarray):
-    """Mean and covariance of a Gaussian fitted by EM to rows with NaN gaps."""
-    mean = np.nanmean(x, axis=0)
-    covariance = np.diag(np.nanvar(x, axis=0))
-    for _ in range(EM_STEPS):
-        filled, extra = conditional(x, mean, covariance)
-        mean = filled.mean(axis=0)
-        centred = filled - mean
-        covariance = (centred.T @ centred + extra) / len(x) + EM_RIDGE * np.diag(np.diag(covariance))
-    return mean, covariance
-
+from tfp_vae.gaps import em_gaussian  # noqa: E402
 
 def conditional(x, mean, covariance):
     """Each row's gaps filled with E[x_missing | x_observed], and the summed conditional covariances."""
@@ -88,11 +74,14 @@ def run_set(name, x, seed, missing, workdir):
                   os.path.join(workdir, f"{name}-{seed}"), verbose=0)
     filled, _ = model.impute(gappy_train.astype(np.float32), seed=seed)
     seconds = time.perf_counter() - started
-    mean, covariance = gaussian_em(gappy_train)
+    mean, covariance = em_gaussian(gappy_train)
     fills = {
         "tfp_vae (allow_missing=True, model chosen by the data)": filled,
         "Gaussian, EM (conditional means)": conditional(gappy_train, mean, covariance)[0],
         "IterativeImputer (chained regressions)": IterativeImputer(max_iter=10, random_state=seed)
+        .fit_transform(gappy_train),
+        "IterativeImputer with extra trees (missForest-like)": IterativeImputer(
+            ExtraTreesRegressor(n_estimators=50, random_state=seed, n_jobs=1), max_iter=10, random_state=seed)
         .fit_transform(gappy_train),
         "KNNImputer (5 neighbours)": KNNImputer(n_neighbors=5).fit_transform(gappy_train),
         "column means": np.where(gaps, np.nanmean(gappy_train, axis=0), gappy_train),

@@ -39,11 +39,14 @@ def incompatibility(normalization: str | None, decoder_scale: str | None, transf
                 "not decoder_scale='student_t'")
     if nll_beta and decoder_scale not in (None, "learned"):
         return f"nll_beta weighs a learned sigma(z): decoder_scale='learned', not {decoder_scale!r}"
-    if allow_missing and normalization == "whiten":
-        return ("allow_missing=True needs normalization='standardize': whitening mixes the features, so a missing "
-                "one would touch them all")
-    if allow_missing and decoder_scale == "full":
-        return ("allow_missing=True needs a per-feature decoder: decoder_scale='full' scores complete rows only")
+    correlated = normalization == "whiten" or decoder_scale == "full"
+    if allow_missing and correlated and decoder_scale == "optimal":
+        return ("with allow_missing=True, whitening scores the observed cells' Gaussian marginal, whose sigma the "
+                "sigma-VAE cannot fit from one batch: decoder_scale='learned' or 'shared', or "
+                "normalization='standardize'")
+    if allow_missing and correlated and nll_beta:
+        return ("nll_beta weighs each feature's own term; with allow_missing=True, whitening and decoder_scale='full' "
+                "score the observed cells together: normalization='standardize' with a per-feature decoder")
     return None
 
 

@@ -88,6 +88,10 @@ class DiagonalNormal(RestorableLayer, tf_keras.layers.Layer):
     def raw_distribution(self, normalizer, loc, scale):
         return normalizer.raw_normal(loc, scale)
 
+    def noise_factor(self, scale):
+        """F [..., D, D] with F F^T the noise covariance in model units (whitening mixes it; gaps need it whole)."""
+        return tf.linalg.diag(scale)
+
     def half_width(self, normalizer, scale, probability: float):
         """Half the central `probability` interval of each feature in raw units (its marginal is Gaussian)."""
         return tf.math.ndtri(0.5 + 0.5 * probability) * self.raw_stddev(normalizer, scale)
@@ -264,6 +268,9 @@ class FullCovarianceNormal(LearnedNormal):
 
     def raw_distribution(self, normalizer, loc, scale):
         return normalizer.raw_normal_tril(loc, scale)
+
+    def noise_factor(self, scale):
+        return scale
 
 
 @serializable

@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_vae import heads, losses, saving
+from tfp_vae import gaps, heads, losses, saving
 from tfp_vae._keras import serializable, tf_keras
 from tfp_vae.config import incompatibility
 from tfp_vae.data import RunningMoments, check_block, features_of, first_rows, moments, require_2d
@@ -113,7 +113,8 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         self.trackers_ = {name: tf_keras.metrics.Mean(name=name) for name in METRICS}
 
     # What a subclass defines.
-    def to_model_units(self, x):
+    def to_model_units(self, x, observed=None):
+        """Rows in model units; given `observed`, the mask of observed cells, a missing one is its feature's centre."""
         return x
 
     def log_jacobian(self, x, mask=None):
@@ -125,11 +126,11 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         return None
 
     def model_units(self, x):
-        """Rows in model units; a missing cell (where the model allows them) as 0, its feature's centre."""
+        """Rows in model units; a missing cell (where the model allows them) as its feature's centre."""
         mask = self.observed(x)
         if mask is None:
             return self.to_model_units(x)
-        return tf.where(mask > 0, self.to_model_units(tf.where(mask > 0, x, 0.0)), 0.0)
+        return self.to_model_units(tf.where(mask > 0, x, 0.0), mask)
 
     def raw_center(self, loc):
         """The decoder's centre in raw units, which the `mse` metric measures from: its mean or, transformed, median."""
@@ -147,6 +148,14 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
     def decoder_log_prob(self, u, loc, scale, training: bool = False, mask=None):
         """log p(u|z) per row in model units (`training`: as a training step scores it; `mask`: observed cells)."""
         return losses.gaussian_log_prob(u, loc, scale, mask)
+
+    def missing_outputs(self, x, mask, loc, scale):
+        """`(mean, stddev)` in raw units of each cell of p(x|z) given the row's observed cells `x` (mask 1)."""
+        return self.raw_outputs(loc, scale)[:2]
+
+    def missing_draws(self, x, mask, loc, scale, seed):
+        """Rows drawn from p(x|z) given their observed cells `x` (mask 1); the observed cells as drawn may differ."""
+        return self.raw_distribution(loc, scale).sample(seed=seed)
 
     def posterior(self, u):
         raise NotImplementedError
@@ -416,7 +425,7 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         eps = tf.random.stateless_normal([num_samples, tf.shape(x)[0], self.code_size], seed=[seed, self.noise_seed_])
         weights = self.log_weights(x, eps)
         probability = tf.nn.softmax(weights.log_weight, axis=0)[..., tf.newaxis]  # [S, B, 1]
-        mean, stddev, _, _ = self.raw_outputs(*self.decoder_params(weights.z))
+        mean, stddev = self.missing_outputs(x, tf.cast(mask, x.dtype), *self.decoder_params(weights.z))
         fill = tf.reduce_sum(probability * mean, axis=0)
         spread = tf.reduce_sum(probability * (tf.square(stddev) + tf.square(mean - fill)), axis=0)
         return tf.where(mask, x, fill), tf.where(mask, 0.0, tf.sqrt(spread)), weights
@@ -429,7 +438,8 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         mask = tf.math.is_finite(x)
         chosen = tf.random.stateless_categorical(tf.transpose(weights.log_weight), draws, seed=[seed, 1])  # [B, draws]
         z = tf.gather(tf.transpose(weights.z, [1, 0, 2]), chosen, batch_dims=1)  # [B, draws, K]
-        rows = self.raw_distribution(*self.decoder_params(tf.transpose(z, [1, 0, 2]))).sample(seed=[seed, 2])
+        rows = self.missing_draws(x, tf.cast(mask, x.dtype), *self.decoder_params(tf.transpose(z, [1, 0, 2])),
+                                  seed=[seed, 2])
         return outputs + (tf.where(mask, x, rows).numpy(),)
 
     def sample(self, num_samples: int, seed=None):
@@ -476,7 +486,9 @@ class GaussianVAE(VariationalAutoencoder):
       allow_missing: NaN cells are missing values (MIWAE, Mattei and Frellsen
         2019): the likelihood is over each row's observed cells, the encoder sees
         a missing cell as its feature's centre, and `impute` fills the gaps.
-        Standardised, with a per-feature decoder (not whitened, not `"full"`).
+        Whitened, or with `decoder_scale="full"`, a row is scored by the Gaussian
+        marginal of its observed cells and filled from the conditional of its
+        missing ones (`tfp_vae.gaps`), and whitening's covariance is fitted by EM.
 
     #### Example
 
@@ -562,11 +574,17 @@ class GaussianVAE(VariationalAutoencoder):
 
     @property
     def needs_rows(self) -> bool:
-        return self.marginals.needs_rows
+        # With gaps, whitening's covariance is fitted by EM on the rows themselves.
+        return self.marginals.needs_rows or self.correlated_gaps
+
+    @property
+    def correlated_gaps(self) -> bool:
+        """Whether rows with gaps are scored by the Gaussian marginal of their observed cells (`tfp_vae.gaps`)."""
+        return self.allow_missing and (self.normalization == "whiten" or self.decoder_scale == "full")
 
     def adapt(self, data) -> "GaussianVAE":
         """Fits the normalisation (and transform) to `data` (array or dataset) in one streaming pass."""
-        stats = moments(data, self.input_size, source="x", covariance=self.needs_covariance,
+        stats = moments(data, self.input_size, source="x", covariance=self.needs_covariance and not self.allow_missing,
                         allow_missing=self.allow_missing)
         return self.set_statistics(stats, first_rows(data, FIT_ROWS, "x") if self.needs_rows else None)
 
@@ -594,10 +612,16 @@ class GaussianVAE(VariationalAutoencoder):
                           "(1.2e-38): multiply them by a large power of ten first", stacklevel=3)
         if self.needs_rows:
             if rows is None:
-                raise TfpVaeError(f"transform={self.transform!r} is fitted on training rows: pass rows=[N, D]")
-            self.marginals.fit(stats.mean, stats.stddev, rows)
-            stats = moments(self.marginals(np.asarray(rows, np.float32)).numpy(), covariance=self.needs_covariance,
-                            allow_missing=self.allow_missing)
+                raise TfpVaeError("the transform and, with gaps, whitening are fitted on training rows: pass "
+                                  "rows=[N, D]")
+            if self.marginals.needs_rows:
+                self.marginals.fit(stats.mean, stats.stddev, rows)
+            rows = self.marginals(np.asarray(rows, np.float32)).numpy()
+            if self.allow_missing and self.needs_covariance:
+                mean, covariance = gaps.em_gaussian(rows)
+                self.normalizer.set_moments(mean, np.sqrt(np.diag(covariance)), len(rows), covariance)
+                return self
+            stats = moments(rows, covariance=self.needs_covariance, allow_missing=self.allow_missing)
         self.normalizer.set_moments(stats.mean, stats.stddev, stats.count, stats.covariance)
         return self
 
@@ -621,8 +645,8 @@ class GaussianVAE(VariationalAutoencoder):
     def chunk_width(self) -> int:
         return self.likelihood.chunk_width(self.input_size)
 
-    def to_model_units(self, x):
-        return self.normalizer(self.marginals(x))
+    def to_model_units(self, x, observed=None):
+        return self.normalizer(self.marginals(x), observed)
 
     def log_jacobian(self, x, mask=None):
         return self.marginals.log_jacobian(x, mask) - self.normalizer.log_det_jacobian(mask)
@@ -649,7 +673,34 @@ class GaussianVAE(VariationalAutoencoder):
             scale = self.likelihood.training_scale(u, loc, scale, mask)
             if self.nll_beta:
                 return losses.beta_nll_log_prob(u, loc, scale, self.nll_beta, mask)
+        if mask is not None and self.correlated_gaps:
+            return gaps.observed_log_prob(self.normalizer.standardized(u - loc), self.standardized_factor(scale), mask)
         return self.likelihood.log_prob(u, loc, scale, mask)
+
+    def standardized_factor(self, scale):
+        """F [..., D, D] with F F^T the decoder's noise covariance in standardised units (each feature's spread)."""
+        return self.normalizer.standardized_factor(self.likelihood.noise_factor(scale))
+
+    def missing_outputs(self, x, mask, loc, scale):
+        if not self.correlated_gaps:
+            return super().missing_outputs(x, mask, loc, scale)
+        loc = self.normalizer.standardized(loc)
+        fill, variance = gaps.conditional(self.standardized_rows(x, mask) - loc, self.standardized_factor(scale), mask)
+        stddev = tf.sqrt(variance) * self.normalizer.scale
+        return self.marginals.raw_outputs(self.normalizer.unstandardize(loc + fill), stddev,
+                                          tf.math.ndtri(0.5 + 0.5 * INTERVAL) * stddev)[:2]
+
+    def missing_draws(self, x, mask, loc, scale, seed):
+        if not self.correlated_gaps:
+            return super().missing_draws(x, mask, loc, scale, seed)
+        loc = self.normalizer.standardized(loc)
+        residual = self.standardized_rows(x, mask) - loc
+        draw = gaps.conditional_draw(residual, self.standardized_factor(scale), mask, seed)
+        return self.marginals.inverse(self.normalizer.unstandardize(loc + draw))
+
+    def standardized_rows(self, x, mask):
+        """Rows in standardised units (after the transform, before any decorrelation); 0 where missing."""
+        return tf.where(mask > 0, self.normalizer.standardize(self.marginals(tf.where(mask > 0, x, 0.0))), 0.0)
 
     def posterior(self, u):
         return self.posterior_head(self.encoder_params(self.encoder_mlp(u)))

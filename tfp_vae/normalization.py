@@ -83,12 +83,34 @@ class Standardize(RestorableLayer, tf_keras.layers.Layer):
         self.scale.assign(np.maximum(np.asarray(stddev, np.float64), scale_floor(mean)).astype(np.float32))
         self.count.assign(float(count))
 
-    def call(self, x):
+    def call(self, x, observed=None):
+        """Model units; given `observed` (1 observed, 0 missing), a missing cell is its feature's centre (0)."""
+        standardized = self.standardize(x)
+        if observed is not None:
+            standardized = tf.where(observed > 0, standardized, 0.0)
+        return self.decorrelate(standardized)
+
+    def standardize(self, x):
         return (x - self.mean) / self.scale
+
+    def unstandardize(self, standardized):
+        return standardized * self.scale + self.mean
+
+    def decorrelate(self, standardized):
+        """Model units from standardised units (the identity here)."""
+        return standardized
+
+    def standardized(self, u):
+        """Standardised units from model units (the identity here)."""
+        return u
+
+    def standardized_factor(self, factor):
+        """F' with F' F'^T the covariance, in standardised units, of a noise F F^T in model units [..., D, D]."""
+        return factor
 
     def inverse(self, u):
         """Raw units from model units."""
-        return u * self.scale + self.mean
+        return self.unstandardize(self.standardized(u))
 
     def standardized_stddev(self, sigma):
         """Per-feature stddevs in standardised units of N(loc, diag(sigma^2)) in model units."""
@@ -185,11 +207,14 @@ class Whiten(Standardize):
         self.mixing_cholesky.assign(np.linalg.cholesky(mixing).astype(np.float32))
         self.log_det_mixing.assign(0.5 * np.sum(np.log(eigenvalues)))
 
-    def call(self, x):
-        return tf.matmul(super().call(x), self.unmixing)
+    def decorrelate(self, standardized):
+        return tf.matmul(standardized, self.unmixing)
 
-    def inverse(self, u):
-        return super().inverse(tf.matmul(u, self.mixing))
+    def standardized(self, u):
+        return tf.matmul(u, self.mixing)
+
+    def standardized_factor(self, factor):
+        return tf.matmul(self.mixing, factor)
 
     # Standardised units are C^(1/2) times model units (C^(1/2) is symmetric), so their covariance is
     # C^(1/2) S S^T C^(1/2): each feature's variance is a row norm of C^(1/2) S.
@@ -215,9 +240,10 @@ class Whiten(Standardize):
         return tfd.MultivariateNormalLinearOperator(self.inverse(loc), raw_scale)
 
     def log_det_jacobian(self, mask=None):
+        # With gaps the model scores each row's observed cells in standardised units (`tfp_vae.gaps`), where only
+        # the standardisation's Jacobian remains.
         if mask is not None:
-            raise TfpVaeError("whitening mixes the features, so a missing one would touch them all: "
-                              "normalization='standardize' with allow_missing=True")
+            return super().log_det_jacobian(mask)
         return super().log_det_jacobian() + self.log_det_mixing
 
     def fold_output(self, kernel, bias):

@@ -24,9 +24,12 @@ The candidates span the normalisation, the decoder's likelihood and the network:
   for its D (D + 1) / 2 outputs (`FULL_COVARIANCE_MAX_FEATURES`). The transform
   contains the identity (lam = 1), so these do not give up the untransformed models.
 
-With gaps (`allow_missing`), where whitening is refused, the linear floors are
-standardised with a code as wide as the data, which again holds the
-full-covariance Gaussian (the one EM fits to rows with gaps).
+With gaps (`allow_missing`) the same candidates stand: whitening's covariance is
+then fitted by EM and each row scored by the Gaussian marginal of its observed
+cells (`tfp_vae.gaps`), so the whitened linear floor starts as the
+full-covariance Gaussian that EM fits to the rows with gaps. Where the user pins
+`normalization="standardize"`, a linear floor gets a code as wide as the data,
+which again holds any covariance.
 
 A setting the user gives pins that dimension in every candidate. The sizes below
 are rules of the data's shape, chosen before looking at any held-out figure:

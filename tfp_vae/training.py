@@ -186,7 +186,7 @@ def _train(config: Config, source, run_dir: str, resume: bool, verbose: int, wat
     with strategy.scope():
         model = build_model(config)
         model.compile(optimizer=tf_keras.optimizers.Adam(config.learning_rate))
-    found = scan(source, config.validation_split, config.seed, covariance=model.needs_covariance,
+    found = scan(source, config.validation_split, config.seed, covariance=model.needs_covariance and not config.allow_missing,
                  keep_rows=FIT_ROWS if model.needs_rows else 0)
     if found.train_rows < MIN_TRAINING_ROWS or (config.validation_split > 0 and found.validation_rows == 0):
         raise DataError(f"{source.name}: {found.train_rows + found.validation_rows} row(s) is too few to train with "

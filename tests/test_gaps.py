@@ -1,0 +1,68 @@
+"""The Gaussian maths with gaps, against the textbook formulas on each row's own sub-blocks (numpy)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy.stats import multivariate_normal
+
+from tfp_vae import gaps
+
+
+@pytest.fixture
+def gaussian(rng):
+    factor = rng.normal(size=(5, 5))
+    return rng.normal(size=5), factor @ factor.T + 0.5 * np.eye(5)
+
+
+@pytest.fixture
+def masks(rng):
+    masks = (rng.random((40, 5)) < 0.6).astype(np.float64)
+    masks[0] = 1.0  # a complete row
+    masks[1] = 0.0  # a row with nothing observed
+    return masks
+
+
+def test_marginal_and_conditional_match_each_rows_sub_blocks(gaussian, masks, rng):
+    mean, covariance = gaussian
+    x = rng.multivariate_normal(mean, covariance, size=len(masks))
+    factor = tf.constant(np.linalg.cholesky(covariance))
+    log_prob = gaps.observed_log_prob(tf.constant(x - mean), factor, tf.constant(masks)).numpy()
+    fill, variance = (value.numpy() for value in gaps.conditional(
+        tf.constant(np.where(masks > 0, x - mean, 123.0)), factor, tf.constant(masks)))
+    for row, mask in enumerate(masks.astype(bool)):
+        o, u = np.flatnonzero(mask), np.flatnonzero(~mask)
+        expected = multivariate_normal(mean[o], covariance[np.ix_(o, o)]).logpdf(x[row, o]) if len(o) else 0.0
+        np.testing.assert_allclose(log_prob[row], expected, rtol=1e-9, atol=1e-9)
+        regression = covariance[np.ix_(u, o)] @ np.linalg.inv(covariance[np.ix_(o, o)]) if len(o) else np.zeros((len(u), 0))
+        np.testing.assert_allclose(fill[row, u], regression @ (x[row, o] - mean[o]), atol=1e-9)
+        np.testing.assert_allclose(fill[row, o], x[row, o] - mean[o], atol=1e-9)
+        np.testing.assert_allclose(variance[row, u], np.diag(covariance[np.ix_(u, u)] - regression @ covariance[np.ix_(o, u)]),
+                                   atol=1e-9)
+        np.testing.assert_allclose(variance[row, o], 0.0, atol=1e-9)
+
+
+def test_draws_given_the_observed_cells_have_the_conditional_moments(gaussian):
+    _, covariance = gaussian
+    factor = tf.constant(np.linalg.cholesky(covariance))
+    mask = tf.constant([1.0, 0.0, 1.0, 0.0, 0.0], tf.float64)
+    residual = tf.broadcast_to(tf.constant([0.7, 0.0, -1.2, 0.0, 0.0], tf.float64), [200_000, 5])
+    draws = gaps.conditional_draw(residual, factor, mask, seed=[1, 2]).numpy()
+    fill, variance = (value.numpy() for value in gaps.conditional(residual[0], factor, mask))
+    np.testing.assert_allclose(draws[:, [0, 2]], [[0.7, -1.2]] * len(draws), atol=1e-9)
+    np.testing.assert_allclose(draws.mean(axis=0), fill, atol=0.03)
+    np.testing.assert_allclose(draws.var(axis=0), variance, rtol=0.02, atol=1e-9)
+
+
+def test_em_finds_the_covariance_behind_rows_with_gaps_and_is_plain_moments_on_complete_rows(gaussian, rng):
+    mean, covariance = gaussian
+    x = rng.multivariate_normal(mean, covariance, size=4000)
+    em_mean, em_covariance = gaps.em_gaussian(x)
+    np.testing.assert_allclose(em_mean, x.mean(axis=0), atol=1e-8)
+    np.testing.assert_allclose(em_covariance, np.cov(x.T, bias=True), rtol=1e-4, atol=1e-4)
+    holes = x.copy()
+    holes[rng.random(x.shape) < 0.3] = np.nan
+    em_mean, em_covariance = gaps.em_gaussian(holes)
+    np.testing.assert_allclose(em_mean, mean, atol=0.1)
+    np.testing.assert_allclose(em_covariance, covariance, atol=0.25 * np.abs(covariance).max() ** 0.5)
+    pairwise = np.ma.cov(np.ma.masked_invalid(holes).T, bias=True).data
+    assert np.abs(em_covariance - np.cov(x.T, bias=True)).max() < np.abs(pairwise - np.cov(x.T, bias=True)).max()

@@ -1,0 +1,125 @@
+r"""A Gaussian of which some coordinates are missing: what whitening and a full-covariance decoder need with gaps.
+
+For N(mu, Sigma) over D features, and a row whose observed cells are o (mask 1)
+and missing ones u (mask 0):
+
+    log p(x_o)       = log N(x_o; mu_o, Sigma_oo)                       the marginal
+    E[x_u | x_o]     = mu_u + Sigma_uo Sigma_oo^-1 (x_o - mu_o)          the conditional
+    Var[x_u | x_o]   = diag(Sigma_uu - Sigma_uo Sigma_oo^-1 Sigma_ou)
+
+Each row has its own o, so all three come from the padded covariance
+P = (m m^T) * Sigma + diag(1 - m): Sigma_oo where both cells are observed, the
+identity where either is missing. P^-1 is Sigma_oo^-1 padded the same way, so one
+Cholesky factor per row serves every formula, in batched stock ops that export.
+A draw of the missing cells given the observed ones is a draw x~ of the whole
+row, moved by the conditional mean's formula (Matheron's rule):
+x~_u + Sigma_uo Sigma_oo^-1 (x_o - x~_o).
+
+`em_gaussian` fits mu and Sigma to rows with gaps by expectation-maximisation
+(numpy, float64): the full-covariance Gaussian that the linear floor of the
+model choice starts from.
+"""
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+LOG_2PI = math.log(2.0 * math.pi)
+EM_ITERATIONS = 200
+EM_TOLERANCE = 1e-6
+EM_RIDGE = 1e-6  # added to the diagonal of standardised covariances, so constant or collinear columns stay invertible
+EM_ROWS_PER_CHUNK = 1024
+
+
+def padded_cholesky(covariance, mask):
+    """The Cholesky factor of P = (m m^T) * Sigma + diag(1 - m), for covariances [..., D, D] and masks [..., D]."""
+    both = mask[..., :, tf.newaxis] * mask[..., tf.newaxis, :]
+    return tf.linalg.cholesky(covariance * both + tf.linalg.diag(1.0 - mask))
+
+
+def in_float64(function):
+    """`function` computed in float64, its results in its arguments' type.
+
+    Its covariance Sigma = F F^T is formed there from the factor F a model gives:
+    the product squares F's condition number, and a small noise scale beside
+    large ones would drown in float32's rounding.
+    """
+    def wrapped(*tensors):
+        dtype = tensors[0].dtype
+        results = function(*(tf.cast(tensor, tf.float64) for tensor in tensors))
+        return tf.nest.map_structure(lambda result: tf.cast(result, dtype), results)
+    wrapped.__doc__ = function.__doc__
+    return wrapped
+
+
+@in_float64
+def observed_log_prob(residual, factor, mask):
+    """log N(r_o; 0, Sigma_oo) per row: residuals r = x - mu [..., D] (any number where missing), Sigma = F F^T."""
+    tril = padded_cholesky(tf.matmul(factor, factor, transpose_b=True), mask)
+    solved = tf.linalg.triangular_solve(tril, (residual * mask)[..., tf.newaxis])[..., 0]
+    return (-0.5 * tf.reduce_sum(tf.square(solved), axis=-1)
+            - tf.reduce_sum(tf.math.log(tf.linalg.diag_part(tril)), axis=-1)
+            - 0.5 * LOG_2PI * tf.reduce_sum(mask, axis=-1))
+
+
+@in_float64
+def conditional(residual, factor, mask):
+    """`(mean, variance)` of each cell's residual given the observed ones (r itself and 0 where observed)."""
+    covariance = tf.matmul(factor, factor, transpose_b=True)
+    tril = padded_cholesky(covariance, mask)
+    cross = covariance * mask[..., tf.newaxis, :]  # Sigma[:, o]: each cell against the observed ones
+    mean = tf.linalg.matvec(cross, tf.linalg.cholesky_solve(tril, (residual * mask)[..., tf.newaxis])[..., 0])
+    solved = tf.linalg.triangular_solve(tril, tf.linalg.matrix_transpose(cross))
+    variance = tf.linalg.diag_part(covariance) - tf.reduce_sum(tf.square(solved), axis=-2)
+    return mean, tf.maximum(variance, 0.0)
+
+
+def conditional_draw(residual, factor, mask, seed):
+    """A draw of each row's residual given its observed cells (those cells as they are), from N(0, F F^T)."""
+    draw = tf.linalg.matvec(factor, tf.random.stateless_normal(tf.shape(residual), seed=seed, dtype=residual.dtype))
+    mean, _ = conditional(residual - draw, factor, mask)
+    return draw + mean
+
+
+def em_gaussian(rows) -> tuple[np.ndarray, np.ndarray]:
+    """The maximum-likelihood mean [D] and covariance [D, D] of rows [N, D] with NaN gaps (EM, float64).
+
+    Runs in each column's standardised units, with `EM_RIDGE` on the diagonal,
+    until no mean or covariance entry moves by more than `EM_TOLERANCE`. On
+    complete rows it is the rows' mean and population covariance.
+    """
+    rows = np.asarray(rows, np.float64)
+    centre, spread = np.nanmean(rows, axis=0), np.nanstd(rows, axis=0)
+    spread = np.where(spread > 0, spread, 1.0)
+    x = (rows - centre) / spread
+    mask = ~np.isnan(x)
+    x = np.where(mask, x, 0.0)
+    mean, covariance = np.zeros(x.shape[1]), np.eye(x.shape[1])
+    for _ in range(EM_ITERATIONS):
+        filled, conditional_covariance = _expectation(x, mask, mean, covariance + EM_RIDGE * np.eye(len(mean)))
+        new_mean = filled.mean(axis=0)
+        centred = filled - new_mean
+        new_covariance = (centred.T @ centred + conditional_covariance) / len(x)
+        moved = max(np.abs(new_mean - mean).max(), np.abs(new_covariance - covariance).max())
+        mean, covariance = new_mean, new_covariance
+        if moved < EM_TOLERANCE:
+            break
+    return centre + spread * mean, covariance * np.outer(spread, spread)
+
+
+def _expectation(x, mask, mean, covariance):
+    """Rows with their gaps at E[x_u | x_o], and the sum over rows of Cov[x_u | x_o] (zero outside u x u)."""
+    filled, total = np.empty_like(x), np.zeros_like(covariance)
+    for start in range(0, len(x), EM_ROWS_PER_CHUNK):
+        observed = mask[start:start + EM_ROWS_PER_CHUNK].astype(np.float64)
+        padded = covariance * observed[:, :, None] * observed[:, None, :] + np.eye(len(mean)) * (1.0 - observed)[:, None, :]
+        cross = covariance * observed[:, None, :] * (1.0 - observed)[:, :, None]  # Sigma_uo, padded with zeros
+        residual = (x[start:start + EM_ROWS_PER_CHUNK] - mean) * observed
+        filled[start:start + len(observed)] = np.where(
+            observed > 0, x[start:start + EM_ROWS_PER_CHUNK],
+            mean + np.einsum("nij,nj->ni", cross, np.linalg.solve(padded, residual[..., None])[..., 0]))
+        missing = 1.0 - observed
+        explained = cross @ np.linalg.solve(padded, np.transpose(cross, (0, 2, 1)))
+        total += ((covariance - explained) * missing[:, :, None] * missing[:, None, :]).sum(axis=0)
+    return filled, total
