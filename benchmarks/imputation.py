@@ -1,14 +1,18 @@
 """Filling gaps and scoring incomplete rows: tfp_vae's MIWAE training against classical imputers.
 
-    python benchmarks/imputation.py [--seeds 1] [--missing 0.3] [--out benchmarks/results/imputation.md]
+    python benchmarks/imputation.py [--seeds 1] [--missing 0.3] [--mechanism mcar|mnar] [--sets ...]
+                                    [--out benchmarks/results/imputation.md]
 
-Each data set of `quality.py` (dequantised as there, same 75/25 split) loses a share of its cells
-completely at random, in the training and the held-out rows alike. tfp_vae trains with no flags but
+Each data set of `quality.py` (dequantised as there, same 75/25 split), and iris, loses cells in the
+training and the held-out rows alike: a share of them completely at random (`mcar`), or, not at random
+(`mnar`, the self-masking protocol of Ipsen et al. 2021), every value above its column's mean in half of
+the columns. tfp_vae trains with no flags but
 `allow_missing=True` on the gappy training rows and fills their gaps (`model.impute`); the classical
 imputers fill the same gaps: each column's mean, scikit-learn's `IterativeImputer` (chained
 regressions, MICE-like), the same with extra trees (missForest-like) and `KNNImputer`, and a
-full-covariance Gaussian fitted by EM (`tfp_vae.gaps.em_gaussian`), which fills with its conditional means. Fills are scored by their root mean squared error over the hidden cells, in
-units of each column's standard deviation (lower is better). tfp_vae and the EM Gaussian are also
+full-covariance Gaussian fitted by EM (`tfp_vae.gaps.em_gaussian`), which fills with its conditional
+means. Fills are scored by their root mean squared error over the hidden cells, in units of each
+column's standard deviation (lower is better), and its square (the MSE that MIWAE's paper reports). tfp_vae and the EM Gaussian are also
 scored as densities: log p(x_observed) of the held-out gappy rows, in nats per row (higher is better).
 """
 
@@ -21,6 +25,7 @@ import tempfile
 import time
 
 import numpy as np
+from sklearn import datasets
 from sklearn.ensemble import ExtraTreesRegressor
 from sklearn.model_selection import train_test_split
 
@@ -63,62 +68,84 @@ def normalised_rmse(filled, truth, gaps, scale) -> float:
     return float(np.sqrt(np.mean((((filled - truth) / scale)[gaps]) ** 2)))
 
 
-def run_set(name, x, seed, missing, workdir):
+def hidden_cells(x, rng, missing: float, mechanism: str, columns=None) -> np.ndarray:
+    """Which cells to hide: a share `missing` at random, or every value above its column's mean in `columns`."""
+    if mechanism == "mcar":
+        return rng.random(x.shape) < missing
+    return np.isin(np.arange(x.shape[1]), columns) & (x > x.mean(axis=0))
+
+
+def run_set(name, x, seed, missing, mechanism, workdir):
     x_train, x_test = train_test_split(np.asarray(x, np.float64), test_size=0.25, random_state=SPLIT_SEED)
     rng = np.random.default_rng(seed)
-    gappy_train = np.where(rng.random(x_train.shape) < missing, np.nan, x_train)
-    gappy_test = np.where(rng.random(x_test.shape) < missing, np.nan, x_test)
+    columns = rng.permutation(x.shape[1])[:x.shape[1] // 2]  # the self-masked half, for mnar
+    gappy_train = np.where(hidden_cells(x_train, rng, missing, mechanism, columns), np.nan, x_train)
+    gappy_test = np.where(hidden_cells(x_test, rng, missing, mechanism, columns), np.nan, x_test)
     gaps, scale = np.isnan(gappy_train), x_train.std(axis=0)
     started = time.perf_counter()
     model = train(Config(seed=seed, allow_missing=True), gappy_train.astype(np.float32),
                   os.path.join(workdir, f"{name}-{seed}"), verbose=0)
-    filled, _ = model.impute(gappy_train.astype(np.float32), seed=seed)
-    seconds = time.perf_counter() - started
+    fills = {"tfp_vae (allow_missing=True, model chosen by the data)":
+             (model.impute(gappy_train.astype(np.float32), seed=seed)[0], time.perf_counter() - started)}
+    started = time.perf_counter()
     mean, covariance = em_gaussian(gappy_train)
-    fills = {
-        "tfp_vae (allow_missing=True, model chosen by the data)": filled,
-        "Gaussian, EM (conditional means)": conditional(gappy_train, mean, covariance)[0],
-        "IterativeImputer (chained regressions)": IterativeImputer(max_iter=10, random_state=seed)
-        .fit_transform(gappy_train),
+    fills["Gaussian, EM (conditional means)"] = (conditional(gappy_train, mean, covariance)[0],
+                                                 time.perf_counter() - started)
+    imputers = {
+        "IterativeImputer (chained regressions)": IterativeImputer(max_iter=10, random_state=seed).fit_transform,
         "IterativeImputer with extra trees (missForest-like)": IterativeImputer(
-            ExtraTreesRegressor(n_estimators=50, random_state=seed, n_jobs=1), max_iter=10, random_state=seed)
-        .fit_transform(gappy_train),
-        "KNNImputer (5 neighbours)": KNNImputer(n_neighbors=5).fit_transform(gappy_train),
-        "column means": np.where(gaps, np.nanmean(gappy_train, axis=0), gappy_train),
+            ExtraTreesRegressor(n_estimators=50, random_state=seed, n_jobs=1), max_iter=10,
+            random_state=seed).fit_transform,
+        "KNNImputer (5 neighbours)": KNNImputer(n_neighbors=5).fit_transform,
+        "column means": lambda rows: np.where(np.isnan(rows), np.nanmean(rows, axis=0), rows),
     }
-    errors = {imputer: normalised_rmse(values, x_train, gaps, scale) for imputer, values in fills.items()}
+    for imputer, fill in imputers.items():
+        started = time.perf_counter()
+        fills[imputer] = (fill(gappy_train), time.perf_counter() - started)
+    errors = {imputer: normalised_rmse(values, x_train, gaps, scale) for imputer, (values, _) in fills.items()}
     densities = {"tfp_vae": evaluate(model, gappy_test.astype(np.float32), 1000, seed)["log_likelihood"],
                  "Gaussian, EM": float(observed_log_density(gappy_test, mean, covariance).mean())}
-    return errors, densities, seconds
+    return errors, densities, {imputer: seconds for imputer, (_, seconds) in fills.items()}, float(gaps.mean())
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--missing", type=float, default=0.3, help="share of cells hidden, at random")
-    parser.add_argument("--sets", default="wine,diabetes,breast cancer,synthetic linear-Gaussian")
+    parser.add_argument("--missing", type=float, default=0.3, help="share of cells hidden, at random (mcar)")
+    parser.add_argument("--mechanism", choices=("mcar", "mnar"), default="mcar",
+                        help="mcar: completely at random; mnar: values above the mean, in half the columns")
+    parser.add_argument("--sets", default="wine,diabetes,breast cancer,iris,synthetic linear-Gaussian",
+                        help="comma-separated, of: " + ", ".join(list(data_sets()) + ["iris"]))
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "imputation.md"))
     args = parser.parse_args(argv)
     started = time.time()
     import tensorflow as tf
     sections = []
     with tempfile.TemporaryDirectory() as workdir:
-        sets = data_sets()
+        sets = {**data_sets(), "iris": (datasets.load_iris().data, None)}
         for name in args.sets.split(","):
-            runs = [run_set(name, sets[name][0], seed, args.missing, workdir) for seed in range(args.seeds)]
+            runs = [run_set(name, sets[name][0], seed, args.missing, args.mechanism, workdir)
+                    for seed in range(args.seeds)]
             errors = {key: np.mean([run[0][key] for run in runs]) for key in runs[0][0]}
             densities = {key: np.mean([run[1][key] for run in runs]) for key in runs[0][1]}
             x = sets[name][0]
-            lines = [f"## {name} ({len(x)} rows, {np.shape(x)[1]} features)", "",
-                     "| imputer | RMSE of the fills, column standard deviations |", "|---|---|"]
-            lines += [f"| {key} | {value:.3f} |" for key, value in sorted(errors.items(), key=lambda item: item[1])]
+            seconds = {key: np.mean([run[2][key] for run in runs]) for key in runs[0][2]}
+            hidden = np.mean([run[3] for run in runs])
+            lines = [f"## {name} ({len(x)} rows, {np.shape(x)[1]} features, {hidden:.0%} of training cells hidden)",
+                     "", "| imputer | RMSE of the fills, column standard deviations | MSE | seconds |",
+                     "|---|---|---|---|"]
+            lines += [f"| {key} | {value:.3f} | {value ** 2:.3f} | {seconds[key]:.1f} |"
+                      for key, value in sorted(errors.items(), key=lambda item: item[1])]
             lines += ["", "| density | held-out log p(x_observed), nats per row |", "|---|---|"]
             lines += [f"| {key} | {value:.3f} |" for key, value in densities.items()]
-            lines += ["", f"tfp_vae's training and filling: {np.mean([run[2] for run in runs]):.0f} s per seed."]
+            lines += ["", "tfp_vae's seconds include choosing its model among the candidates and training it."]
             sections.append("\n".join(lines))
             print(sections[-1], file=sys.stderr, flush=True)
-    header = (f"# Imputation: {args.missing:.0%} of cells missing completely at random\n\n"
-              f"`python benchmarks/imputation.py --seeds {args.seeds} --missing {args.missing}`: "
+    what = (f"{args.missing:.0%} of cells missing completely at random" if args.mechanism == "mcar"
+            else "values above the column mean missing in half the columns (not at random)")
+    header = (f"# Imputation: {what}\n\n"
+              f"`python benchmarks/imputation.py --seeds {args.seeds} --missing {args.missing} --mechanism "
+              f"{args.mechanism} --sets '{args.sets}'`: "
               f"{os.cpu_count()} CPU cores, Python {platform.python_version()}, TensorFlow {tf.__version__}, "
               f"{(time.time() - started) / 60:.0f} minutes, mean over seeds.")
     write_report(["\n\n".join([header, *sections])], args.out)
