@@ -12,7 +12,8 @@ imputers fill the same gaps: each column's mean, scikit-learn's `IterativeImpute
 regressions, MICE-like), the same with extra trees (missForest-like) and `KNNImputer`, and a
 full-covariance Gaussian fitted by EM (`tfp_vae.gaps.em_gaussian`), which fills with its conditional
 means. Fills are scored by their root mean squared error over the hidden cells, in units of each
-column's standard deviation (lower is better), and its square (the MSE that MIWAE's paper reports). tfp_vae and the EM Gaussian are also
+column's standard deviation (lower is better), and its square (the MSE that MIWAE's paper reports).
+Not at random, tfp_vae also trains with `missing_mechanism="self-masking"` (not-MIWAE). tfp_vae and the EM Gaussian are also
 scored as densities: log p(x_observed) of the held-out gappy rows, in nats per row (higher is better).
 """
 
@@ -87,6 +88,12 @@ def run_set(name, x, seed, missing, mechanism, workdir):
                   os.path.join(workdir, f"{name}-{seed}"), verbose=0)
     fills = {"tfp_vae (allow_missing=True, model chosen by the data)":
              (model.impute(gappy_train.astype(np.float32), seed=seed)[0], time.perf_counter() - started)}
+    if mechanism == "mnar":  # the model of values missing because of what they are (not-MIWAE)
+        started = time.perf_counter()
+        self_masking = train(Config(seed=seed, allow_missing=True, missing_mechanism="self-masking"),
+                             gappy_train.astype(np.float32), os.path.join(workdir, f"{name}-{seed}-mnar"), verbose=0)
+        fills["tfp_vae, missing_mechanism='self-masking'"] = (
+            self_masking.impute(gappy_train.astype(np.float32), seed=seed)[0], time.perf_counter() - started)
     started = time.perf_counter()
     mean, covariance = em_gaussian(gappy_train)
     fills["Gaussian, EM (conditional means)"] = (conditional(gappy_train, mean, covariance)[0],

@@ -15,8 +15,8 @@ import sys
 import warnings
 
 from tfp_vae import __version__
-from tfp_vae.config import (DECODER_SCALES, DEFAULTS, MAX_SEED, MAX_VERSION, MODELS, NORMALIZATIONS, POSTERIORS,
-                            SELECTS, STRATEGIES, TRANSFORMS, Config)
+from tfp_vae.config import (DECODER_SCALES, DEFAULTS, MAX_SEED, MAX_VERSION, MISSING_MECHANISMS, MODELS,
+                            NORMALIZATIONS, POSTERIORS, SELECTS, STRATEGIES, TRANSFORMS, Config)
 from tfp_vae.errors import TfpVaeError, tensorflow_message
 from tfp_vae.files import give_usual_permissions, require_new_folder, staging_file
 from tfp_vae.quiet import start_tensorflow_quietly
@@ -171,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--allow-missing", action="store_true",
                        help="learn from tables with gaps: blank, NA, N/A, NaN and null cells are missing, and the "
                             "likelihood is over each row's observed cells (gaussian, standardize, not full)")
+    train.add_argument("--missing-mechanism", choices=MISSING_MECHANISMS, default=DEFAULTS.missing_mechanism,
+                       help="with --allow-missing, why cells are missing: at-random (MIWAE), or self-masking, where a "
+                            "value's own size sets its chance of being missing, as when a sensor saturates (not-MIWAE: "
+                            "likelihoods are then of the cells and their mask together)")
     train.add_argument("--resume", action="store_true", help="continue the interrupted run in RUN_DIR")
     train.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -325,7 +329,7 @@ def _config(args, feature_names=None) -> Config:
                   batch_size=args.batch_size, learning_rate=args.learning_rate,
                   validation_split=args.validation_split, seed=args.seed, strategy=args.strategy,
                   select=args.select, columns=args.columns, feature_names=feature_names,
-                  allow_missing=args.allow_missing)
+                  allow_missing=args.allow_missing, missing_mechanism=args.missing_mechanism)
 
 
 def _preflight(args) -> None:

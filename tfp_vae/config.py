@@ -17,6 +17,8 @@ NORMALIZATIONS = ("standardize", "whiten")
 DECODER_SCALES = ("learned", "shared", "optimal", "fixed", "full", "student_t")
 # Per-feature transforms before the normaliser (`tfp_vae.transforms.TRANSFORMS`).
 TRANSFORMS = ("none", "yeo_johnson")
+# Why a cell is missing (`tfp_vae.missingness.MECHANISMS`).
+MISSING_MECHANISMS = ("at-random", "self-masking")
 STRATEGIES = ("default", "mirrored", "multiworker")
 SELECTS = ("auto", "none")
 DEFAULT_KL_WEIGHT = {"gaussian": 1.0, "question": 1e-4}
@@ -30,7 +32,8 @@ FIXED_DEFAULTS = {"code_size": 2, "hidden": (64, 64), "normalization": "standard
 
 
 def incompatibility(normalization: str | None, decoder_scale: str | None, transform: str | None = None,
-                    nll_beta: float = 0.0, allow_missing: bool = False) -> str | None:
+                    nll_beta: float = 0.0, allow_missing: bool = False,
+                    missing_mechanism: str = "at-random") -> str | None:
     """Why a normalisation, a decoder likelihood, a transform, beta-NLL and missing cells cannot go together."""
     if normalization == "whiten" and decoder_scale == "student_t":
         return "decoder_scale='student_t' works in standardised units: normalization='standardize'"
@@ -39,6 +42,12 @@ def incompatibility(normalization: str | None, decoder_scale: str | None, transf
                 "not decoder_scale='student_t'")
     if nll_beta and decoder_scale not in (None, "learned"):
         return f"nll_beta weighs a learned sigma(z): decoder_scale='learned', not {decoder_scale!r}"
+    if missing_mechanism == "self-masking" and not allow_missing:
+        return "missing_mechanism='self-masking' models why cells are missing: it needs allow_missing=True"
+    if missing_mechanism == "self-masking" and (normalization == "whiten" or decoder_scale in ("full", "student_t")
+                                                or nll_beta):
+        return ("missing_mechanism='self-masking' draws each missing cell from a per-feature Gaussian decoder: "
+                "normalization='standardize', decoder_scale 'learned', 'shared', 'optimal' or 'fixed', no nll_beta")
     correlated = normalization == "whiten" or decoder_scale == "full"
     if allow_missing and correlated and decoder_scale == "optimal":
         return ("with allow_missing=True, whitening scores the observed cells' Gaussian marginal, whose sigma the "
@@ -83,6 +92,7 @@ class Config:
     kl_weight: float | None = None
     nll_beta: float = 0.0
     allow_missing: bool = False
+    missing_mechanism: str = "at-random"
     kl_warmup_epochs: int | None = None
     early_stopping_patience: int | None = None
     epochs: int | None = None
@@ -101,12 +111,13 @@ class Config:
         if self.hidden is not None:
             self.hidden = tuple(int(width) for width in self.hidden)
         for name, choices in (("model", MODELS), ("posterior", POSTERIORS), ("normalization", NORMALIZATIONS),
-                              ("decoder_scale", DECODER_SCALES), ("transform", TRANSFORMS), ("strategy", STRATEGIES), ("select", SELECTS)):
+                              ("decoder_scale", DECODER_SCALES), ("transform", TRANSFORMS), ("strategy", STRATEGIES),
+                              ("select", SELECTS), ("missing_mechanism", MISSING_MECHANISMS)):
             value = getattr(self, name)
             if value not in choices and not (value is None and name in FIXED_DEFAULTS):
                 raise TfpVaeError(f"{name} must be one of {choices}, got {value!r}")
         conflict = incompatibility(self.normalization, self.decoder_scale, self.transform, self.nll_beta,
-                                   self.allow_missing)
+                                   self.allow_missing, self.missing_mechanism)
         if conflict:
             raise TfpVaeError(conflict)
         if self.model == "question" and self.normalization not in (None, "standardize"):

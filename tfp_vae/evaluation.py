@@ -62,7 +62,7 @@ def log_likelihood(model: VariationalAutoencoder, x, num_samples: int = 1000, se
         log_total, weight_total, log_px_total = np.full(len(rows), -np.inf), 0.0, 0.0
         for first in range(0, num_samples, samples_per_chunk):
             count = min(samples_per_chunk, num_samples - first)
-            eps = rng.standard_normal((count, len(rows), model.code_size)).astype(np.float32)
+            eps = rng.standard_normal((count, len(rows), model.noise_size)).astype(np.float32)
             chunk_weights, chunk_log_px = log_weights(rows, tf.constant(eps))
             chunk_weights = tf.cast(chunk_weights, tf.float64)
             log_total = np.logaddexp(log_total, losses.iwae_bound(chunk_weights).numpy() + np.log(count))

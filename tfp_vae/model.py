@@ -38,6 +38,7 @@ from tfp_vae.config import incompatibility
 from tfp_vae.data import RunningMoments, check_block, features_of, first_rows, moments, require_2d
 from tfp_vae.errors import DataError, TfpVaeError
 from tfp_vae.likelihoods import make_likelihood
+from tfp_vae.missingness import MECHANISMS
 from tfp_vae.normalization import NORMALIZERS, constant_columns, tiny_columns
 from tfp_vae.transforms import FIT_ROWS, TRANSFORMS
 
@@ -71,6 +72,9 @@ class LogWeights(NamedTuple):
     and log q(z|x) at the same z; `rate` [B]: the analytic KL(q(z|x) || p(z));
     `loc` [S, B, D]: the decoder's mean in model units; `z` [S, B, K]: the codes.
     The importance weight of a draw is `log_px + log_pz - log_qz` (`log_weight`).
+    A model whose cells are missing not at random (`tfp_vae.missingness`) also
+    draws the missing cells: `log_px` is then log p(x_observed, s | z, x_missing)
+    and `completed` [S, B, D] the rows in raw units with those draws in their gaps.
     """
 
     log_px: tf.Tensor
@@ -79,6 +83,7 @@ class LogWeights(NamedTuple):
     rate: tf.Tensor
     loc: tf.Tensor
     z: tf.Tensor
+    completed: tf.Tensor | None = None
 
     @property
     def log_weight(self) -> tf.Tensor:
@@ -124,6 +129,15 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
     def observed(self, x):
         """1 where a cell of `x` is observed, 0 where it is missing (NaN); None for a model that needs complete rows."""
         return None
+
+    @property
+    def noise_size(self) -> int:
+        """Standard normal numbers per draw and row: the code's, and any the likelihood draws besides."""
+        return self.code_size
+
+    def missing_values(self, x, u, mask, loc, scale, noise):
+        """`(log p(s|x), completed rows)` for the mask `s`: (0, None) when cells are missing at random."""
+        return 0.0, None
 
     def model_units(self, x):
         """Rows in model units; a missing cell (where the model allows them) as its feature's centre."""
@@ -202,17 +216,23 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
 
     # The one seam: every loss, score and bound.
     def log_weights(self, x, eps, training: bool = False) -> LogWeights:
-        """log p(x|z), log p(z), log q(z|x) for z = loc + L eps, eps [S, B, K], with the rate and the decoder's mean."""
+        """log p(x|z), log p(z), log q(z|x) for z = loc + L eps, eps [S, B, `noise_size`], with the rate and the
+        decoder's mean."""
         mask = self.observed(x)
         u = self.model_units(x)
         if mask is not None:
             x = tf.where(mask > 0, x, 0.0)  # any finite number: a missing cell's terms are masked out
+        code_noise = eps[..., :self.code_size]
         qz, rate, log_scale = self.posterior_terms(u)
-        z = reparameterize(qz, eps)
+        z = reparameterize(qz, code_noise)
         loc, scale = self.decoder_params(z)
         log_px = self.decoder_log_prob(u, loc, scale, training, mask) + self.log_jacobian(x, mask)
-        log_qz = losses.standard_normal_log_prob(eps) - tf.reduce_sum(log_scale, axis=-1)
-        return LogWeights(log_px, losses.standard_normal_log_prob(z), log_qz, rate, loc, z)
+        completed = None
+        if mask is not None:
+            log_ps, completed = self.missing_values(x, u, mask, loc, scale, eps[..., self.code_size:])
+            log_px += log_ps
+        log_qz = losses.standard_normal_log_prob(code_noise) - tf.reduce_sum(log_scale, axis=-1)
+        return LogWeights(log_px, losses.standard_normal_log_prob(z), log_qz, rate, loc, z, completed)
 
     # Keras.
     def compile(self, optimizer=None, jit_compile=None, steps_per_execution=16, **kwargs):
@@ -270,12 +290,12 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         replicas = context.num_replicas_in_sync if context else 1
         replica = tf.cast(context.replica_id_in_sync_group, tf.int32) if context else 0
         eps = tf.random.stateless_normal(
-            [1, batch_size * replicas, self.code_size], seed=tf.stack([self.noise_seed_, step]))
+            [1, batch_size * replicas, self.noise_size], seed=tf.stack([self.noise_seed_, step]))
         return eps[:, replica * batch_size:(replica + 1) * batch_size]
 
     def fixed_noise(self, num_samples: int):
         """The same `num_samples` draws for every call: deterministic, batch-independent scores."""
-        return tf.random.stateless_normal([num_samples, 1, self.code_size], seed=[0, self.noise_seed_])
+        return tf.random.stateless_normal([num_samples, 1, self.noise_size], seed=[0, self.noise_seed_])
 
     def train_step(self, data):
         x = features_of(data)
@@ -422,10 +442,13 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         if self.observed(x) is None:
             raise TfpVaeError("this model needs complete rows: train it with allow_missing=True to fill gaps")
         mask = tf.math.is_finite(x)
-        eps = tf.random.stateless_normal([num_samples, tf.shape(x)[0], self.code_size], seed=[seed, self.noise_seed_])
+        eps = tf.random.stateless_normal([num_samples, tf.shape(x)[0], self.noise_size], seed=[seed, self.noise_seed_])
         weights = self.log_weights(x, eps)
         probability = tf.nn.softmax(weights.log_weight, axis=0)[..., tf.newaxis]  # [S, B, 1]
-        mean, stddev = self.missing_outputs(x, tf.cast(mask, x.dtype), *self.decoder_params(weights.z))
+        if weights.completed is not None:  # each draw's own values, weighted with the mask they explain
+            mean, stddev = weights.completed, tf.zeros_like(weights.completed)
+        else:
+            mean, stddev = self.missing_outputs(x, tf.cast(mask, x.dtype), *self.decoder_params(weights.z))
         fill = tf.reduce_sum(probability * mean, axis=0)
         spread = tf.reduce_sum(probability * (tf.square(stddev) + tf.square(mean - fill)), axis=0)
         return tf.where(mask, x, fill), tf.where(mask, 0.0, tf.sqrt(spread)), weights
@@ -437,9 +460,12 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
             return outputs
         mask = tf.math.is_finite(x)
         chosen = tf.random.stateless_categorical(tf.transpose(weights.log_weight), draws, seed=[seed, 1])  # [B, draws]
-        z = tf.gather(tf.transpose(weights.z, [1, 0, 2]), chosen, batch_dims=1)  # [B, draws, K]
-        rows = self.missing_draws(x, tf.cast(mask, x.dtype), *self.decoder_params(tf.transpose(z, [1, 0, 2])),
-                                  seed=[seed, 2])
+        if weights.completed is not None:  # the chosen draws' own values
+            rows = tf.transpose(tf.gather(tf.transpose(weights.completed, [1, 0, 2]), chosen, batch_dims=1), [1, 0, 2])
+        else:
+            z = tf.gather(tf.transpose(weights.z, [1, 0, 2]), chosen, batch_dims=1)  # [B, draws, K]
+            rows = self.missing_draws(x, tf.cast(mask, x.dtype), *self.decoder_params(tf.transpose(z, [1, 0, 2])),
+                                      seed=[seed, 2])
         return outputs + (tf.where(mask, x, rows).numpy(),)
 
     def sample(self, num_samples: int, seed=None):
@@ -511,12 +537,16 @@ class GaussianVAE(VariationalAutoencoder):
     def __init__(self, input_size: int, code_size: int = 2, hidden=(64, 64), posterior: str = "full",
                  decoder_scale: str = "learned", kl_weight: float = 1.0, fixed_scale: float = 1.0,
                  min_scale: float = 1e-3, activation: str = "leaky_relu", normalization: str = "standardize",
-                 seed=None, transform: str = "none", nll_beta: float = 0.0, allow_missing: bool = False, **kwargs):
+                 seed=None, transform: str = "none", nll_beta: float = 0.0, allow_missing: bool = False,
+                 missing_mechanism: str = "at-random", **kwargs):
         super().__init__(input_size, code_size, kl_weight, seed, **kwargs)
         if not 0 < float(min_scale) < 1:
             raise TfpVaeError(f"min_scale must be in (0, 1) standard deviations, got {min_scale}")
-        if incompatibility(normalization, decoder_scale, transform, nll_beta, allow_missing):
-            raise TfpVaeError(incompatibility(normalization, decoder_scale, transform, nll_beta, allow_missing))
+        conflict = incompatibility(normalization, decoder_scale, transform, nll_beta, allow_missing, missing_mechanism)
+        if conflict:
+            raise TfpVaeError(conflict)
+        if missing_mechanism not in MECHANISMS:
+            raise TfpVaeError(f"missing_mechanism must be one of {tuple(MECHANISMS)}, got {missing_mechanism!r}")
         if posterior not in heads.POSTERIOR_HEADS:
             raise ValueError(f"posterior must be one of {tuple(heads.POSTERIOR_HEADS)}, got {posterior!r}")
         if normalization not in NORMALIZERS:
@@ -533,8 +563,10 @@ class GaussianVAE(VariationalAutoencoder):
         self.transform = transform
         self.nll_beta = float(nll_beta)
         self.allow_missing = bool(allow_missing)
+        self.missing_mechanism = missing_mechanism
 
         self.marginals = TRANSFORMS[transform](self.input_size, name="marginals")
+        self.missingness = MECHANISMS[missing_mechanism](self.input_size, name="missingness")
         self.normalizer = NORMALIZERS[normalization](self.input_size, name="normalizer")
         head = heads.POSTERIOR_HEADS[posterior]
         self.encoder_mlp = heads.MLP(self.hidden, activation, seed, name="encoder_mlp")
@@ -556,6 +588,7 @@ class GaussianVAE(VariationalAutoencoder):
                 "min_scale": self.min_scale, "activation": self.activation,
                 "normalization": self.normalization, "seed": self.seed, "transform": self.transform,
                 "nll_beta": self.nll_beta, "allow_missing": self.allow_missing,
+                "missing_mechanism": self.missing_mechanism,
                 "name": self.name}
 
     @property
@@ -676,6 +709,17 @@ class GaussianVAE(VariationalAutoencoder):
         if mask is not None and self.correlated_gaps:
             return gaps.observed_log_prob(self.normalizer.standardized(u - loc), self.standardized_factor(scale), mask)
         return self.likelihood.log_prob(u, loc, scale, mask)
+
+    @property
+    def noise_size(self) -> int:
+        return self.code_size + (self.input_size if self.missingness.draws_missing_values else 0)
+
+    def missing_values(self, x, u, mask, loc, scale, noise):
+        if not self.missingness.draws_missing_values:
+            return super().missing_values(x, u, mask, loc, scale, noise)
+        drawn = loc + scale * noise  # a per-feature Gaussian in standardised units, as self-masking requires
+        completed = tf.where(mask > 0, u, drawn)
+        return self.missingness.log_prob(completed, mask), tf.where(mask > 0, x, self.raw_center(drawn))
 
     def standardized_factor(self, scale):
         """F [..., D, D] with F F^T the decoder's noise covariance in standardised units (each feature's spread)."""

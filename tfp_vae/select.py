@@ -142,7 +142,8 @@ def refit(config: Config, validation_losses: list) -> Config:
 
 def _pairing(settings: dict, config: Config) -> dict:
     return {**{name: settings[name] for name in ("normalization", "decoder_scale", "transform")},
-            "nll_beta": config.nll_beta, "allow_missing": config.allow_missing}
+            "nll_beta": config.nll_beta, "allow_missing": config.allow_missing,
+            "missing_mechanism": config.missing_mechanism}
 
 
 def name_of(config: Config) -> str:
