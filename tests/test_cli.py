@@ -223,6 +223,7 @@ def test_whitened_run_trains_evaluates_and_refuses_the_question(tmp_path, csv_fi
                    "--normalization", "whiten", *FAST], "normalization applies to the gaussian model")
 
 
+@pytest.mark.own_process
 def test_demo_trains_both_models_reports_and_exports(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--epochs", "3"]) == 0
@@ -242,6 +243,7 @@ def test_demo_trains_both_models_reports_and_exports(tmp_path, capsys):
           "exists and is not an empty folder; choose another --out")
 
 
+@pytest.mark.own_process
 def test_train_with_no_model_flags_chooses_among_candidates_and_says_which(tmp_path, csv_file, capsys):
     assert main(["train", str(csv_file), "--out", str(tmp_path / "run"), "--epochs", "3", "--kl-warmup-epochs", "1",
                  "--early-stopping-patience", "1", "--hidden", "8", "--normalization", "whiten", "--quiet"]) == 0

@@ -177,6 +177,7 @@ def test_what_cannot_leave_cells_out_is_refused(rng):
         train(Config(allow_missing=True), np.full((2, 3), np.nan, np.float32), "never-written")
 
 
+@pytest.mark.own_process
 def test_selection_and_the_command_line_with_gaps(tmp_path, capsys):
     _, gappy, _, _ = linear_gaussian(np.random.default_rng(2), n=400)
     gappy[5] = np.nan  # a row with nothing observed

@@ -81,6 +81,7 @@ def test_a_self_masking_model_saves_exports_and_fills_deterministically(rng, tmp
                                atol=1e-5)
 
 
+@pytest.mark.own_process
 def test_the_command_line_trains_a_self_masking_model_and_fills_with_it(rng, tmp_path, capsys):
     from tfp_vae import read_candidates
     from tfp_vae.cli import main

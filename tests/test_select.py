@@ -26,11 +26,12 @@ def test_sizes_are_rules_of_the_row_count():
     assert select.sized(Config(batch_size=64, epochs=7), 256).passes_per_epoch == 1  # the user's epochs
 
 
-def test_the_last_fit_trains_on_every_row_for_the_best_epochs():
-    candidate = select.sized(Config(batch_size=64, validation_split=0.2, select="none"), 256)
-    last = select.refit(candidate, [5.0, 3.0, float("nan"), 2.0, 2.5])
+def test_the_last_fit_trains_on_every_row_for_the_best_epochs_steps():
+    candidate = select.sized(Config(batch_size=64, validation_split=0.2, select="none"), 256)  # 12 passes an epoch
+    last = select.refit(candidate, [5.0, 3.0, float("nan"), 2.0, 2.5], 256, 64)
     assert (last.validation_split, last.early_stopping_patience, last.epochs) == (0.0, 0, 11)  # the warm-up's 11
-    assert select.refit(candidate, [9.0] * 12 + [1.0] + [2.0] * 30).epochs == 13
+    # Best at epoch 41 of 48 steps (256 rows x 12 passes / 64); an epoch of all 320 rows is 60 steps: 32.8 epochs.
+    assert select.refit(candidate, [9.0] * 40 + [1.0] + [2.0] * 30, 256, 64).epochs == 33
 
 
 def test_candidates_span_the_open_settings_and_keep_the_given_ones():
@@ -109,6 +110,7 @@ def test_train_keeps_the_candidate_with_the_best_validation_likelihood(chosen):
 
 
 @pytest.mark.slow
+@pytest.mark.own_process
 def test_linear_gaussian_data_picks_a_model_near_the_true_density(rng, tmp_path):
     """Rows from a known linear-Gaussian model: the chosen model's held-out likelihood is within 0.05 nats/feature."""
     d, k = 6, 2
@@ -126,6 +128,7 @@ def test_linear_gaussian_data_picks_a_model_near_the_true_density(rng, tmp_path)
 
 
 @pytest.mark.slow
+@pytest.mark.own_process
 def test_heavy_tailed_noise_favours_the_student_t_over_the_gaussian(rng, tmp_path):
     """Two factors plus Student-t noise (2.5 degrees of freedom): on validation rows the Student-t decoder beats the
     Gaussian one with the same network. (The whitened full-covariance candidate can do better still: a covariance

@@ -84,7 +84,7 @@ def sized(config: Config, train_rows: int) -> Config:
     passes = config.passes_per_epoch
     if passes is None:
         passes = max(1, MIN_EPOCH_STEPS // math.ceil(train_rows / config.batch_size)) if config.epochs is None else 1
-    steps_per_epoch = max(1, math.ceil(train_rows * passes / config.batch_size))
+    steps_per_epoch = epoch_steps(train_rows, passes, config.batch_size)
     epochs = config.epochs or max(2, math.ceil(MAX_STEPS / steps_per_epoch))
     sizes = {"epochs": epochs,
              "kl_warmup_epochs": min(epochs, max(1, math.ceil(WARMUP_STEPS / steps_per_epoch))),
@@ -126,18 +126,28 @@ def candidates(config: Config, train_rows: int) -> dict[str, Config]:
     return found
 
 
-def refit(config: Config, validation_losses: list) -> Config:
+def epoch_steps(rows: int, passes: int, batch_size: int) -> int:
+    """Optimizer steps in an epoch of `passes` passes over `rows` rows."""
+    return max(1, math.ceil(rows * passes / batch_size))
+
+
+def refit(config: Config, validation_losses: list, train_rows: int, validation_rows: int) -> Config:
     """The chosen candidate's config for a last fit on its training and validation rows together.
 
     Selection needs the validation rows held out; the model it keeps need not:
     on a table of a few hundred rows a quarter more rows is worth more than
-    early stopping, so the last fit trains as many epochs as the candidate's best
-    validation epoch (at least its KL warm-up) with no rows held out.
+    early stopping, so the last fit takes as many optimizer steps as the
+    candidate took to its best validation epoch (at least its KL warm-up's
+    epochs), with no rows held out. Steps, not epochs: an epoch over more rows is
+    more steps, and a flexible model trained further than its validated point
+    overfits.
     """
     finite = [(loss, epoch) for epoch, loss in enumerate(validation_losses, 1) if math.isfinite(loss)]
     best_epoch = min(finite)[1] if finite else config.epochs
+    steps = best_epoch * epoch_steps(train_rows, config.passes_per_epoch, config.batch_size)
+    epochs = round(steps / epoch_steps(train_rows + validation_rows, config.passes_per_epoch, config.batch_size))
     return dataclasses.replace(config, validation_split=0.0, early_stopping_patience=0,
-                               epochs=max(best_epoch, config.kl_warmup_epochs))
+                               epochs=max(epochs, config.kl_warmup_epochs, 1))
 
 
 def _pairing(settings: dict, config: Config) -> dict:

@@ -109,10 +109,11 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
     for row in table:
         row["chosen"] = row is best
     chosen = os.path.join(run_dir, runs.CANDIDATES, best["name"])
-    last_fit = select.refit(candidates[best["name"]], runs.read_history(chosen).get("val_loss", []))
+    last_fit = select.refit(candidates[best["name"]], runs.read_history(chosen).get("val_loss", []),
+                            found.train_rows, found.validation_rows)
     if verbose:
         print(f"refitting {best['name']} on the training and validation rows together: {last_fit.epochs} epochs "
-              "(its best)", flush=True)
+              "(its best epoch's steps)", flush=True)
     try:
         model = _train_or_load(last_fit, source, os.path.join(run_dir, runs.CANDIDATES, runs.REFIT), watchdog,
                                refuse_divergence=True)
