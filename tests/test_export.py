@@ -28,6 +28,10 @@ path, x, z = sys.argv[1], np.array(json.loads(sys.argv[2]), np.float32), np.arra
 loaded = tf.saved_model.load(path)
 calls = {"serving_default": {"x": x}, "reconstruct": {"x": x}, "encode": {"x": x}, "score": {"x": x},
          "decode": {"z": z}, "sample": {"num_samples": tf.constant(3), "seed": tf.constant(7)}}
+if "impute" in loaded.signatures:
+    gappy = x.copy()
+    gappy[::2, 1] = np.nan
+    calls["impute"] = {"x": gappy}
 results = {name: {key: value.numpy().tolist() for key, value in loaded.signatures[name](**inputs).items()}
            for name, inputs in calls.items()}
 proto = saved_model_pb2.SavedModel()
@@ -50,7 +54,7 @@ def train(model, x):
 
 
 @pytest.fixture(scope="module", params=["gaussian", "whitened", "whitened, full covariance", "student_t",
-                                        "yeo_johnson", "question"])
+                                        "yeo_johnson", "whitened, with gaps", "question"])
 def exported(request, tmp_path_factory):
     rng = np.random.default_rng(1)
     x = (rng.normal(size=(400, 4)) * [1e-3, 1.0, 1e3, 10.0] + [0.0, 1e4, 0.0, 5.0]).astype(np.float32)
@@ -59,7 +63,8 @@ def exported(request, tmp_path_factory):
         decoder_scale = {"whitened, full covariance": "full", "student_t": "student_t"}.get(request.param, "learned")
         transform = "yeo_johnson" if request.param == "yeo_johnson" else "none"
         model = train(GaussianVAE(4, code_size=2, hidden=(8,), normalization=normalization,
-                                  decoder_scale=decoder_scale, transform=transform, seed=0), x)
+                                  decoder_scale=decoder_scale, transform=transform, seed=0,
+                                  allow_missing=request.param.endswith("with gaps")), x)
     else:
         model = train(QuestionVAE(4, code_size=2, seed=0), x / 100)
     path = export_saved_model(model, tmp_path_factory.mktemp("exports"))
@@ -80,7 +85,11 @@ def expected_outputs(model, rows, codes, served=None):
     qz = model.encode(rows)
     decoded_mean, decoded_stddev, _, _ = model.decoder_outputs(codes)
     reconstruct = {name: value.numpy() for name, value in model(rows).items()}
-    return {"serving_default": reconstruct, "reconstruct": reconstruct,
+    gappy = rows.copy()
+    gappy[::2, 1] = np.nan
+    imputed = ({"impute": dict(zip(("x", "stddev"), (value.numpy() for value in model.imputation(gappy)[:2])))}
+               if getattr(model, "allow_missing", False) else {})
+    return {**imputed, "serving_default": reconstruct, "reconstruct": reconstruct,
             "encode": {"code_mean": qz.mean().numpy(), "code_scale_tril": qz.scale.to_dense().numpy()},
             "decode": {"mean": decoded_mean.numpy(), "stddev": decoded_stddev.numpy()},
             "score": {name: value.numpy() for name, value in model.score(rows).items()},
@@ -189,7 +198,7 @@ def test_rest_and_grpc_requests_for_every_signature(exported):
 
 def test_warmup_requests_cover_every_signature_and_run(exported):
     from tensorflow_serving.apis import prediction_log_pb2
-    _, path, _, _, _ = exported
+    model, path, _, _, _ = exported
     loaded = tf.saved_model.load(path)
     seen = []
     for record in tf.data.TFRecordDataset(os.path.join(path, "assets.extra", "tf_serving_warmup_requests")):
@@ -199,7 +208,7 @@ def test_warmup_requests_cover_every_signature_and_run(exported):
         inputs = {name: tf.constant(tf.make_ndarray(proto)) for name, proto in request.inputs.items()}
         outputs = loaded.signatures[request.model_spec.signature_name](**inputs)
         assert all(np.isfinite(value.numpy()).all() for value in outputs.values()), request.model_spec.signature_name
-    assert sorted(seen) == sorted(SIGNATURES)
+    assert sorted(seen) == sorted(SIGNATURES + (("impute",) if getattr(model, "allow_missing", False) else ()))
 
 
 def test_existing_version_is_refused_and_left_untouched(exported, tmp_path):
