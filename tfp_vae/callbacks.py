@@ -11,7 +11,7 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from tfp_vae._keras import tf_keras
-from tfp_vae.errors import RunError, tensorflow_message
+from tfp_vae.errors import RunError, write_failure_cause
 
 
 class KLWarmup(tf_keras.callbacks.Callback):
@@ -121,8 +121,7 @@ class PeriodicBackupAndRestore(tf_keras.callbacks.BackupAndRestore):
                 super().on_epoch_end(epoch, logs)
             except (OSError, tf.errors.OpError) as error:  # a full disk, a folder gone read-only
                 self.remove_partial_checkpoints()
-                cause = error.strerror if isinstance(error, OSError) else tensorflow_message(error)
-                raise RunError(f"{self.backup_dir}: could not write a checkpoint ({cause.rsplit('; ', 1)[-1]}); "
+                raise RunError(f"{self.backup_dir}: could not write a checkpoint ({write_failure_cause(error)}); "
                                "the last whole checkpoint is kept: make room, then resume=True continues "
                                "from it") from None
 

@@ -31,3 +31,10 @@ def tensorflow_message(error) -> str:
     """A TensorFlow error's first line, without the graph node it names first and the op it names last."""
     line = re.sub(r"\{\{[^}]*\}\}\s*", "", error.message.splitlines()[0])
     return re.sub(r"\s*\[Op:\w+\].*$", "", line)
+
+
+def write_failure_cause(error) -> str:
+    """Why an OSError or a TensorFlow writer failed, without the file it names ("No space left on device")."""
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    return tensorflow_message(error).rsplit("; ", 1)[-1]

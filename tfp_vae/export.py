@@ -37,7 +37,7 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2_as_graph
 
 from tfp_vae.config import MAX_VERSION
-from tfp_vae.errors import ExportError, tensorflow_message
+from tfp_vae.errors import ExportError, write_failure_cause
 from tfp_vae.files import give_usual_permissions, staging_folder
 from tfp_vae.model import VariationalAutoencoder
 from tfp_vae.serving import warmup_record
@@ -178,11 +178,8 @@ def export_saved_model(model: VariationalAutoencoder, export_base, version: int 
                 json.dump(thresholds, file, indent=2)
         give_usual_permissions(staging)
         return rename_into_place(staging, export_base, version)
-    except OSError as error:
-        raise ExportError(f"{final}: could not write the export ({error.strerror or error})") from error
-    except tf.errors.OpError as error:  # TensorFlow's own writers: a full disk, a folder gone read-only
-        cause = tensorflow_message(error).rsplit("; ", 1)[-1]
-        raise ExportError(f"{final}: could not write the export ({cause})") from None
+    except (OSError, tf.errors.OpError) as error:  # a full disk, a folder gone read-only (ours or TF's writers)
+        raise ExportError(f"{final}: could not write the export ({write_failure_cause(error)})") from None
     finally:
         if os.path.exists(staging):
             shutil.rmtree(staging, ignore_errors=True)

@@ -34,10 +34,10 @@ def give_usual_permissions(path: str) -> None:
             os.chmod(os.path.join(folder, name), 0o666 & ~mask)
 
 
-def require_new_folder(path: str, option: str) -> None:
+def require_new_folder(path: str, option: str, error: type = TfpVaeError) -> None:
     """Refuses `path` unless it is absent or an empty folder: what a command writes never mixes with what was there."""
     if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
-        raise TfpVaeError(f"{path}: exists and is not an empty folder; choose another {option}")
+        raise error(f"{path}: exists and is not an empty folder; choose another {option}")
 
 
 def staging_folder(folder: str, prefix: str) -> str:

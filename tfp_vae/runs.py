@@ -21,6 +21,7 @@ import zipfile
 
 from tfp_vae.config import Config
 from tfp_vae.errors import RunError
+from tfp_vae.files import require_new_folder
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.keras"
@@ -63,8 +64,7 @@ def check_run_dir(run_dir: str, resume: bool) -> None:
         return
     if os.path.exists(os.path.join(run_dir, CONFIG_FILE)):
         raise RunError(f"{run_dir}: already holds a run; pass resume=True to continue it or choose another run_dir")
-    if os.path.exists(run_dir) and (not os.path.isdir(run_dir) or os.listdir(run_dir)):
-        raise RunError(f"{run_dir}: exists and is not an empty folder; choose another run_dir")
+    require_new_folder(run_dir, "run_dir", RunError)
 
 
 def save_model(model, run_dir: str) -> None:
