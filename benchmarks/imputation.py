@@ -121,7 +121,7 @@ def main(argv=None):
     parser.add_argument("--missing", type=float, default=0.3, help="share of cells hidden, at random (mcar)")
     parser.add_argument("--mechanism", choices=("mcar", "mnar"), default="mcar",
                         help="mcar: completely at random; mnar: values above the mean, in half the columns")
-    parser.add_argument("--sets", default="wine,diabetes,breast cancer,iris,synthetic linear-Gaussian",
+    parser.add_argument("--sets", default="breast cancer,wine,diabetes,iris,digits",
                         help="comma-separated, of: " + ", ".join(list(data_sets()) + ["iris"]))
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "imputation.md"))
     args = parser.parse_args(argv)
