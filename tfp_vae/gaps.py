@@ -113,7 +113,8 @@ def _expectation(x, mask, mean, covariance):
     filled, total = np.empty_like(x), np.zeros_like(covariance)
     for start in range(0, len(x), EM_ROWS_PER_CHUNK):
         observed = mask[start:start + EM_ROWS_PER_CHUNK].astype(np.float64)
-        padded = covariance * observed[:, :, None] * observed[:, None, :] + np.eye(len(mean)) * (1.0 - observed)[:, None, :]
+        padded = (covariance * observed[:, :, None] * observed[:, None, :]
+                  + np.eye(len(mean)) * (1.0 - observed)[:, None, :])
         cross = covariance * observed[:, None, :] * (1.0 - observed)[:, :, None]  # Sigma_uo, padded with zeros
         residual = (x[start:start + EM_ROWS_PER_CHUNK] - mean) * observed
         filled[start:start + len(observed)] = np.where(

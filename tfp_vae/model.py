@@ -151,7 +151,10 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         return loc
 
     def raw_outputs(self, loc, scale):
-        """Each feature's `(mean, stddev, lower, upper)` of p(x|z) in raw units; `lower`-`upper` is the central `INTERVAL`."""
+        """Each feature's `(mean, stddev, lower, upper)` of p(x|z) in raw units.
+
+        `lower`-`upper` is the central `INTERVAL`.
+        """
         half_width = tf.math.ndtri(0.5 + 0.5 * INTERVAL) * scale
         return loc, scale, loc - half_width, loc + half_width
 
@@ -728,8 +731,8 @@ class GaussianVAE(VariationalAutoencoder):
     def missing_outputs(self, x, mask, loc, scale):
         if not self.correlated_gaps:
             return super().missing_outputs(x, mask, loc, scale)
-        loc = self.normalizer.standardized(loc)
-        fill, variance = gaps.conditional(self.standardized_rows(x, mask) - loc, self.standardized_factor(scale), mask)
+        loc, residual = self.standardized_residual(x, mask, loc)
+        fill, variance = gaps.conditional(residual, self.standardized_factor(scale), mask)
         stddev = tf.sqrt(variance) * self.normalizer.scale
         return self.marginals.raw_outputs(self.normalizer.unstandardize(loc + fill), stddev,
                                           tf.math.ndtri(0.5 + 0.5 * INTERVAL) * stddev)[:2]
@@ -737,14 +740,16 @@ class GaussianVAE(VariationalAutoencoder):
     def missing_draws(self, x, mask, loc, scale, seed):
         if not self.correlated_gaps:
             return super().missing_draws(x, mask, loc, scale, seed)
-        loc = self.normalizer.standardized(loc)
-        residual = self.standardized_rows(x, mask) - loc
+        loc, residual = self.standardized_residual(x, mask, loc)
         draw = gaps.conditional_draw(residual, self.standardized_factor(scale), mask, seed)
         return self.marginals.inverse(self.normalizer.unstandardize(loc + draw))
 
-    def standardized_rows(self, x, mask):
-        """Rows in standardised units (after the transform, before any decorrelation); 0 where missing."""
-        return tf.where(mask > 0, self.normalizer.standardize(self.marginals(tf.where(mask > 0, x, 0.0))), 0.0)
+    def standardized_residual(self, x, mask, loc):
+        """The decoder's mean `loc` in standardised units (after the transform, before any decorrelation), and
+        each row's residual from it there (any number where missing)."""
+        loc = self.normalizer.standardized(loc)
+        rows = tf.where(mask > 0, self.normalizer.standardize(self.marginals(tf.where(mask > 0, x, 0.0))), 0.0)
+        return loc, rows - loc
 
     def posterior(self, u):
         return self.posterior_head(self.encoder_params(self.encoder_mlp(u)))
@@ -809,7 +814,10 @@ def require_count(value, name: str, least: int) -> None:
 
 
 def as_rows(x):
-    """Arrays and nested lists as float32 rows (Keras would feed integers to the float32 graph); datasets as they are."""
+    """Arrays and nested lists as float32 rows, datasets as they are.
+
+    Keras would feed integers to the float32 graph.
+    """
     if x is None or isinstance(x, tf.data.Dataset):
         return x
     if tf.is_tensor(x):

@@ -142,7 +142,10 @@ class Standardize(RestorableLayer, tf_keras.layers.Layer):
                                reinterpreted_batch_ndims=1)
 
     def log_det_jacobian(self, mask=None):
-        """sum log scale (over each row's observed features, given `mask`): what a density loses from model to raw units."""
+        """sum log scale (over each row's observed features, given `mask`).
+
+        What a density loses from model to raw units.
+        """
         return losses.observed_sum(tf.math.log(self.scale), mask)
 
     def fold_output(self, kernel, bias):

@@ -157,7 +157,8 @@ def adopt_candidate(run_dir: str, name: str, table: list[dict], refitted: bool =
     candidate = os.path.join(run_dir, CANDIDATES, name)
     chosen = os.path.join(run_dir, CANDIDATES, REFIT) if refitted else candidate
     for entry in (HISTORY_CSV, HISTORY_JSON, LOGS, THRESHOLDS_JSON):
-        source, target = os.path.join(candidate if entry == THRESHOLDS_JSON else chosen, entry), os.path.join(run_dir, entry)
+        source = os.path.join(candidate if entry == THRESHOLDS_JSON else chosen, entry)
+        target = os.path.join(run_dir, entry)
         if os.path.isdir(source):
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(source, target)

@@ -188,7 +188,8 @@ def _train(config: Config, source, run_dir: str, resume: bool, verbose: int, wat
     with strategy.scope():
         model = build_model(config)
         model.compile(optimizer=tf_keras.optimizers.Adam(config.learning_rate))
-    found = scan(source, config.validation_split, config.seed, covariance=model.needs_covariance and not config.allow_missing,
+    found = scan(source, config.validation_split, config.seed,
+                 covariance=model.needs_covariance and not config.allow_missing,
                  keep_rows=FIT_ROWS if model.needs_rows else 0)
     if found.train_rows < MIN_TRAINING_ROWS or (config.validation_split > 0 and found.validation_rows == 0):
         raise DataError(f"{source.name}: {found.train_rows + found.validation_rows} row(s) is too few to train with "
@@ -244,7 +245,8 @@ def _train(config: Config, source, run_dir: str, resume: bool, verbose: int, wat
         shutil.rmtree(write_dir, ignore_errors=True)
     if keep_good.diverged_at is not None:
         epoch, batch = keep_good.diverged_at
-        kept = "the initial weights" if keep_good.good_epoch is None else f"the weights of epoch {keep_good.good_epoch + 1}"
+        kept = ("the initial weights" if keep_good.good_epoch is None
+                else f"the weights of epoch {keep_good.good_epoch + 1}")
         raise TrainingDiverged(
             f"the loss stopped being finite at epoch {epoch + 1}, batch {batch + 1}; kept {kept} in "
             f"{os.path.join(run_dir, runs.MODEL_FILE)}. Try a lower learning_rate, kl_warmup_epochs, "
