@@ -548,3 +548,15 @@ def test_ctrl_c_while_tensorflow_starts_is_one_line(run_dir, tmp_path, capsys, m
 def test_a_npy_file_without_columns_is_refused(tmp_path, capsys):
     np.save(tmp_path / "empty.npy", np.zeros((5, 0)))
     fails(capsys, ["train", tmp_path / "empty.npy", "--out", tmp_path / "run"], "empty.npy: no columns of data")
+
+
+def test_importance_samples_reach_the_trained_model(csv_file, tmp_path, capsys):
+    from tfp_vae import load_run
+    fails(capsys, ["train", csv_file, "--out", tmp_path / "zero", "--importance-samples", "0"],
+          "--importance-samples must be at least 1, got 0")
+    fails(capsys, ["train", csv_file, "--out", tmp_path / "both", "--importance-samples", "3", "--nll-beta", "0.5"],
+          "--nll-beta reweighs the ELBO's likelihood term; --importance-samples > 1 trains on the importance-weighted")
+    assert not (tmp_path / "zero").exists() and not (tmp_path / "both").exists()
+    assert main(["train", str(csv_file), "--out", str(tmp_path / "run"), *FAST, "--importance-samples", "3"]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["importance_samples"] == 3
+    assert load_run(tmp_path / "run")[1].importance_samples == 3

@@ -373,3 +373,39 @@ def test_impute_checks_its_counts_and_fills_no_rows(rng):
         model.impute(x, num_samples=0)
     filled, stddev, draws = model.impute(x[:0], draws=3)
     assert filled.shape == stddev.shape == (0, 3) and draws.shape == (3, 0, 3)
+
+
+def test_importance_samples_train_on_the_importance_weighted_bound(mixed_scale_data):
+    model = trained(mixed_scale_data, epochs=2, importance_samples=4)
+    x = tf.constant(mixed_scale_data[:32])
+    eps = model.draw_noise(32, step=-1)
+    assert eps.shape == (4, 32, 2)
+    weights = model.log_weights(x, eps)
+    log_weight = (weights.log_px + weights.log_pz - weights.log_qz).numpy()
+    by_hand = np.log(np.mean(np.exp(log_weight - log_weight.max(0)), axis=0)) + log_weight.max(0)
+    np.testing.assert_allclose(model.loss_terms(x, eps)["loss"].numpy(), -by_hand, rtol=1e-5)
+    model.beta.assign(0.25)  # a KL warm-up's weight scales log p(z) - log q(z|x) inside each weight
+    annealed = (weights.log_px + 0.25 * (weights.log_pz - weights.log_qz)).numpy()
+    by_hand = np.log(np.mean(np.exp(annealed - annealed.max(0)), axis=0)) + annealed.max(0)
+    np.testing.assert_allclose(model.loss_terms(x, eps, training=True)["loss"].numpy(), -by_hand, rtol=1e-5)
+    assert GaussianVAE.from_config(model.get_config()).importance_samples == 4
+    one = trained(mixed_scale_data, epochs=2)  # one draw: the ELBO with its analytic KL, as before
+    eps = one.draw_noise(32, step=-1)
+    terms = one.loss_terms(x, eps)
+    np.testing.assert_allclose(terms["loss"].numpy(), (terms["reconstruction_loss"] + terms["kl_loss"]).numpy(),
+                               rtol=1e-6)
+
+
+def test_importance_samples_out_of_range_or_beside_beta_nll_are_refused():
+    from tfp_vae.errors import TfpVaeError
+    for kwargs, message in [
+        (dict(importance_samples=0), "importance_samples must be a whole number of at least 1, got 0"),
+        (dict(importance_samples=2.5), "importance_samples must be a whole number of at least 1, got 2.5"),
+        (dict(importance_samples=3, nll_beta=0.5), "nll_beta reweighs the ELBO's likelihood term"),
+    ]:
+        with pytest.raises(TfpVaeError, match=re.escape(message)):
+            GaussianVAE(3, **kwargs)
+    with pytest.raises(TfpVaeError, match="importance_samples applies to the gaussian model"):
+        config.Config(model="question", importance_samples=5)
+    with pytest.raises(TfpVaeError, match="importance_samples must be at least 1, got 0"):
+        config.Config(importance_samples=0)

@@ -170,11 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="multiworker: how long to wait for every worker in TF_CONFIG to join")
     train.add_argument("--allow-missing", action="store_true",
                        help="learn from tables with gaps: blank, NA, N/A, NaN and null cells are missing, and the "
-                            "likelihood is over each row's observed cells (gaussian, standardize, not full)")
+                            "likelihood is over each row's observed cells (gaussian model)")
     train.add_argument("--missing-mechanism", choices=MISSING_MECHANISMS, default=DEFAULTS.missing_mechanism,
                        help="with --allow-missing, why cells are missing: at-random (MIWAE), or self-masking, where a "
                             "value's own size sets its chance of being missing, as when a sensor saturates (not-MIWAE: "
                             "likelihoods are then of the cells and their mask together)")
+    train.add_argument("--importance-samples", type=int, metavar="S", default=DEFAULTS.importance_samples,
+                       help="draws of the code per row in each step: 1 trains on the ELBO, more on the tighter "
+                            "importance-weighted bound (IWAE; MIWAE's with --allow-missing) at S times the "
+                            "decoder's cost (gaussian)")
     train.add_argument("--resume", action="store_true", help="continue the interrupted run in RUN_DIR")
     train.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -329,7 +333,8 @@ def _config(args, feature_names=None) -> Config:
                   batch_size=args.batch_size, learning_rate=args.learning_rate,
                   validation_split=args.validation_split, seed=args.seed, strategy=args.strategy,
                   select=args.select, columns=args.columns, feature_names=feature_names,
-                  allow_missing=args.allow_missing, missing_mechanism=args.missing_mechanism)
+                  allow_missing=args.allow_missing, missing_mechanism=args.missing_mechanism,
+                  importance_samples=args.importance_samples)
 
 
 def _preflight(args) -> None:

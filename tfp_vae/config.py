@@ -33,8 +33,9 @@ FIXED_DEFAULTS = {"code_size": 2, "hidden": (64, 64), "normalization": "standard
 
 def incompatibility(normalization: str | None, decoder_scale: str | None, transform: str | None = None,
                     nll_beta: float = 0.0, allow_missing: bool = False,
-                    missing_mechanism: str = "at-random") -> str | None:
-    """Why a normalisation, a decoder likelihood, a transform, beta-NLL and missing cells cannot go together."""
+                    missing_mechanism: str = "at-random", importance_samples: int = 1) -> str | None:
+    """Why a normalisation, a decoder likelihood, a transform, beta-NLL, missing cells and the training bound
+    cannot go together."""
     if normalization == "whiten" and decoder_scale == "student_t":
         return "decoder_scale='student_t' works in standardised units: normalization='standardize'"
     if transform == "yeo_johnson" and decoder_scale == "student_t":
@@ -42,6 +43,9 @@ def incompatibility(normalization: str | None, decoder_scale: str | None, transf
                 "not decoder_scale='student_t'")
     if nll_beta and decoder_scale not in (None, "learned"):
         return f"nll_beta weighs a learned sigma(z): decoder_scale='learned', not {decoder_scale!r}"
+    if nll_beta and importance_samples > 1:
+        return ("nll_beta reweighs the ELBO's likelihood term; importance_samples > 1 trains on the "
+                "importance-weighted bound instead: choose one")
     if missing_mechanism == "self-masking" and not allow_missing:
         return "missing_mechanism='self-masking' models why cells are missing: it needs allow_missing=True"
     if missing_mechanism == "self-masking" and (normalization == "whiten" or decoder_scale in ("full", "student_t")
@@ -80,6 +84,8 @@ class Config:
     over the training rows `passes_per_epoch` times. `nll_beta` > 0
     trains a learned sigma(z) by beta-NLL (`tfp_vae.losses.beta_nll_log_prob`);
     validation losses and every reported figure stay the log-likelihood.
+    `importance_samples` > 1 trains on the importance-weighted bound with that
+    many draws per row (MIWAE's objective with gaps; `GaussianVAE`).
     """
 
     model: str = "gaussian"
@@ -93,6 +99,7 @@ class Config:
     nll_beta: float = 0.0
     allow_missing: bool = False
     missing_mechanism: str = "at-random"
+    importance_samples: int = 1
     kl_warmup_epochs: int | None = None
     early_stopping_patience: int | None = None
     epochs: int | None = None
@@ -117,7 +124,7 @@ class Config:
             if value not in choices and not (value is None and name in FIXED_DEFAULTS):
                 raise TfpVaeError(f"{name} must be one of {choices}, got {value!r}")
         conflict = incompatibility(self.normalization, self.decoder_scale, self.transform, self.nll_beta,
-                                   self.allow_missing, self.missing_mechanism)
+                                   self.allow_missing, self.missing_mechanism, self.importance_samples)
         if conflict:
             raise TfpVaeError(conflict)
         if self.model == "question" and self.normalization not in (None, "standardize"):
@@ -127,7 +134,7 @@ class Config:
         if self.kl_weight is None:
             self.kl_weight = DEFAULT_KL_WEIGHT[self.model]
         for name, least in (("code_size", 1), ("epochs", 1), ("passes_per_epoch", 1), ("batch_size", 1),
-                            ("kl_warmup_epochs", 0), ("early_stopping_patience", 0)):
+                            ("importance_samples", 1), ("kl_warmup_epochs", 0), ("early_stopping_patience", 0)):
             if getattr(self, name) is not None and getattr(self, name) < least:
                 raise TfpVaeError(f"{name} must be at least {least}, got {getattr(self, name)}")
         if self.hidden is not None and any(width < 1 for width in self.hidden):
@@ -147,6 +154,9 @@ class Config:
         if self.model == "question" and self.allow_missing:
             raise TfpVaeError("the question's model cannot leave cells out of its squared error: allow_missing "
                               "applies to the gaussian model")
+        if self.model == "question" and self.importance_samples > 1:
+            raise TfpVaeError("the question's model trains on its squared error: importance_samples applies to the "
+                              "gaussian model")
         if self.model == "question" and self.nll_beta:
             raise TfpVaeError("the question's model has no learned sigma: nll_beta applies to the gaussian model")
         if not 0 <= self.kl_weight < math.inf:

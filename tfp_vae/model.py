@@ -101,6 +101,8 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
 
     # Layers whose weights moved since the first file layout, and where that layout kept them.
     legacy_weight_paths: dict = {}
+    # Draws of q(z|x) per row in a training or validation step.
+    importance_samples: int = 1
 
     def __init__(self, input_size: int, code_size: int, kl_weight: float, seed=None, **kwargs):
         super().__init__(**kwargs)
@@ -283,7 +285,8 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         return list(self.trackers_.values())
 
     def draw_noise(self, batch_size, step=None):
-        """eps [1, B, K], a function of the seed, the step and each row's place in the global batch.
+        """eps [S, B, K] (S: `importance_samples`), a function of the seed, the step and each row's place in the
+        global batch.
 
         Runs repeat and resume exactly, and a batch split across replicas gets the
         same noise, row for row, as on one device. `step` defaults to the optimizer's.
@@ -293,7 +296,7 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         replicas = context.num_replicas_in_sync if context else 1
         replica = tf.cast(context.replica_id_in_sync_group, tf.int32) if context else 0
         eps = tf.random.stateless_normal(
-            [1, batch_size * replicas, self.noise_size], seed=tf.stack([self.noise_seed_, step]))
+            [self.importance_samples, batch_size * replicas, self.noise_size], seed=tf.stack([self.noise_seed_, step]))
         return eps[:, replica * batch_size:(replica + 1) * batch_size]
 
     def fixed_noise(self, num_samples: int):
@@ -518,6 +521,13 @@ class GaussianVAE(VariationalAutoencoder):
         Whitened, or with `decoder_scale="full"`, a row is scored by the Gaussian
         marginal of its observed cells and filled from the conditional of its
         missing ones (`tfp_vae.gaps`), and whitening's covariance is fitted by EM.
+      missing_mechanism: `"at-random"`, or `"self-masking"`: cells missing
+        because of their value (not-MIWAE; `tfp_vae.missingness`).
+      importance_samples: S, draws of q(z|x) per row in each training step. 1
+        trains on the ELBO; S > 1 on the importance-weighted bound
+        log (1/S) sum_s p(x|z_s) p(z_s) / q(z_s|x) (IWAE; with gaps, MIWAE's
+        objective), tighter, at S times a step's decoder cost. A KL warm-up's
+        weight then scales log p(z_s) - log q(z_s|x) inside each weight.
 
     #### Example
 
@@ -541,11 +551,13 @@ class GaussianVAE(VariationalAutoencoder):
                  decoder_scale: str = "learned", kl_weight: float = 1.0, fixed_scale: float = 1.0,
                  min_scale: float = 1e-3, activation: str = "leaky_relu", normalization: str = "standardize",
                  seed=None, transform: str = "none", nll_beta: float = 0.0, allow_missing: bool = False,
-                 missing_mechanism: str = "at-random", **kwargs):
+                 missing_mechanism: str = "at-random", importance_samples: int = 1, **kwargs):
         super().__init__(input_size, code_size, kl_weight, seed, **kwargs)
+        require_count(importance_samples, "importance_samples", least=1)
         if not 0 < float(min_scale) < 1:
             raise TfpVaeError(f"min_scale must be in (0, 1) standard deviations, got {min_scale}")
-        conflict = incompatibility(normalization, decoder_scale, transform, nll_beta, allow_missing, missing_mechanism)
+        conflict = incompatibility(normalization, decoder_scale, transform, nll_beta, allow_missing, missing_mechanism,
+                                   importance_samples)
         if conflict:
             raise TfpVaeError(conflict)
         if missing_mechanism not in MECHANISMS:
@@ -567,6 +579,7 @@ class GaussianVAE(VariationalAutoencoder):
         self.nll_beta = float(nll_beta)
         self.allow_missing = bool(allow_missing)
         self.missing_mechanism = missing_mechanism
+        self.importance_samples = int(importance_samples)
 
         self.marginals = TRANSFORMS[transform](self.input_size, name="marginals")
         self.missingness = MECHANISMS[missing_mechanism](self.input_size, name="missingness")
@@ -591,7 +604,7 @@ class GaussianVAE(VariationalAutoencoder):
                 "min_scale": self.min_scale, "activation": self.activation,
                 "normalization": self.normalization, "seed": self.seed, "transform": self.transform,
                 "nll_beta": self.nll_beta, "allow_missing": self.allow_missing,
-                "missing_mechanism": self.missing_mechanism,
+                "missing_mechanism": self.missing_mechanism, "importance_samples": self.importance_samples,
                 "name": self.name}
 
     @property
@@ -781,14 +794,18 @@ class GaussianVAE(VariationalAutoencoder):
     def loss_terms(self, x, eps, training: bool = False) -> dict:
         weights = self.log_weights(x, eps, training)
         distortion = -tf.reduce_mean(weights.log_px, axis=0)
+        beta = self.kl_weight_now(training)
+        if self.importance_samples > 1:
+            loss = -losses.iwae_bound(weights.log_px + beta * (weights.log_pz - weights.log_qz))
+        else:
+            loss = losses.beta_loss(distortion, weights.rate, beta)
         mask = self.observed(x)
         squared_error = tf.square(x - self.raw_center(weights.loc))
         if mask is None:
             mse = tf.reduce_mean(squared_error, axis=[0, -1])
         else:  # over the observed cells
             mse = tf.reduce_mean(observed_mean(tf.where(mask > 0, squared_error, 0.0), mask), axis=0)
-        return {"loss": losses.beta_loss(distortion, weights.rate, self.kl_weight_now(training)),
-                "reconstruction_loss": distortion, "kl_loss": weights.rate, "mse": mse}
+        return {"loss": loss, "reconstruction_loss": distortion, "kl_loss": weights.rate, "mse": mse}
 
 
 def refuse_keras_3(objects, argument: str) -> None:

@@ -153,7 +153,7 @@ def refit(config: Config, validation_losses: list, train_rows: int, validation_r
 def _pairing(settings: dict, config: Config) -> dict:
     return {**{name: settings[name] for name in ("normalization", "decoder_scale", "transform")},
             "nll_beta": config.nll_beta, "allow_missing": config.allow_missing,
-            "missing_mechanism": config.missing_mechanism}
+            "missing_mechanism": config.missing_mechanism, "importance_samples": config.importance_samples}
 
 
 def name_of(config: Config) -> str:

@@ -45,7 +45,7 @@ def build_model(config: Config) -> VariationalAutoencoder:
     return GaussianVAE(config.input_size, config.code_size, config.hidden, config.posterior, config.decoder_scale,
                        config.kl_weight, normalization=config.normalization, seed=config.seed,
                        transform=config.transform, nll_beta=config.nll_beta, allow_missing=config.allow_missing,
-                       missing_mechanism=config.missing_mechanism)
+                       missing_mechanism=config.missing_mechanism, importance_samples=config.importance_samples)
 
 
 def train(config: Config, data, run_dir, resume: bool = False, verbose: int = 1,
