@@ -1,20 +1,24 @@
 """Filling gaps and scoring incomplete rows: tfp_vae's MIWAE training against classical imputers.
 
     python benchmarks/imputation.py [--seeds 1] [--missing 0.3] [--mechanism mcar|mnar] [--sets ...]
-                                    [--out benchmarks/results/imputation.md]
+                                    [--vae defaults,miwae] [--all-rows] [--out benchmarks/results/imputation.md]
 
 Each data set of `quality.py` (dequantised as there, same 75/25 split), and iris, loses cells in the
 training and the held-out rows alike: a share of them completely at random (`mcar`), or, not at random
 (`mnar`, the self-masking protocol of Ipsen et al. 2021), every value above its column's mean in half of
 the columns. tfp_vae trains with no flags but
 `allow_missing=True` on the gappy training rows and fills their gaps (`model.impute`); the classical
-imputers fill the same gaps: each column's mean, scikit-learn's `IterativeImputer` (chained
+imputers fill the same gaps (`--vae miwae` adds tfp_vae with MIWAE's published settings, `MIWAE_SETTINGS`:
+Student-t decoder, code 10, 128 x 128, 20 importance samples, 1000 epochs, no model choice): each
+column's mean, scikit-learn's `IterativeImputer` (chained
 regressions, MICE-like), the same with extra trees (missForest-like) and `KNNImputer`, and a
 full-covariance Gaussian fitted by EM (`tfp_vae.gaps.em_gaussian`), which fills with its conditional
 means. Fills are scored by their root mean squared error over the hidden cells, in units of each
 column's standard deviation (lower is better), and its square (the MSE that MIWAE's paper reports).
 Not at random, tfp_vae also trains with `missing_mechanism="self-masking"` (not-MIWAE). tfp_vae and the EM Gaussian are also
 scored as densities: log p(x_observed) of the held-out gappy rows, in nats per row (higher is better).
+`--all-rows` is MIWAE's protocol instead: every row loses cells and is filled, none is held out (no
+density section).
 """
 
 import argparse
@@ -39,6 +43,12 @@ from quality import SPLIT_SEED, data_sets  # noqa: E402
 from report import write_report  # noqa: E402
 from tfp_vae import Config, evaluate, train  # noqa: E402
 from tfp_vae.gaps import em_gaussian  # noqa: E402
+
+MIWAE_SETTINGS = dict(select="none", normalization="standardize", decoder_scale="student_t", code_size=10,
+                      hidden=(128, 128), importance_samples=20, epochs=1000, validation_split=0.0)
+VAES = {"defaults": ("tfp_vae (allow_missing=True, model chosen by the data)", {}),
+        "miwae": ("tfp_vae with MIWAE's settings (Student-t, code 10, 128 x 128, 20 importance samples)",
+                  MIWAE_SETTINGS)}
 
 def conditional(x, mean, covariance):
     """Each row's gaps filled with E[x_missing | x_observed], and the summed conditional covariances."""
@@ -76,18 +86,22 @@ def hidden_cells(x, rng, missing: float, mechanism: str, columns=None) -> np.nda
     return np.isin(np.arange(x.shape[1]), columns) & (x > x.mean(axis=0))
 
 
-def run_set(name, x, seed, missing, mechanism, workdir):
-    x_train, x_test = train_test_split(np.asarray(x, np.float64), test_size=0.25, random_state=SPLIT_SEED)
+def run_set(name, x, seed, missing, mechanism, workdir, vaes=("defaults",), all_rows=False):
+    x = np.asarray(x, np.float64)
+    x_train, x_test = (x, x[:0]) if all_rows else train_test_split(x, test_size=0.25, random_state=SPLIT_SEED)
     rng = np.random.default_rng(seed)
     columns = rng.permutation(x.shape[1])[:x.shape[1] // 2]  # the self-masked half, for mnar
     gappy_train = np.where(hidden_cells(x_train, rng, missing, mechanism, columns), np.nan, x_train)
     gappy_test = np.where(hidden_cells(x_test, rng, missing, mechanism, columns), np.nan, x_test)
     gaps, scale = np.isnan(gappy_train), x_train.std(axis=0)
-    started = time.perf_counter()
-    model = train(Config(seed=seed, allow_missing=True), gappy_train.astype(np.float32),
-                  os.path.join(workdir, f"{name}-{seed}"), verbose=0)
-    fills = {"tfp_vae (allow_missing=True, model chosen by the data)":
-             (model.impute(gappy_train.astype(np.float32), seed=seed)[0], time.perf_counter() - started)}
+    fills, models = {}, {}
+    for vae in vaes:
+        label, settings = VAES[vae]
+        started = time.perf_counter()
+        models[vae] = train(Config(seed=seed, allow_missing=True, **settings), gappy_train.astype(np.float32),
+                            os.path.join(workdir, f"{name}-{seed}-{vae}"), verbose=0)
+        fills[label] = (models[vae].impute(gappy_train.astype(np.float32), seed=seed)[0],
+                        time.perf_counter() - started)
     if mechanism == "mnar":  # the model of values missing because of what they are (not-MIWAE)
         started = time.perf_counter()
         self_masking = train(Config(seed=seed, allow_missing=True, missing_mechanism="self-masking"),
@@ -110,8 +124,10 @@ def run_set(name, x, seed, missing, mechanism, workdir):
         started = time.perf_counter()
         fills[imputer] = (fill(gappy_train), time.perf_counter() - started)
     errors = {imputer: normalised_rmse(values, x_train, gaps, scale) for imputer, (values, _) in fills.items()}
-    densities = {"tfp_vae": evaluate(model, gappy_test.astype(np.float32), 1000, seed)["log_likelihood"],
-                 "Gaussian, EM": float(observed_log_density(gappy_test, mean, covariance).mean())}
+    densities = {} if all_rows else {
+        **{VAES[vae][0]: evaluate(model, gappy_test.astype(np.float32), 1000, seed)["log_likelihood"]
+           for vae, model in models.items()},
+        "Gaussian, EM": float(observed_log_density(gappy_test, mean, covariance).mean())}
     return errors, densities, {imputer: seconds for imputer, (_, seconds) in fills.items()}, float(gaps.mean())
 
 
@@ -123,6 +139,9 @@ def main(argv=None):
                         help="mcar: completely at random; mnar: values above the mean, in half the columns")
     parser.add_argument("--sets", default="breast cancer,wine,diabetes,iris,digits",
                         help="comma-separated, of: " + ", ".join(list(data_sets()) + ["iris"]))
+    parser.add_argument("--vae", default="defaults", help="comma-separated, of: " + ", ".join(VAES))
+    parser.add_argument("--all-rows", action="store_true",
+                        help="MIWAE's protocol: fill every row's gaps, hold none out (no densities)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "imputation.md"))
     args = parser.parse_args(argv)
     started = time.time()
@@ -131,20 +150,22 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as workdir:
         sets = {**data_sets(), "iris": (datasets.load_iris().data, None)}
         for name in args.sets.split(","):
-            runs = [run_set(name, sets[name][0], seed, args.missing, args.mechanism, workdir)
-                    for seed in range(args.seeds)]
+            runs = [run_set(name, sets[name][0], seed, args.missing, args.mechanism, workdir,
+                            args.vae.split(","), args.all_rows) for seed in range(args.seeds)]
             errors = {key: np.mean([run[0][key] for run in runs]) for key in runs[0][0]}
             densities = {key: np.mean([run[1][key] for run in runs]) for key in runs[0][1]}
             x = sets[name][0]
             seconds = {key: np.mean([run[2][key] for run in runs]) for key in runs[0][2]}
             hidden = np.mean([run[3] for run in runs])
-            lines = [f"## {name} ({len(x)} rows, {np.shape(x)[1]} features, {hidden:.0%} of training cells hidden)",
+            lines = [f"## {name} ({len(x)} rows, {np.shape(x)[1]} features, {hidden:.0%} of "
+                     f"{'all' if args.all_rows else 'training'} cells hidden)",
                      "", "| imputer | RMSE of the fills, column standard deviations | MSE | seconds |",
                      "|---|---|---|---|"]
             lines += [f"| {key} | {value:.3f} | {value ** 2:.3f} | {seconds[key]:.1f} |"
                       for key, value in sorted(errors.items(), key=lambda item: item[1])]
-            lines += ["", "| density | held-out log p(x_observed), nats per row |", "|---|---|"]
-            lines += [f"| {key} | {value:.3f} |" for key, value in densities.items()]
+            if densities:
+                lines += ["", "| density | held-out log p(x_observed), nats per row |", "|---|---|"]
+                lines += [f"| {key} | {value:.3f} |" for key, value in densities.items()]
             lines += ["", "tfp_vae's seconds include choosing its model among the candidates and training it."]
             sections.append("\n".join(lines))
             print(sections[-1], file=sys.stderr, flush=True)
@@ -152,7 +173,7 @@ def main(argv=None):
             else "values above the column mean missing in half the columns (not at random)")
     header = (f"# Imputation: {what}\n\n"
               f"`python benchmarks/imputation.py --seeds {args.seeds} --missing {args.missing} --mechanism "
-              f"{args.mechanism} --sets '{args.sets}'`: "
+              f"{args.mechanism} --sets '{args.sets}' --vae {args.vae}{' --all-rows' if args.all_rows else ''}`: "
               f"{os.cpu_count()} CPU cores, Python {platform.python_version()}, TensorFlow {tf.__version__}, "
               f"{(time.time() - started) / 60:.0f} minutes, mean over seeds.")
     write_report(["\n\n".join([header, *sections])], args.out)
