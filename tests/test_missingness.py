@@ -7,7 +7,7 @@ import tensorflow as tf
 from tfp_vae import Config, GaussianVAE, export_saved_model
 from tfp_vae._keras import tf_keras
 from tfp_vae.errors import TfpVaeError
-from tfp_vae.missingness import AtRandom, SelfMasking
+from tfp_vae.missingness import AtRandom, SelfMasking, SelfMaskingHigh, SelfMaskingLow
 
 from test_missing import linear_gaussian
 
@@ -23,6 +23,20 @@ def test_self_masking_is_a_logistic_of_each_cells_own_value(rng):
     np.testing.assert_allclose(layer.log_prob(tf.constant(u), tf.constant(mask)).numpy(), expected, rtol=1e-5)
     np.testing.assert_allclose(SelfMasking(3).log_prob(u, mask).numpy(), 3 * np.log(0.5), rtol=1e-6)  # at the start
     np.testing.assert_array_equal(AtRandom(3).log_prob(u, mask).numpy(), np.zeros(5))
+
+
+def test_a_known_direction_keeps_the_slopes_sign(rng):
+    u = rng.normal(size=(5, 2)).astype(np.float32)
+    mask = (rng.random((5, 2)) < 0.5).astype(np.float32)
+    for layer, sign in ((SelfMaskingHigh(2), 1.0), (SelfMaskingLow(2), -1.0)):
+        np.testing.assert_allclose(layer.slope.numpy(), sign * np.log(2.0), rtol=1e-6)  # softplus(0)
+        layer.weight.assign([-30.0, 3.0])  # any v: the sign stays
+        slope = sign * np.log1p(np.exp([-30.0, 3.0]))
+        np.testing.assert_allclose(layer.slope.numpy(), slope, rtol=1e-5)
+        missing = 1.0 / (1.0 + np.exp(-slope * u))
+        expected = np.sum(mask * np.log(1.0 - missing) + (1.0 - mask) * np.log(missing), axis=1)
+        np.testing.assert_allclose(layer.log_prob(tf.constant(u), tf.constant(mask)).numpy(), expected, rtol=1e-5)
+        assert type(layer).from_config(layer.get_config()).direction == sign
 
 
 def test_self_masking_needs_gaps_and_a_per_feature_gaussian_in_standardised_units():
@@ -47,15 +61,17 @@ def mnar(rng, n=3000):
 def test_self_masking_fills_values_missing_because_they_are_large_far_better(rng):
     x, hidden, gappy = mnar(rng)
     errors = {}
-    for mechanism in ("at-random", "self-masking"):
+    for mechanism in ("at-random", "self-masking", "self-masking-high"):
         model = GaussianVAE(6, code_size=2, hidden=(), decoder_scale="shared", allow_missing=True, seed=0,
                             missing_mechanism=mechanism)
         model.compile(tf_keras.optimizers.Adam(1e-2))
         model.fit(gappy, epochs=40, batch_size=64, verbose=0)
         filled, _ = model.impute(gappy[:1000])
         errors[mechanism] = np.sqrt(np.mean((filled - x[:1000])[hidden[:1000]] ** 2))
+        if mechanism == "self-masking":
+            assert (model.missingness.slope.numpy()[:3] > 0).all()  # learned: larger values go missing
     assert errors["self-masking"] < 0.75 * errors["at-random"], errors
-    assert (model.missingness.weight.numpy()[:3] > 0).all()  # learned: larger values go missing
+    assert errors["self-masking-high"] < 0.75 * errors["at-random"], errors
 
 
 def test_a_self_masking_model_saves_exports_and_fills_deterministically(rng, tmp_path):

@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--missing-mechanism", choices=MISSING_MECHANISMS, default=DEFAULTS.missing_mechanism,
                        help="with --allow-missing, why cells are missing: at-random (MIWAE), or self-masking, where a "
                             "value's own size sets its chance of being missing, as when a sensor saturates (not-MIWAE: "
-                            "likelihoods are then of the cells and their mask together)")
+                            "likelihoods are then of the cells and their mask together); self-masking-high or -low "
+                            "where larger (or smaller) values are known to be the ones more often missing")
     train.add_argument("--importance-samples", type=int, metavar="S", default=DEFAULTS.importance_samples,
                        help="draws of the code per row in each step: 1 trains on the ELBO, more on the tighter "
                             "importance-weighted bound (IWAE; MIWAE's with --allow-missing) at S times the "

@@ -18,7 +18,7 @@ DECODER_SCALES = ("learned", "shared", "optimal", "fixed", "full", "student_t")
 # Per-feature transforms before the normaliser (`tfp_vae.transforms.TRANSFORMS`).
 TRANSFORMS = ("none", "yeo_johnson")
 # Why a cell is missing (`tfp_vae.missingness.MECHANISMS`).
-MISSING_MECHANISMS = ("at-random", "self-masking")
+MISSING_MECHANISMS = ("at-random", "self-masking", "self-masking-high", "self-masking-low")
 STRATEGIES = ("default", "mirrored", "multiworker")
 SELECTS = ("auto", "none")
 DEFAULT_KL_WEIGHT = {"gaussian": 1.0, "question": 1e-4}
@@ -46,12 +46,12 @@ def incompatibility(normalization: str | None, decoder_scale: str | None, transf
     if nll_beta and importance_samples > 1:
         return ("nll_beta reweighs the ELBO's likelihood term; importance_samples > 1 trains on the "
                 "importance-weighted bound instead: choose one")
-    if missing_mechanism == "self-masking" and not allow_missing:
-        return "missing_mechanism='self-masking' models why cells are missing: it needs allow_missing=True"
-    if missing_mechanism == "self-masking" and (normalization == "whiten" or decoder_scale in ("full", "student_t")
-                                                or nll_beta):
-        return ("missing_mechanism='self-masking' draws each missing cell from a per-feature Gaussian decoder: "
-                "normalization='standardize', decoder_scale 'learned', 'shared', 'optimal' or 'fixed', no nll_beta")
+    if missing_mechanism != "at-random" and not allow_missing:
+        return f"missing_mechanism={missing_mechanism!r} models why cells are missing: it needs allow_missing=True"
+    if missing_mechanism != "at-random" and (normalization == "whiten" or decoder_scale in ("full", "student_t")
+                                             or nll_beta):
+        return (f"missing_mechanism={missing_mechanism!r} draws each missing cell from a per-feature Gaussian "
+                "decoder: normalization='standardize', decoder_scale 'learned', 'shared', 'optimal' or 'fixed', no nll_beta")
     correlated = normalization == "whiten" or decoder_scale == "full"
     if allow_missing and correlated and decoder_scale == "optimal":
         return ("with allow_missing=True, whitening scores the observed cells' Gaussian marginal, whose sigma the "

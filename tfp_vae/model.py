@@ -522,7 +522,9 @@ class GaussianVAE(VariationalAutoencoder):
         marginal of its observed cells and filled from the conditional of its
         missing ones (`tfp_vae.gaps`), and whitening's covariance is fitted by EM.
       missing_mechanism: `"at-random"`, or `"self-masking"`: cells missing
-        because of their value (not-MIWAE; `tfp_vae.missingness`).
+        because of their value (not-MIWAE; `tfp_vae.missingness`), with
+        `"self-masking-high"` or `"-low"` where it is known that larger (or
+        smaller) values are the ones more often missing.
       importance_samples: S, draws of q(z|x) per row in each training step. 1
         trains on the ELBO; S > 1 on the importance-weighted bound
         log (1/S) sum_s p(x|z_s) p(z_s) / q(z_s|x) (IWAE; with gaps, MIWAE's
