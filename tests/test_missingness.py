@@ -74,10 +74,11 @@ def test_self_masking_fills_values_missing_because_they_are_large_far_better(rng
     assert errors["self-masking-high"] < 0.75 * errors["at-random"], errors
 
 
-def test_a_self_masking_model_saves_exports_and_fills_deterministically(rng, tmp_path):
+@pytest.mark.parametrize("mechanism", ["self-masking", "self-masking-low"])
+def test_a_self_masking_model_saves_exports_and_fills_deterministically(rng, tmp_path, mechanism):
     _, hidden, gappy = mnar(rng, n=300)
     model = GaussianVAE(6, code_size=2, hidden=(), decoder_scale="shared", allow_missing=True,
-                        missing_mechanism="self-masking", seed=0)
+                        missing_mechanism=mechanism, seed=0)
     model.compile(tf_keras.optimizers.Adam(1e-2))
     model.fit(gappy, epochs=10, batch_size=64, verbose=0)
     filled, stddev, draws = model.impute(gappy[:20], draws=3, seed=1)
@@ -89,7 +90,8 @@ def test_a_self_masking_model_saves_exports_and_fills_deterministically(rng, tmp
     np.testing.assert_array_equal(model.impute(gappy[:20], draws=3, seed=1)[2], draws)
     model.save(tmp_path / "model.keras")
     loaded = tf_keras.models.load_model(tmp_path / "model.keras")
-    np.testing.assert_array_equal(loaded.missingness.weight.numpy(), model.missingness.weight.numpy())
+    assert loaded.missing_mechanism == mechanism and loaded.missingness.direction == model.missingness.direction
+    np.testing.assert_array_equal(loaded.missingness.slope.numpy(), model.missingness.slope.numpy())
     np.testing.assert_allclose(loaded.elbo(gappy[:20]).numpy(), model.elbo(gappy[:20]).numpy(), rtol=1e-6)
     served = tf.saved_model.load(export_saved_model(model, tmp_path / "exports"))
     out = served.signatures["impute"](x=tf.constant(gappy[:20]))
