@@ -17,7 +17,8 @@ means. Fills are scored by their root mean squared error over the hidden cells, 
 column's standard deviation (lower is better), and its square (the MSE that MIWAE's paper reports).
 Not at random, tfp_vae also trains with `missing_mechanism="self-masking"` (not-MIWAE) and with
 "self-masking-high" (the protocol's direction given). tfp_vae and the EM Gaussian are also scored
-as densities: log p(x_observed) of the held-out gappy rows, in nats per row (higher is better).
+as densities: log p(x_observed) of the held-out gappy rows, in nats per row (higher is better; a
+self-masking model's likelihood is of the cells and their mask together, another quantity, left out).
 `--all-rows` is MIWAE's protocol instead: every row loses cells and is filled, none is held out (no
 density section).
 """
@@ -125,7 +126,7 @@ def run_set(name, x, seed, missing, mechanism, workdir, vaes=("defaults",), all_
     errors = {imputer: normalised_rmse(values, x_train, gaps, scale) for imputer, (values, _) in fills.items()}
     densities = {} if all_rows else {
         **{VAES[vae][0]: evaluate(model, gappy_test.astype(np.float32), 1000, seed)["log_likelihood"]
-           for vae, model in models.items()},
+           for vae, model in models.items() if model.missing_mechanism == "at-random"},
         "Gaussian, EM": float(observed_log_density(gappy_test, mean, covariance).mean())}
     return errors, densities, {imputer: seconds for imputer, (_, seconds) in fills.items()}, float(gaps.mean())
 
