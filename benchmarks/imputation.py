@@ -56,6 +56,7 @@ VAES = {"defaults": ("tfp_vae (allow_missing=True, model chosen by the data)", {
                               dict(missing_mechanism="self-masking-high"))}
 DEFAULT_VAES = {"mcar": "defaults", "mnar": "defaults,self-masking,self-masking-high"}
 
+
 def conditional(x, mean, covariance):
     """Each row's gaps filled with E[x_missing | x_observed], and the summed conditional covariances."""
     filled, extra = np.array(x, np.float64), np.zeros_like(covariance)

@@ -51,7 +51,8 @@ def incompatibility(normalization: str | None, decoder_scale: str | None, transf
     if missing_mechanism != "at-random" and (normalization == "whiten" or decoder_scale in ("full", "student_t")
                                              or nll_beta):
         return (f"missing_mechanism={missing_mechanism!r} draws each missing cell from a per-feature Gaussian "
-                "decoder: normalization='standardize', decoder_scale 'learned', 'shared', 'optimal' or 'fixed', no nll_beta")
+                "decoder: normalization='standardize', decoder_scale 'learned', 'shared', 'optimal' or 'fixed', "
+                "no nll_beta")
     correlated = normalization == "whiten" or decoder_scale == "full"
     if allow_missing and correlated and decoder_scale == "optimal":
         return ("with allow_missing=True, whitening scores the observed cells' Gaussian marginal, whose sigma the "

@@ -313,9 +313,9 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         return self.update_metrics(terms)
 
     def test_step(self, data):
-        # A draw per row, the same at every epoch: the validation loss is then an unbiased, repeatable
-        # estimate of the expected loss. One draw shared by every row would favour the posteriors that
-        # suit that one draw, and early stopping would stop on its noise.
+        # Each row's own draws (`importance_samples` of them), the same at every epoch: the validation loss is
+        # then an unbiased, repeatable estimate of the expected loss. Draws shared by every row would favour the
+        # posteriors that suit those draws, and early stopping would stop on their noise.
         x = features_of(data)
         return self.update_metrics(self.loss_terms(x, self.draw_noise(tf.shape(x)[0], step=-1)))
 
