@@ -161,6 +161,15 @@ def test_complete_data_trains_to_exactly_the_same_weights(rng):
         np.testing.assert_array_equal(before, after)
 
 
+def test_steps_that_factor_a_covariance_per_row_are_not_compiled_by_xla():
+    jit = {(normalization, allow_missing): GaussianVAE(3, normalization=normalization, allow_missing=allow_missing)
+           for normalization in ("standardize", "whiten") for allow_missing in (False, True)}
+    for model in jit.values():
+        model.compile()
+    assert {key: model.jit_compile for key, model in jit.items()} == {
+        ("standardize", False): True, ("standardize", True): True, ("whiten", False): True, ("whiten", True): False}
+
+
 def test_what_cannot_leave_cells_out_is_refused(rng):
     for settings, message in ((dict(normalization="whiten", decoder_scale="optimal"), "sigma-VAE cannot fit"),
                               (dict(normalization="whiten", nll_beta=0.5), "nll_beta weighs each feature's own term"),
