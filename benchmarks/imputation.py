@@ -86,6 +86,11 @@ def normalised_rmse(filled, truth, gaps, scale) -> float:
     return float(np.sqrt(np.mean((((filled - truth) / scale)[gaps]) ** 2)))
 
 
+def spread(values) -> str:
+    """The mean of one figure over seeds, and their standard deviation where there are several."""
+    return f"{np.mean(values):.3f}" + (f" +- {np.std(values):.3f}" if len(values) > 1 else "")
+
+
 def hidden_cells(x, rng, missing: float, mechanism: str, columns=None) -> np.ndarray:
     """Which cells to hide: a share `missing` at random, or every value above its column's mean in `columns`."""
     if mechanism == "mcar":
@@ -155,20 +160,19 @@ def main(argv=None):
         for name in args.sets.split(","):
             runs = [run_set(name, sets[name][0], seed, args.missing, args.mechanism, workdir,
                             args.vae.split(","), args.all_rows) for seed in range(args.seeds)]
-            errors = {key: np.mean([run[0][key] for run in runs]) for key in runs[0][0]}
-            densities = {key: np.mean([run[1][key] for run in runs]) for key in runs[0][1]}
+            errors, densities, seconds = ({key: [run[part][key] for run in runs] for key in runs[0][part]}
+                                          for part in range(3))
             x = sets[name][0]
-            seconds = {key: np.mean([run[2][key] for run in runs]) for key in runs[0][2]}
             hidden = np.mean([run[3] for run in runs])
             lines = [f"## {name} ({len(x)} rows, {np.shape(x)[1]} features, {hidden:.0%} of "
                      f"{'all' if args.all_rows else 'training'} cells hidden)",
                      "", "| imputer | RMSE of the fills, column standard deviations | MSE | seconds |",
                      "|---|---|---|---|"]
-            lines += [f"| {key} | {value:.3f} | {value ** 2:.3f} | {seconds[key]:.1f} |"
-                      for key, value in sorted(errors.items(), key=lambda item: item[1])]
+            lines += [f"| {key} | {spread(values)} | {spread(np.square(values))} | {np.mean(seconds[key]):.1f} |"
+                      for key, values in sorted(errors.items(), key=lambda item: np.mean(item[1]))]
             if densities:
                 lines += ["", "| density | held-out log p(x_observed), nats per row |", "|---|---|"]
-                lines += [f"| {key} | {value:.3f} |" for key, value in densities.items()]
+                lines += [f"| {key} | {spread(values)} |" for key, values in densities.items()]
             lines += ["", "tfp_vae's seconds include choosing its model among the candidates and training it."]
             sections.append("\n".join(lines))
             print(sections[-1], file=sys.stderr, flush=True)
@@ -178,7 +182,7 @@ def main(argv=None):
               f"`python benchmarks/imputation.py --seeds {args.seeds} --missing {args.missing} --mechanism "
               f"{args.mechanism} --sets '{args.sets}' --vae {args.vae}{' --all-rows' if args.all_rows else ''}`: "
               f"{os.cpu_count()} CPU cores, Python {platform.python_version()}, TensorFlow {tf.__version__}, "
-              f"{(time.time() - started) / 60:.0f} minutes, mean over seeds.")
+              f"{(time.time() - started) / 60:.0f} minutes; with several seeds, their mean +- standard deviation.")
     write_report(["\n\n".join([header, *sections])], args.out)
 
 
