@@ -53,6 +53,10 @@ def incompatibility(normalization: str | None, decoder_scale: str | None, transf
         return (f"missing_mechanism={missing_mechanism!r} draws each missing cell from a per-feature Gaussian "
                 "decoder: normalization='standardize', decoder_scale 'learned', 'shared', 'optimal' or 'fixed', "
                 "no nll_beta")
+    if missing_mechanism != "at-random" and transform == "yeo_johnson":
+        return (f"missing_mechanism={missing_mechanism!r} tells the missing values from the decoder's Gaussian shape; "
+                "a transform fitted to the observed cells, which that mechanism says are not representative, "
+                "reshapes it (its tail extrapolates): transform='none'")
     correlated = normalization == "whiten" or decoder_scale == "full"
     if allow_missing and correlated and decoder_scale == "optimal":
         return ("with allow_missing=True, whitening scores the observed cells' Gaussian marginal, whose sigma the "

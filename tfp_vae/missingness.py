@@ -14,7 +14,11 @@ r"""Why a cell is missing: p(s|x) for the mask s (1 observed, 0 missing), a laye
 
 The direction of a learned w is identified only through the decoder's Gaussian
 shape, and training can settle on the wrong one (in the not-at-random benchmark
-it did on some of wine's columns): where it is known, say so.
+it did on some of wine's columns): where it is known, say so. That shape is
+also why these mechanisms refuse a learned per-feature transform: fitted to the
+observed cells, which the mechanism says are not representative, it reshapes
+the Gaussian at will, and its tail extrapolates (on digits, fills of 600 in a
+column of values up to 17).
 
 A model whose mechanism is not at random scores a row by importance weights over
 pairs (z, x_missing), x_missing drawn from the decoder, each weighted by
