@@ -248,8 +248,8 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         The train step is compiled by XLA unless a `tf.distribute` strategy is in
         scope (XLA cannot place a mirrored step's variables) or rows with gaps
         are scored through a Cholesky factor each (`correlated_gaps`: XLA's
-        Cholesky and its gradient made such a step on digits' 61 features 9x
-        slower on CPU, 53 ms against 6 ms), and 16 steps run per
+        Cholesky and its gradient made such a step with 61 features 3-9x
+        slower on CPU, `benchmarks/gaps_speed.py`), and 16 steps run per
         call into TensorFlow: on a model this size both matter more than the maths
         (about 1.4x each, `benchmarks/speed.py`). Per-batch callbacks then see every
         16th batch.
