@@ -23,6 +23,7 @@ import tensorflow as tf
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from report import write_report  # noqa: E402
 from tfp_vae import GaussianVAE  # noqa: E402
+from tfp_vae.select import epoch_steps  # noqa: E402
 
 ROWS, FEATURES, MISSING, BATCH, EPOCHS = 1347, 61, 0.2, 64, 5
 
@@ -46,7 +47,7 @@ def seconds_per_step(jit_compile, repeats: int) -> float:
         started = time.perf_counter()
         model.fit(x, epochs=EPOCHS, batch_size=BATCH, verbose=0)
         timings.append(time.perf_counter() - started)
-    return statistics.median(timings) / (EPOCHS * -(-ROWS // BATCH))
+    return statistics.median(timings) / (EPOCHS * epoch_steps(ROWS, 1, BATCH))
 
 
 def main(argv=None):
