@@ -11,7 +11,8 @@ the columns. tfp_vae trains with no flags but
 imputers fill the same gaps (`--vae miwae` adds tfp_vae with MIWAE's published settings, `MIWAE_SETTINGS`:
 Student-t decoder, code 10, 128 x 128, 20 importance samples, 1000 epochs, no model choice): each
 column's mean, scikit-learn's `IterativeImputer` (chained
-regressions, MICE-like), the same with extra trees (missForest-like) and `KNNImputer`, and a
+regressions, MICE-like), the same with extra trees (missForest-like) and `KNNImputer` (on standardised
+columns), and a
 full-covariance Gaussian fitted by EM (`tfp_vae.gaps.em_gaussian`), which fills with its conditional
 means. Fills are scored by their root mean squared error over the hidden cells, in units of each
 column's standard deviation (lower is better), and its square (the MSE that MIWAE's paper reports).
@@ -44,6 +45,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from quality import SPLIT_SEED, data_sets  # noqa: E402
 from report import write_report  # noqa: E402
 from tfp_vae import Config, evaluate, train  # noqa: E402
+from tfp_vae.evaluation import normalised_rmse  # noqa: E402
 from tfp_vae.gaps import em_gaussian  # noqa: E402
 
 MIWAE_SETTINGS = dict(select="none", normalization="standardize", decoder_scale="student_t", code_size=10,
@@ -82,8 +84,11 @@ def observed_log_density(x, mean, covariance) -> np.ndarray:
     return np.array(densities)
 
 
-def normalised_rmse(filled, truth, gaps, scale) -> float:
-    return float(np.sqrt(np.mean((((filled - truth) / scale)[gaps]) ** 2)))
+def standardised_knn(rows, neighbours: int = 5) -> np.ndarray:
+    """`KNNImputer` on columns scaled to unit standard deviation (its distances otherwise follow the widest
+    column's units), back in raw units."""
+    centre, scale = np.nanmean(rows, axis=0), np.nanstd(rows, axis=0)
+    return KNNImputer(n_neighbors=neighbours).fit_transform((rows - centre) / scale) * scale + centre
 
 
 def spread(values) -> str:
@@ -123,7 +128,7 @@ def run_set(name, x, seed, missing, mechanism, workdir, vaes=("defaults",), all_
         "IterativeImputer with extra trees (missForest-like)": IterativeImputer(
             ExtraTreesRegressor(n_estimators=50, random_state=seed, n_jobs=1), max_iter=10,
             random_state=seed).fit_transform,
-        "KNNImputer (5 neighbours)": KNNImputer(n_neighbors=5).fit_transform,
+        "KNNImputer (5 neighbours, standardised columns)": standardised_knn,
         "column means": lambda rows: np.where(np.isnan(rows), np.nanmean(rows, axis=0), rows),
     }
     for imputer, fill in imputers.items():

@@ -5,7 +5,7 @@ import pytest
 
 from tfp_vae import GaussianVAE
 from tfp_vae._keras import tf_keras
-from tfp_vae.evaluation import PIT_BINS, calibration_counts, evaluate, log_likelihood
+from tfp_vae.evaluation import PIT_BINS, calibration_counts, evaluate, leave_one_out, log_likelihood, normalised_rmse
 
 from ppca import ppca_log_likelihood
 
@@ -17,6 +17,26 @@ def test_coverage_is_exact_for_data_drawn_from_the_predicted_gaussian(rng):
     assert counts[0] == pytest.approx(math.erf(1 / math.sqrt(2)), abs=0.01)
     assert counts[1] == pytest.approx(math.erf(2 / math.sqrt(2)), abs=0.005)
     np.testing.assert_allclose(counts[2:], 1 / PIT_BINS, atol=0.01)
+
+
+def test_leave_one_out_hides_each_observed_cell_of_rows_that_keep_another():
+    nan = np.nan
+    rows = np.array([[1.0, 2.0, nan], [nan, 5.0, nan], [7.0, 8.0, 9.0]])
+    gappy, truth = leave_one_out(rows, max_cells=10)
+    expected = np.array([[nan, 2.0, nan], [1.0, nan, nan],  # the row with one observed cell keeps it
+                         [nan, 8.0, 9.0], [7.0, nan, 9.0], [7.0, 8.0, nan]])
+    np.testing.assert_array_equal(gappy, expected)
+    np.testing.assert_array_equal(truth, rows[[0, 0, 2, 2, 2]])
+    few, few_truth = leave_one_out(rows, max_cells=3, seed=1)
+    assert len(few) == 3 and (np.isnan(few).sum(axis=1) - np.isnan(few_truth).sum(axis=1) == 1).all()
+
+
+def test_normalised_rmse_is_over_the_hidden_cells_in_each_columns_units():
+    truth = np.array([[1.0, 10.0], [2.0, 20.0]])
+    filled = np.array([[1.5, 10.0], [2.0, 0.0]])
+    hidden = np.array([[True, False], [False, True]])
+    # errors 0.5 / 0.5 = 1 and -20 / 10 = -2: sqrt((1 + 4) / 2)
+    assert normalised_rmse(filled, truth, hidden, np.array([0.5, 10.0])) == pytest.approx(math.sqrt(2.5))
 
 
 @pytest.mark.slow

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfp_vae import Config, GaussianVAE, evaluate, export_saved_model, read_candidates, train
+from tfp_vae import Config, GaussianVAE, evaluate, export_saved_model, load_run, read_candidates, select, train
 from tfp_vae._keras import tf_keras
 from tfp_vae.cli import main
 from tfp_vae.data import RunningMoments, read_table
 from tfp_vae.errors import DataError, TfpVaeError
-from tfp_vae.pipeline import clean_line
+from tfp_vae.evaluation import fill_error, leave_one_out
+from tfp_vae.pipeline import clean_line, in_validation
 
 
 def test_missing_tokens_are_read_as_nan_only_when_allowed(tmp_path):
@@ -195,8 +196,22 @@ def test_selection_and_the_command_line_with_gaps(tmp_path, capsys):
     path.write_text("\n".join(lines) + "\n")
     assert main(["train", str(path), "--out", str(tmp_path / "run"), "--allow-missing", "--epochs", "2",
                  "--hidden", "8", "--quiet"]) == 0
-    names = {row["name"] for row in read_candidates(tmp_path / "run")}
-    assert {"whiten-8-shared-k6", "yeo_johnson-whiten-8-full-k6", "standardize-8-student_t-k6"} <= names
+    assert ": fills of validation cells " in capsys.readouterr().out
+    table = read_candidates(tmp_path / "run")
+    assert {"whiten-8-shared-k6", "yeo_johnson-whiten-8-full-k6", "standardize-8-student_t-k6"} <= {
+        row["name"] for row in table}
+    # Chosen by its fills of validation cells, each hidden in turn, not by likelihood.
+    errors = [float(row["validation_fill_rmse"]) for row in table]
+    assert [row["chosen"] for row in table] == [str(error == min(errors)) for error in errors]
+    config, _ = load_run(tmp_path / "run")
+    rows = read_table(str(path), allow_missing=True).values
+    rows = rows[~np.isnan(rows).all(axis=1)]  # skipped, as training skips them
+    held_out = in_validation(np.arange(len(rows)), config.validation_split, config.seed)
+    gappy_cells, truth = leave_one_out(rows[held_out], select.FILL_CELLS, config.seed)
+    scale = np.nanstd(rows[~held_out].astype(np.float64), axis=0)
+    _, candidate = load_run(tmp_path / "run" / "candidates" / table[0]["name"])
+    assert fill_error(candidate, gappy_cells, truth, scale, select.SELECTION_SAMPLES, config.seed) == pytest.approx(
+        errors[0], rel=1e-4)
     assert main(["impute", str(tmp_path / "run"), str(path), "--out", str(tmp_path / "filled.csv")]) == 0
     filled = np.loadtxt(tmp_path / "filled.csv", delimiter=",", skiprows=1)
     read = read_table(str(path), allow_missing=True).values

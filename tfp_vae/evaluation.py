@@ -11,6 +11,11 @@ any S. Calibration asks whether the predicted stddev means what it says: the
 share of cells within +-1 and +-2 sigma of the reconstruction (68% and 95% for a
 calibrated Gaussian), and the histogram of the probability integral transform
 Phi((x - mean) / stddev), flat when calibrated.
+
+Fills are scored on cells whose values are known: `leave_one_out` hides each
+observed cell in its own copy of its row, the model fills it from the rest of the
+row, and `normalised_rmse` is the error in units of each column's standard
+deviation.
 """
 
 import math
@@ -72,6 +77,35 @@ def log_likelihood(model: VariationalAutoencoder, x, num_samples: int = 1000, se
         results["elbo"].append(weight_total / num_samples)
         results["reconstruction_log_prob"].append(log_px_total / num_samples)
     return {name: np.concatenate(values) for name, values in results.items()}
+
+
+def leave_one_out(rows: np.ndarray, max_cells: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of `rows` [N, D] with one observed cell hidden (NaN) in each, and the copies as they were.
+
+    Every observed cell of a row that keeps another observed cell is hidden once;
+    beyond `max_cells` of them, a random subset (by `seed`), in row order.
+    """
+    observed = ~np.isnan(rows)
+    row, column = np.nonzero(observed & (observed.sum(axis=1, keepdims=True) >= 2))
+    if len(row) > max_cells:
+        kept = np.sort(np.random.default_rng(seed).choice(len(row), max_cells, replace=False))
+        row, column = row[kept], column[kept]
+    truth = rows[row]
+    gappy = truth.copy()
+    gappy[np.arange(len(row)), column] = np.nan
+    return gappy, truth
+
+
+def normalised_rmse(filled: np.ndarray, truth: np.ndarray, hidden: np.ndarray, scale: np.ndarray) -> float:
+    """Root mean squared error of `filled` over the `hidden` cells, each column's in units of its `scale`."""
+    return float(np.sqrt(np.mean((((filled - truth) / scale)[hidden]) ** 2)))
+
+
+def fill_error(model: VariationalAutoencoder, gappy: np.ndarray, truth: np.ndarray, scale: np.ndarray,
+               num_samples: int = 1000, seed: int = 0) -> float:
+    """`normalised_rmse` of the model's fills (`model.impute`) of the cells missing in `gappy` and known in `truth`."""
+    filled = model.impute(gappy, num_samples=num_samples, seed=seed)[0].astype(np.float64)
+    return normalised_rmse(filled, truth, np.isnan(gappy) & ~np.isnan(truth), scale)
 
 
 def calibration_counts(x, mean, stddev) -> np.ndarray:

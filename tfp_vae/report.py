@@ -112,15 +112,22 @@ def _candidates(plt, run_dir: str, out_dir: str) -> dict:
                         label=row["name"], lw=2.5 if row["chosen"] == "True" else 1.0)
     curves.set(title="validation ELBO per epoch", xlabel="epoch", ylabel="nats per row")
     curves.legend(fontsize=7)
-    scores = np.array([float(row["validation_log_likelihood"]) for row in table])
     colours = ["tab:green" if row["chosen"] == "True" else "tab:gray" for row in table]
-    left = scores.min() - 0.1 * (np.ptp(scores) + 1.0)  # longer is better, whatever the sign
-    bars.barh([row["name"] for row in table], scores - left, left=left, color=colours)
-    bars.set(title="validation log-likelihood (IWAE), chosen in green", xlabel="nats per row")
+    names = [row["name"] for row in table]
+    if "validation_fill_rmse" in table[0]:
+        bars.barh(names, [float(row["validation_fill_rmse"]) for row in table], color=colours)
+        bars.set(title="fills of validation cells, chosen in green (shorter is better)",
+                 xlabel="RMSE, column standard deviations")
+        chosen_by = "the error of its fills of validation cells, each hidden in turn,"
+    else:
+        scores = np.array([float(row["validation_log_likelihood"]) for row in table])
+        left = scores.min() - 0.1 * (np.ptp(scores) + 1.0)  # longer is better, whatever the sign
+        bars.barh(names, scores - left, left=left, color=colours)
+        bars.set(title="validation log-likelihood (IWAE), chosen in green", xlabel="nats per row")
+        chosen_by = "the validation log-likelihood"
     bars.tick_params(axis="y", labelsize=7)
     return _save(plt, figure, out_dir, "candidates.png", "The model choice",
-                 "Every candidate's validation ELBO during training, and the validation log-likelihood it was "
-                 "chosen by.")
+                 f"Every candidate's validation ELBO during training, and {chosen_by} it was chosen by.")
 
 
 def _sigma(plt, out_dir: str, names, spread, stddev) -> dict:

@@ -132,8 +132,10 @@ def selection_summary(table: list[dict]) -> str:
     for row in table:
         lines.append("| " + " | ".join(_cell(row[column]) for column in columns) + " |")
     best = next(row for row in table if str(row["chosen"]) == "True")
-    score = float(best["validation_log_likelihood"])
-    return "\n".join(lines) + f"\nchose {best['name']}: validation log-likelihood {score:.3f} nats per row"
+    score = f"validation log-likelihood {float(best['validation_log_likelihood']):.3f} nats per row"
+    if "validation_fill_rmse" in best:
+        score = f"fills of validation cells {float(best['validation_fill_rmse']):.3f} column sd (RMSE), {score}"
+    return "\n".join(lines) + f"\nchose {best['name']}: {score}"
 
 
 def _cell(value) -> str:

@@ -13,6 +13,7 @@ candidate) and ends with the number of epochs first asked for.
 
 import dataclasses
 import functools
+import math
 import os
 import shutil
 import tempfile
@@ -27,7 +28,7 @@ from tfp_vae.callbacks import EpochLines, EpochScalars, KeepLastGoodWeights, KLW
 from tfp_vae.config import Config
 from tfp_vae.distribute import JoinWatchdog, is_chief, make_strategy, read_tf_config
 from tfp_vae.errors import DataError, TrainingDiverged
-from tfp_vae.evaluation import log_likelihood
+from tfp_vae.evaluation import fill_error, leave_one_out, log_likelihood
 from tfp_vae.model import GaussianVAE, VariationalAutoencoder
 from tfp_vae.pipeline import as_source, dataset, in_validation, scan
 from tfp_vae.question import QuestionVAE
@@ -76,7 +77,7 @@ def train(config: Config, data, run_dir, resume: bool = False, verbose: int = 1,
 
 def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbose: int,
                       watchdog) -> VariationalAutoencoder:
-    """Fits every candidate into RUN_DIR/candidates/<name>/, keeps the best by validation log-likelihood."""
+    """Fits every candidate into RUN_DIR/candidates/<name>/, keeps the best by its validation figures (`_merit`)."""
     runs.check_run_dir(run_dir, resume)
     if config.validation_split is None:
         config = dataclasses.replace(config, validation_split=select.validation_fraction(_row_count(source)))
@@ -85,27 +86,35 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
         os.makedirs(run_dir, exist_ok=True)
         runs.save_config(config, run_dir)
     validation = _validation_rows(source, config)
+    held_out = leave_one_out(validation, select.FILL_CELLS, config.seed) if select.chooses_by_fills(config) else None
+    by_fills = held_out is not None and len(held_out[0]) > 0
+    scale = np.where(found.train_moments.stddev > 0, found.train_moments.stddev, 1.0)
     candidates = select.candidates(config, found.train_rows)
     if verbose:
         print(f"choosing the model: {len(candidates)} candidates on {found.train_rows} training rows, scored on "
-              f"{len(validation)} validation rows", flush=True)
-    table, best_model, best_score = [], None, -np.inf
+              f"{len(validation)} validation rows" + (f" (their fills of {len(held_out[0])} observed cells, each "
+                                                      "hidden in turn)" if by_fills else ""), flush=True)
+    table, best_model = [], None
     for name, candidate in candidates.items():
         folder = os.path.join(run_dir, runs.CANDIDATES, name)
         started = time.perf_counter()
         model = _train_or_load(candidate, source, folder, watchdog, validation)
         score = log_likelihood(model, validation, select.SELECTION_SAMPLES, seed=config.seed)
-        table.append({"name": name, **{key: getattr(candidate, key) for key in runs.CANDIDATE_SETTINGS},
-                      "epochs_run": len(runs.read_history(folder).get("loss", [])),
-                      "validation_log_likelihood": float(np.mean(score["log_likelihood"])),
-                      "validation_rows": len(validation), "seconds": round(time.perf_counter() - started, 1)})
-        if table[-1]["validation_log_likelihood"] > best_score:  # the first of equals, as max() below
-            best_model, best_score = model, table[-1]["validation_log_likelihood"]
+        row = {"name": name, **{key: getattr(candidate, key) for key in runs.CANDIDATE_SETTINGS},
+               "epochs_run": len(runs.read_history(folder).get("loss", [])),
+               "validation_log_likelihood": float(np.mean(score["log_likelihood"])),
+               **({"validation_fill_rmse": fill_error(model, *held_out, scale, select.SELECTION_SAMPLES,
+                                                      config.seed)} if by_fills else {}),
+               "validation_rows": len(validation)}
+        row["seconds"] = round(time.perf_counter() - started, 1)
+        if best_model is None or _merit(row) > max(map(_merit, table)):  # the first of equals, as max() below
+            best_model = model
+        table.append(row)
         if verbose:
-            row = table[-1]
+            fills = f", fills {row['validation_fill_rmse']:.3f} column sd" if by_fills else ""
             print(f"candidate {name}: {row['epochs_run']} epochs, validation log-likelihood "
-                  f"{row['validation_log_likelihood']:.3f} nats per row ({row['seconds']:.0f} s)", flush=True)
-    best = max(table, key=lambda row: row["validation_log_likelihood"])
+                  f"{row['validation_log_likelihood']:.3f} nats per row{fills} ({row['seconds']:.0f} s)", flush=True)
+    best = max(table, key=_merit)
     for row in table:
         row["chosen"] = row is best
     chosen = os.path.join(run_dir, runs.CANDIDATES, best["name"])
@@ -125,6 +134,12 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
     if verbose:
         print(runs.selection_summary(table), flush=True)
     return best_model if model is None else model
+
+
+def _merit(row: dict) -> float:
+    """How good a candidate's validation figures are, higher better: -fill RMSE where measured, else likelihood."""
+    merit = -row["validation_fill_rmse"] if "validation_fill_rmse" in row else row["validation_log_likelihood"]
+    return merit if math.isfinite(merit) else -math.inf
 
 
 def _train_or_load(candidate: Config, source, folder: str, watchdog, validation: np.ndarray | None = None,
