@@ -27,7 +27,7 @@ import tensorflow as tf
 from tfp_vae import losses
 from tfp_vae.data import RunningMoments
 from tfp_vae.errors import DataError
-from tfp_vae.model import VariationalAutoencoder
+from tfp_vae.model import DRAW_NUMBERS, VariationalAutoencoder
 from tfp_vae.pipeline import as_source
 
 ACTIVE_UNIT_VARIANCE = 0.01
@@ -48,7 +48,7 @@ def _log_weights_function(model: VariationalAutoencoder):
 
 
 def log_likelihood(model: VariationalAutoencoder, x, num_samples: int = 1000, seed: int = 0,
-                   rows_per_chunk: int = 256, cells_per_chunk: int = 4_000_000) -> dict:
+                   rows_per_chunk: int = 256, cells_per_chunk: int = DRAW_NUMBERS) -> dict:
     """Per-example IWAE log-likelihood, ELBO and reconstruction log-probability, in nats.
 
     Draws are made `cells_per_chunk` decoder numbers at a time and summed as they

@@ -46,7 +46,8 @@ tfd = tfp.distributions
 
 SCORE_SAMPLES = 16
 IMPUTE_SAMPLES = 1000  # importance samples per row when filling gaps
-IMPUTE_ROWS = 64  # rows filled at a time: their draws take IMPUTE_SAMPLES x rows x D numbers
+IMPUTE_ROWS = 64  # rows filled at a time, at most
+DRAW_NUMBERS = 4_000_000  # numbers per tensor of draws x rows x `chunk_width`: bounds the memory of filling, scoring
 INTERVAL = 0.95  # the central interval `lower` to `upper` that `call` reports
 METRICS = ("loss", "reconstruction_loss", "kl_loss", "mse")
 
@@ -434,7 +435,9 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         filled cell's predictive standard deviation (observed cells are copied as
         they are, their stddev 0); with `draws`, a third array [draws, B, D] of rows
         drawn from p(x_missing | x_observed) by sampling importance resampling, for
-        multiple imputation. Deterministic for a given `seed`.
+        multiple imputation. Deterministic for a given `seed`. Rows are filled
+        `batch_size` at a time, fewer where their draws would take more than
+        `DRAW_NUMBERS` numbers per tensor (`chunk_width`).
         """
         self.check_input(x)
         require_count(num_samples, "num_samples", least=1)
@@ -444,9 +447,14 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         if not len(x):
             empty = np.zeros([0, self.input_size], np.float32)
             return (empty, empty) + ((np.zeros([draws, 0, self.input_size], np.float32),) if draws else ())
-        results = [self._impute_rows(tf.constant(x[start:start + batch_size]), draws, num_samples, seed + start)
-                   for start in range(0, len(x), batch_size)]
+        rows = self.rows_per_batch(num_samples, batch_size)
+        results = [self._impute_rows(tf.constant(x[start:start + rows]), draws, num_samples, seed + start)
+                   for start in range(0, len(x), rows)]
         return tuple(np.concatenate([part[i] for part in results], axis=-2) for i in range(len(results[0])))
+
+    def rows_per_batch(self, num_samples: int, batch_size: int) -> int:
+        """Rows whose `num_samples` draws each fit in `DRAW_NUMBERS` numbers (at least 1, at most `batch_size`)."""
+        return max(1, min(batch_size, DRAW_NUMBERS // (num_samples * self.chunk_width)))
 
     def imputation(self, x, num_samples: int = IMPUTE_SAMPLES, seed: int = 0):
         """Tensors in and out: `(filled, stddev, weights)` for rows `x` [B, D] with NaN gaps (see `impute`)."""
@@ -699,6 +707,8 @@ class GaussianVAE(VariationalAutoencoder):
     # The maths.
     @property
     def chunk_width(self) -> int:
+        if self.correlated_gaps:  # each row with gaps takes its own factor of its observed cells' covariance
+            return self.input_size**2
         return self.likelihood.chunk_width(self.input_size)
 
     def to_model_units(self, x, observed=None):
