@@ -126,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="gaussian: the Gaussian VAE; question: the question's MSE + 1e-4 KL model, as asked")
     train.add_argument("--select", choices=SELECTS, default=DEFAULTS.select,
                        help="auto: fit a few candidates and keep the best by validation log-likelihood (with "
-                            "--allow-missing, by its fills of validation cells; RUN_DIR/candidates.csv), then refit it on every row; none: train just what the "
-                            "flags say. Model flags pin their choice")
+                            "--allow-missing, by its fills of validation cells; RUN_DIR/candidates.csv), then "
+                            "refit it on every row; none: train just what the flags say. Model flags pin their choice")
     train.add_argument("--code-size", type=int, metavar="K", help="default: chosen from the data (--select none: 2)")
     train.add_argument("--hidden", type=_widths,
                        help="hidden widths, e.g. 64,64, or '' for a linear model (gaussian; default: chosen from "

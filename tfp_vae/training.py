@@ -94,7 +94,7 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
         print(f"choosing the model: {len(candidates)} candidates on {found.train_rows} training rows, scored on "
               f"{len(validation)} validation rows" + (f" (their fills of {len(held_out[0])} observed cells, each "
                                                       "hidden in turn)" if by_fills else ""), flush=True)
-    table, best_model = [], None
+    table, best_model, best_merit = [], None, -math.inf
     for name, candidate in candidates.items():
         folder = os.path.join(run_dir, runs.CANDIDATES, name)
         started = time.perf_counter()
@@ -107,8 +107,8 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
                                                       config.seed)} if by_fills else {}),
                "validation_rows": len(validation)}
         row["seconds"] = round(time.perf_counter() - started, 1)
-        if best_model is None or _merit(row) > max(map(_merit, table)):  # the first of equals, as max() below
-            best_model = model
+        if best_model is None or _merit(row) > best_merit:  # the first of equals, as max() below
+            best_model, best_merit = model, _merit(row)
         table.append(row)
         if verbose:
             fills = f", fills {row['validation_fill_rmse']:.3f} column sd" if by_fills else ""
