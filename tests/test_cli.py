@@ -297,6 +297,9 @@ def test_help_shows_defaults_and_an_example_and_version_answers(capsys):
     (["--kl-weight", "inf"], "--kl-weight must be finite and not negative"),
     (["--learning-rate", "inf"], "--learning-rate must be positive and finite"),
     (["--hidden", "8,0"], "layer widths must be positive"),
+    (["--epochs", "0"], "--epochs 0 trains nothing, which leaves a model only where the untrained one is the Gaussian "
+                        "of the rows: a linear model (no hidden layers) with --decoder-scale shared"),
+    (["--epochs", "-1"], "--epochs must be at least 0"),
 ], ids=lambda value: " ".join(value) if isinstance(value, list) else None)
 def test_bad_options_are_refused_before_anything_is_written(tmp_path, csv_file, capsys, flags, message):
     fails(capsys, ["train", csv_file, "--out", tmp_path / "run", "--select", "none", *flags], message)

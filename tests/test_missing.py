@@ -9,7 +9,8 @@ from tfp_vae._keras import tf_keras
 from tfp_vae.cli import main
 from tfp_vae.data import RunningMoments, read_table
 from tfp_vae.errors import DataError, TfpVaeError
-from tfp_vae.evaluation import fill_error, leave_one_out
+from tfp_vae.evaluation import fill_error, leave_one_out, log_likelihood
+from tfp_vae.gaps import em_gaussian
 from tfp_vae.model import DRAW_NUMBERS, IMPUTE_ROWS
 from tfp_vae.pipeline import clean_line, in_validation
 
@@ -114,6 +115,23 @@ def gaussian_marginal(row, mean, covariance) -> float:
     seen = ~np.isnan(row)
     centred, block = row[seen] - mean[seen], covariance[np.ix_(seen, seen)]
     return -0.5 * (seen.sum() * np.log(2 * np.pi) + np.linalg.slogdet(block)[1] + centred @ np.linalg.solve(block, centred))
+
+
+def test_an_untrained_linear_model_is_the_gaussian_em_fits(rng):
+    """`to_gaussian`: scores are the EM Gaussian's marginals and fills its conditional means and spreads, exactly."""
+    _, gappy, _, _ = linear_gaussian(rng, n=500)
+    rows = gappy.astype(np.float32)
+    model = GaussianVAE(6, code_size=2, hidden=(), decoder_scale="shared", normalization="whiten",
+                        allow_missing=True, seed=0).adapt(rows).to_gaussian()
+    mean, covariance = em_gaussian(rows)
+    np.testing.assert_allclose(log_likelihood(model, rows[:40], num_samples=5)["log_likelihood"],
+                               [gaussian_marginal(row, mean, covariance) for row in rows[:40]], atol=1e-4)
+    filled, stddev = model.impute(rows[:40], num_samples=3)
+    gaps = np.isnan(rows[:40])
+    np.testing.assert_allclose(filled[gaps], conditional_means(rows[:40], mean, covariance)[gaps], rtol=1e-4)
+    spreads = [np.sqrt(np.diag(covariance[np.ix_(~seen, ~seen)] - covariance[np.ix_(~seen, seen)] @ np.linalg.solve(
+        covariance[np.ix_(seen, seen)], covariance[np.ix_(seen, ~seen)]))) for seen in ~gaps]
+    np.testing.assert_allclose(stddev[gaps], np.concatenate(spreads), rtol=1e-4)
 
 
 @pytest.fixture(scope="module")

@@ -409,3 +409,24 @@ def test_importance_samples_out_of_range_or_beside_beta_nll_are_refused():
         config.Config(model="question", importance_samples=5)
     with pytest.raises(TfpVaeError, match="importance_samples must be at least 1, got 0"):
         config.Config(importance_samples=0)
+
+
+def test_an_untrained_linear_model_is_the_gaussian_of_its_rows(mixed_scale_data):
+    """`to_gaussian`, whitened: the full-covariance Gaussian (population covariance); standardised: independent
+    columns. Whatever the code's draws, log p(x) is that Gaussian's, in nats of the raw data."""
+    x = mixed_scale_data.astype(np.float64)
+    centred = x - x.mean(axis=0)
+    for normalization, covariance in (("whiten", np.cov(x.T, bias=True)), ("standardize", np.diag(x.var(axis=0)))):
+        model = GaussianVAE(5, code_size=2, hidden=(), decoder_scale="shared", normalization=normalization,
+                            seed=0).adapt(mixed_scale_data).to_gaussian()
+        truth = -0.5 * (5 * np.log(2 * np.pi) + np.linalg.slogdet(covariance)[1]
+                        + np.einsum("ij,jk,ik->i", centred, np.linalg.inv(covariance), centred))
+        np.testing.assert_allclose(model.score(mixed_scale_data[:50], num_samples=3)["elbo"], truth[:50],
+                                   atol=1e-3)
+    from tfp_vae.errors import TfpVaeError
+    with pytest.raises(TfpVaeError, match="only a linear model"):
+        GaussianVAE(5, hidden=(8,), decoder_scale="shared").to_gaussian()
+    with pytest.raises(TfpVaeError, match="epochs=0 trains nothing"):
+        config.Config(epochs=0, hidden=(8,), decoder_scale="shared")
+    assert config.Config(epochs=0, hidden=(), decoder_scale="shared").epochs == 0
+

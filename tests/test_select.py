@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from tfp_vae import Config, evaluate, load_run, select, train
+from tfp_vae import Config, evaluate, load_run, read_candidates, select, train
 from tfp_vae.errors import TfpVaeError
 from tfp_vae.pipeline import in_validation
 
@@ -36,17 +36,26 @@ def test_the_last_fit_trains_on_every_row_for_the_best_epochs_steps():
 
 def test_candidates_span_the_open_settings_and_keep_the_given_ones():
     found = select.candidates(Config(input_size=5, validation_split=0.2), 400)
-    assert list(found) == ["whiten-linear-shared-k5", "yeo_johnson-whiten-linear-shared-k5",
+    assert list(found) == ["whiten-gaussian", "whiten-linear-shared-k5",
+                           "yeo_johnson-whiten-gaussian", "yeo_johnson-whiten-linear-shared-k5",
                            "standardize-64x64-learned-k5", "standardize-64x64-student_t-k5",
                            "yeo_johnson-whiten-64x64-learned-k5", "yeo_johnson-whiten-64x64-full-k5"]
-    assert all(c.select == "none" and c.early_stopping_patience and c.kl_warmup_epochs for c in found.values())
+    trained = {name: c for name, c in found.items() if not name.endswith("gaussian")}
+    assert all(c.select == "none" and c.early_stopping_patience and c.kl_warmup_epochs for c in trained.values())
+    # The classical models, untrained: the Gaussian, and the Gaussian after each feature's Yeo-Johnson transform.
+    assert all((c.epochs, c.kl_warmup_epochs, c.early_stopping_patience, c.hidden, c.decoder_scale) == (
+        0, 0, 0, (), "shared") for name, c in found.items() if name not in trained)
+    assert select.refit(found["whiten-gaussian"], [], 320, 80).epochs == 0
+    assert not any(name.endswith("gaussian") for name in select.candidates(Config(input_size=5, epochs=7), 400))
+    assert not any(name.endswith("gaussian") for name in select.candidates(
+        Config(input_size=5, allow_missing=True, missing_mechanism="self-masking"), 400))
     assert "full" not in "".join(select.candidates(Config(input_size=40), 400))
     pinned = select.candidates(Config(input_size=5, normalization="standardize", hidden=(8,), code_size=3), 400)
     assert list(pinned) == ["standardize-8-shared-k3", "yeo_johnson-standardize-8-shared-k3",
                             "standardize-8-learned-k3", "standardize-8-student_t-k3",
                             "yeo_johnson-standardize-8-learned-k3", "yeo_johnson-standardize-8-full-k3"]
     untransformed = select.candidates(Config(input_size=5, transform="none"), 400)
-    assert all(c.transform == "none" for c in untransformed.values()) and len(untransformed) == 5
+    assert all(c.transform == "none" for c in untransformed.values()) and len(untransformed) == 6
     heavy = select.candidates(Config(input_size=5, decoder_scale="student_t"), 400)
     assert list(heavy) == ["standardize-linear-student_t-k5", "standardize-64x64-student_t-k5"]
 
@@ -107,6 +116,21 @@ def test_train_keeps_the_candidate_with_the_best_validation_likelihood(chosen):
     assert len(history["loss"]) == last_fit.epochs and "val_loss" not in history
     np.testing.assert_array_equal(model.elbo(x[:20]).numpy(), load_run(run / "candidates" / "refit")[1].elbo(x[:20]))
     assert (run / "thresholds.json").read_text() == (run / "candidates" / best["name"] / "thresholds.json").read_text()
+
+
+def test_the_classical_gaussian_is_chosen_untrained_and_refitted_on_every_row(rng, tmp_path):
+    x = (rng.normal(size=(300, 3)) @ rng.normal(size=(3, 3)) + 5.0).astype(np.float32)
+    model = train(Config(epochs=0, hidden=(), decoder_scale="shared", transform="none", seed=0), x, tmp_path / "run",
+                  verbose=0)
+    table = read_candidates(tmp_path / "run")
+    assert [(row["name"], row["epochs_run"], row["chosen"]) for row in table] == [
+        ("whiten-gaussian", "0", "True"), ("standardize-gaussian", "0", "False")]
+    centred = x.astype(np.float64) - x.mean(axis=0)
+    covariance = centred.T @ centred / len(x)  # every row's: the last fit adds the validation rows
+    truth = -0.5 * (3 * np.log(2 * np.pi) + np.linalg.slogdet(covariance)[1]
+                    + np.einsum("ij,jk,ik->i", centred, np.linalg.inv(covariance), centred))
+    np.testing.assert_allclose(model.elbo(x[:30]).numpy(), truth[:30], atol=1e-4)
+    assert json.loads((tmp_path / "run" / "history.json").read_text()) == {}
 
 
 @pytest.mark.slow

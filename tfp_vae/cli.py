@@ -153,7 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--kl-warmup-epochs", type=int, metavar="N",
                        help="raise the KL weight linearly over the first N epochs; early stopping waits for them "
                             "(default: about 500 steps; --select none: 0)")
-    train.add_argument("--epochs", type=int, help="at most this many (default: about 20,000 steps; --select none: 100)")
+    train.add_argument("--epochs", type=int,
+                       help="at most this many (default: about 20,000 steps; --select none: 100); 0 with --hidden '' "
+                            "and --decoder-scale shared: no training, the Gaussian of the training rows (whitened: "
+                            "full covariance)")
     train.add_argument("--early-stopping-patience", type=int, metavar="N",
                        help="stop when the validation loss (the KL at its full weight) has not improved for "
                             "N epochs, keeping the best (default: about 1,000 steps, at least 10 epochs; "
@@ -311,7 +314,10 @@ def _train(args):
     if history.get("val_loss"):
         best = min(range(len(history["val_loss"])), key=history["val_loss"].__getitem__)
         print(f"best epoch {best + 1}: validation loss {history['val_loss'][best]:.4g} nats per row (negative ELBO)")
-    print(f"files: {args.out}/model.keras, history.csv; tensorboard --logdir {args.out}/logs")
+    if history:
+        print(f"files: {args.out}/model.keras, history.csv; tensorboard --logdir {args.out}/logs")
+    else:
+        print(f"files: {args.out}/model.keras (no epochs: the Gaussian of the training rows)")
 
 
 def standard_json(value):
@@ -489,6 +495,7 @@ def in_flags(message: str) -> str:
     names = "|".join(sorted(FLAGS, key=len, reverse=True))
     message = re.sub(rf"\b({names})=True\b", lambda match: FLAGS[match[1]], message)
     message = re.sub(rf"\b({names})='([^']*)'", lambda match: f"{FLAGS[match[1]]} {match[2]}", message)
+    message = re.sub(rf"\b({names})=(\d+)\b", lambda match: f"{FLAGS[match[1]]} {match[2]}", message)
     # A one-word name is also an ordinary word ("model"): it is a flag where a setting's check names it.
     return re.sub(rf"\b({names})\b(?!=)( must be)?",
                   lambda match: (FLAGS[match[1]] if "_" in match[1] or match[2] else match[1]) + (match[2] or ""),

@@ -92,6 +92,9 @@ class Config:
     validation losses and every reported figure stay the log-likelihood.
     `importance_samples` > 1 trains on the importance-weighted bound with that
     many draws per row (MIWAE's objective with gaps; `GaussianVAE`).
+    `epochs=0`, for a linear model with a shared scale, trains nothing: the model
+    is then exactly the Gaussian its normalisation fits to the training rows
+    (`GaussianVAE.to_gaussian`), the full-covariance one where whitened.
     """
 
     model: str = "gaussian"
@@ -139,10 +142,15 @@ class Config:
             raise TfpVaeError("the question's model works in raw units: transform applies to the gaussian model")
         if self.kl_weight is None:
             self.kl_weight = DEFAULT_KL_WEIGHT[self.model]
-        for name, least in (("code_size", 1), ("epochs", 1), ("passes_per_epoch", 1), ("batch_size", 1),
+        for name, least in (("code_size", 1), ("epochs", 0), ("passes_per_epoch", 1), ("batch_size", 1),
                             ("importance_samples", 1), ("kl_warmup_epochs", 0), ("early_stopping_patience", 0)):
             if getattr(self, name) is not None and getattr(self, name) < least:
                 raise TfpVaeError(f"{name} must be at least {least}, got {getattr(self, name)}")
+        if self.epochs == 0 and not (self.model == "gaussian" and self.hidden == () and self.decoder_scale == "shared"
+                                     and self.missing_mechanism == "at-random"):
+            raise TfpVaeError("epochs=0 trains nothing, which leaves a model only where the untrained one is the "
+                              "Gaussian of the rows: a linear model (no hidden layers) with decoder_scale='shared' "
+                              "and cells missing at random; otherwise epochs must be at least 1")
         if self.hidden is not None and any(width < 1 for width in self.hidden):
             raise TfpVaeError(f"hidden widths must be positive, got {self.hidden}")
         if self.input_size is not None and self.code_size is not None and self.code_size > self.input_size:

@@ -138,6 +138,13 @@ class FullPosterior(RebuiltFromConfig, tfpl.MultivariateNormalTriL):
         return tfd.MultivariateNormalTriL(
             loc=params[..., :event_size], scale_tril=fill_scale_tril(params[..., event_size:], event_size))
 
+    @staticmethod
+    def prior_params(event_size: int) -> np.ndarray:
+        """The parameters of N(0, I), the prior: a zero mean, and a scale with unit diagonal."""
+        rows, columns = np.tril_indices(event_size)
+        diagonal = softplus_inverse(np.float32(1.0 - 1e-5)).numpy()
+        return np.concatenate([np.zeros(event_size, np.float32), np.where(rows == columns, diagonal, 0.0)]).astype(np.float32)
+
     def get_config(self):
         return {**base_config(self), "event_size": self.event_size}
 
@@ -167,6 +174,12 @@ class DiagonalPosterior(RebuiltFromConfig, tfpl.DistributionLambda):
     @staticmethod
     def params_size(event_size: int) -> int:
         return 2 * event_size
+
+    @staticmethod
+    def prior_params(event_size: int) -> np.ndarray:
+        """The parameters of N(0, I), the prior."""
+        diagonal = softplus_inverse(np.float32(1.0 - 1e-5)).numpy()
+        return np.concatenate([np.zeros(event_size, np.float32), np.full(event_size, diagonal, np.float32)])
 
     def get_config(self):
         return {**base_config(self), "event_size": self.event_size}

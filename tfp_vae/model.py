@@ -37,7 +37,7 @@ from tfp_vae._keras import serializable, tf_keras
 from tfp_vae.config import incompatibility
 from tfp_vae.data import RunningMoments, check_block, features_of, first_rows, moments, require_2d
 from tfp_vae.errors import DataError, TfpVaeError
-from tfp_vae.likelihoods import make_likelihood
+from tfp_vae.likelihoods import make_likelihood, unit_raw
 from tfp_vae.missingness import MECHANISMS
 from tfp_vae.normalization import NORMALIZERS, constant_columns, tiny_columns
 from tfp_vae.transforms import FIT_ROWS, TRANSFORMS
@@ -687,6 +687,25 @@ class GaussianVAE(VariationalAutoencoder):
                 return self
             stats = moments(rows, covariance=self.needs_covariance, allow_missing=self.allow_missing)
         self.normalizer.set_moments(stats.mean, stats.stddev, stats.count, stats.covariance)
+        return self
+
+    def to_gaussian(self) -> "GaussianVAE":
+        """Sets a linear model with a shared scale to the Gaussian its normalisation fitted, exactly.
+
+        The decoder then ignores the code (its weights 0, sigma 1 in model units)
+        and q(z|x) is the prior, so p(x) is N(0, I) in model units: whitened, the
+        full-covariance Gaussian of the (transformed) training rows, by EM where
+        they have gaps; standardised, the independent one. Its log-likelihood
+        and fills are that Gaussian's in closed form, whatever the draws.
+        """
+        if self.hidden or self.decoder_scale != "shared" or self.missing_mechanism != "at-random":
+            raise TfpVaeError("only a linear model (hidden=()) with decoder_scale='shared' and cells missing at "
+                              "random is a Gaussian when untrained")
+        for layer in (self.encoder_params, self.decoder_loc):
+            layer.kernel.assign(tf.zeros_like(layer.kernel))
+        self.encoder_params.bias.assign(self.posterior_head.prior_params(self.code_size))
+        self.decoder_loc.bias.assign(tf.zeros_like(self.decoder_loc.bias))
+        self.likelihood.raw_scale.assign(tf.fill([self.input_size], unit_raw(self.min_scale)))
         return self
 
     def fit(self, x=None, y=None, **kwargs):

@@ -78,9 +78,12 @@ def read_history(run_dir) -> dict:
     """Each metric's per-epoch values, from history.csv (a re-run epoch keeps its last row).
 
     Keras's CSV logger writes `NA` for a metric an epoch did not have (validation
-    metrics, without validation rows): such a metric is left out.
+    metrics, without validation rows): such a metric is left out. A run of no
+    epochs (`epochs=0`) has no history.
     """
     path = os.path.join(os.fspath(run_dir), HISTORY_CSV)
+    if not os.path.exists(path):
+        return {}
     try:
         with open(path, newline="") as file:
             rows = {int(row["epoch"]): row for row in csv.DictReader(file)}

@@ -20,10 +20,15 @@ likelihood (of the cells and their mask), as complete tables do.
 
 The candidates span the normalisation, the decoder's likelihood and the network:
 
-- the floor: whitened, linear, one learned sigma per feature. With its decoder
-  ignoring the code it is exactly the full-covariance Gaussian of the training
-  rows (whitening's covariance times sigma^2 = 1), so the choice can always fall
-  back to the classical model; a linear code makes it probabilistic PCA around it;
+- the classical model itself: the full-covariance Gaussian of the training rows
+  (by EM where they have gaps), as a linear model left untrained (`epochs=0`,
+  `GaussianVAE.to_gaussian`), and the same after each feature's
+  maximum-likelihood Yeo-Johnson transform. The choice then never keeps a model
+  whose validation figures are worse than the classical model's; its last fit
+  refits the Gaussian on the training and validation rows together;
+- the floor: whitened, linear, one learned sigma per feature. It can reach the
+  Gaussian above (its decoder ignoring the code, sigma^2 = 1); a linear code
+  makes it probabilistic PCA around it;
 - the same floor after a learned Yeo-Johnson transform of each feature
   (`tfp_vae.transforms`), which starts as the Gaussian of the Yeo-Johnson
   transformed rows (the classical model for skewed columns) and learns the
@@ -38,7 +43,7 @@ The candidates span the normalisation, the decoder's likelihood and the network:
 
 With gaps (`allow_missing`) the same candidates stand: whitening's covariance is
 then fitted by EM and each row scored by the Gaussian marginal of its observed
-cells (`tfp_vae.gaps`), so the whitened linear floor starts as the
+cells (`tfp_vae.gaps`), so the untrained Gaussian candidate is the
 full-covariance Gaussian that EM fits to the rows with gaps. Where the user pins
 `normalization="standardize"`, a linear floor gets a code as wide as the data,
 which again holds any covariance.
@@ -103,10 +108,10 @@ def sized(config: Config, train_rows: int) -> Config:
     if passes is None:
         passes = max(1, MIN_EPOCH_STEPS // math.ceil(train_rows / config.batch_size)) if config.epochs is None else 1
     steps_per_epoch = epoch_steps(train_rows, passes, config.batch_size)
-    epochs = config.epochs or max(2, math.ceil(MAX_STEPS / steps_per_epoch))
+    epochs = config.epochs if config.epochs is not None else max(2, math.ceil(MAX_STEPS / steps_per_epoch))
     sizes = {"epochs": epochs,
              "kl_warmup_epochs": min(epochs, max(1, math.ceil(WARMUP_STEPS / steps_per_epoch))),
-             "early_stopping_patience": max(MIN_PATIENCE_EPOCHS, math.ceil(PATIENCE_STEPS / steps_per_epoch))}
+             "early_stopping_patience": epochs and max(MIN_PATIENCE_EPOCHS, math.ceil(PATIENCE_STEPS / steps_per_epoch))}
     return dataclasses.replace(config, passes_per_epoch=passes, **{
         name: value for name, value in sizes.items() if getattr(config, name) is None})
 
@@ -140,6 +145,11 @@ def candidates(config: Config, train_rows: int) -> dict[str, Config]:
         candidate = sized(dataclasses.replace(
             config, **settings, select="none",
             code_size=config.input_size if floor_code and config.code_size is None else code), train_rows)
+        if settings["hidden"] == () and settings["decoder_scale"] == "shared" and config.epochs is None \
+                and config.missing_mechanism == "at-random":
+            gaussian = sized(dataclasses.replace(candidate, epochs=0, kl_warmup_epochs=None,
+                                                 early_stopping_patience=None), train_rows)
+            found.setdefault(name_of(gaussian), gaussian)
         found.setdefault(name_of(candidate), candidate)
     return found
 
@@ -165,7 +175,7 @@ def refit(config: Config, validation_losses: list, train_rows: int, validation_r
     steps = best_epoch * epoch_steps(train_rows, config.passes_per_epoch, config.batch_size)
     epochs = round(steps / epoch_steps(train_rows + validation_rows, config.passes_per_epoch, config.batch_size))
     return dataclasses.replace(config, validation_split=0.0, early_stopping_patience=0,
-                               epochs=max(epochs, config.kl_warmup_epochs, 1))
+                               epochs=max(epochs, config.kl_warmup_epochs, 1) if config.epochs else 0)
 
 
 def _pairing(settings: dict, config: Config) -> dict:
@@ -176,6 +186,8 @@ def _pairing(settings: dict, config: Config) -> dict:
 
 def name_of(config: Config) -> str:
     """A candidate's folder name: transform, normalisation, network, likelihood and code size."""
-    network = "x".join(str(w) for w in config.hidden) if config.hidden else "linear"
     transform = "" if config.transform == "none" else f"{config.transform}-"
+    if config.epochs == 0:
+        return f"{transform}{config.normalization}-gaussian"
+    network = "x".join(str(w) for w in config.hidden) if config.hidden else "linear"
     return f"{transform}{config.normalization}-{network}-{config.decoder_scale}-k{config.code_size}"

@@ -222,7 +222,38 @@ def _train(config: Config, source, run_dir: str, resume: bool, verbose: int, wat
         os.makedirs(run_dir, exist_ok=True)
         runs.save_config(config, run_dir)
     write_dir = run_dir if chief else tempfile.mkdtemp(prefix="tfp-vae-worker-")
+    if config.epochs:
+        keep_good = _fit(model, config, source, found, write_dir, resume, verbose, watchdog)
+    else:
+        model.to_gaussian()
+        model.optimizer.build(model.trainable_variables)  # saved as a trained model's is, so it loads without a warning
+        keep_good = None
+    if chief and found.validation_rows:
+        thresholds = elbo_thresholds(model, _validation_rows(source, config) if validation is None else validation)
+    else:
+        thresholds = None
+    if thresholds:
+        runs.save_thresholds(run_dir, thresholds)
+    runs.save_model(model, write_dir)  # every worker saves: saving reads variables through collectives
+    if chief:
+        runs.write_history_json(run_dir)
+        runs.remove_if_empty(os.path.join(run_dir, runs.CHECKPOINTS))
+    else:
+        shutil.rmtree(write_dir, ignore_errors=True)
+    if keep_good and keep_good.diverged_at is not None:
+        epoch, batch = keep_good.diverged_at
+        kept = ("the initial weights" if keep_good.good_epoch is None
+                else f"the weights of epoch {keep_good.good_epoch + 1}")
+        raise TrainingDiverged(
+            f"the loss stopped being finite at epoch {epoch + 1}, batch {batch + 1}; kept {kept} in "
+            f"{os.path.join(run_dir, runs.MODEL_FILE)}. Try a lower learning_rate, kl_warmup_epochs, "
+            "or model='gaussian' (which standardises the data)")
+    return model
 
+
+def _fit(model: VariationalAutoencoder, config: Config, source, found, write_dir: str, resume: bool, verbose: int,
+         watchdog) -> KeepLastGoodWeights:
+    """Fits `model` with the callbacks a run needs; returns the callback that knows whether it diverged."""
     keep_good = KeepLastGoodWeights()
     callbacks = [
         tf_keras.callbacks.CSVLogger(os.path.join(write_dir, runs.HISTORY_CSV), append=resume),
@@ -246,24 +277,4 @@ def _train(config: Config, source, run_dir: str, resume: bool, verbose: int, wat
     model.fit(batches("train", shuffle=True, row_count=found.train_rows, passes=config.passes_per_epoch),
               validation_data=batches("validation", row_count=found.validation_rows) if found.validation_rows else None,
               epochs=config.epochs, verbose=0, callbacks=callbacks)
-    if chief and found.validation_rows:
-        thresholds = elbo_thresholds(model, _validation_rows(source, config) if validation is None else validation)
-    else:
-        thresholds = None
-    if thresholds:
-        runs.save_thresholds(run_dir, thresholds)
-    runs.save_model(model, write_dir)  # every worker saves: saving reads variables through collectives
-    if chief:
-        runs.write_history_json(run_dir)
-        runs.remove_if_empty(os.path.join(run_dir, runs.CHECKPOINTS))
-    else:
-        shutil.rmtree(write_dir, ignore_errors=True)
-    if keep_good.diverged_at is not None:
-        epoch, batch = keep_good.diverged_at
-        kept = ("the initial weights" if keep_good.good_epoch is None
-                else f"the weights of epoch {keep_good.good_epoch + 1}")
-        raise TrainingDiverged(
-            f"the loss stopped being finite at epoch {epoch + 1}, batch {batch + 1}; kept {kept} in "
-            f"{os.path.join(run_dir, runs.MODEL_FILE)}. Try a lower learning_rate, kl_warmup_epochs, "
-            "or model='gaussian' (which standardises the data)")
-    return model
+    return keep_good
