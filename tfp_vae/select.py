@@ -86,6 +86,12 @@ def chooses_by_fills(config: Config) -> bool:
     return config.allow_missing and config.missing_mechanism == "at-random"
 
 
+def scoring_draws(candidate: Config) -> int:
+    """Draws of the code per validation row: `SELECTION_SAMPLES`, or 1 for an untrained Gaussian, whose decoder
+    ignores its code (its likelihood and fills are then exact with any number)."""
+    return SELECTION_SAMPLES if candidate.epochs else 1
+
+
 def width(train_rows: int) -> int:
     """Hidden width: a power of two near `train_rows / ROWS_PER_UNIT`, within `WIDTHS`."""
     low, high = WIDTHS

@@ -99,12 +99,13 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
         folder = os.path.join(run_dir, runs.CANDIDATES, name)
         started = time.perf_counter()
         model = _train_or_load(candidate, source, folder, watchdog, validation)
-        score = log_likelihood(model, validation, select.SELECTION_SAMPLES, seed=config.seed)
+        draws = select.scoring_draws(candidate)
+        score = log_likelihood(model, validation, draws, seed=config.seed)
         row = {"name": name, **{key: getattr(candidate, key) for key in runs.CANDIDATE_SETTINGS},
                "epochs_run": len(runs.read_history(folder).get("loss", [])),
                "validation_log_likelihood": float(np.mean(score["log_likelihood"])),
-               **({"validation_fill_rmse": fill_error(model, *held_out, scale, select.SELECTION_SAMPLES,
-                                                      config.seed)} if by_fills else {}),
+               **({"validation_fill_rmse": fill_error(model, *held_out, scale, draws, config.seed)}
+                  if by_fills else {}),
                "validation_rows": len(validation)}
         row["seconds"] = round(time.perf_counter() - started, 1)
         if best_model is None or _merit(row) > best_merit:  # the first of equals, as max() below
