@@ -105,11 +105,15 @@ def _loss_terms(plt, run_dir: str, out_dir: str) -> dict:
 def _candidates(plt, run_dir: str, out_dir: str) -> dict:
     table = runs.read_candidates(run_dir)
     figure, (curves, bars) = plt.subplots(1, 2, figsize=(13, 3.8))
-    for row in table:
+    for index, row in enumerate(table):
         history = runs.read_history(os.path.join(run_dir, runs.CANDIDATES, row["name"]))
+        line = dict(color=f"C{index % 10}", lw=2.5 if row["chosen"] == "True" else 1.0)
         if "val_loss" in history:
             curves.plot(np.arange(1, len(history["val_loss"]) + 1), -np.asarray(history["val_loss"]),
-                        label=row["name"], lw=2.5 if row["chosen"] == "True" else 1.0)
+                        label=row["name"], **line)
+        elif row["epochs_run"] == "0":  # an untrained Gaussian: its ELBO is its log-likelihood
+            curves.axhline(float(row["validation_log_likelihood"]), ls="--", label=f"{row['name']} (untrained)",
+                           **line)
     curves.set(title="validation ELBO per epoch", xlabel="epoch", ylabel="nats per row")
     curves.legend(fontsize=7)
     colours = ["tab:green" if row["chosen"] == "True" else "tab:gray" for row in table]
