@@ -45,6 +45,13 @@ def test_fill_scale_tril_fills_rows_in_order_with_a_positive_diagonal():
     np.testing.assert_allclose(heads.fill_scale_tril(tf.constant(params), 3).numpy(), expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("head", [heads.FullPosterior, heads.DiagonalPosterior])
+def test_prior_params_give_the_standard_normal(head):
+    qz = head(3)(tf.constant(head.prior_params(3))[tf.newaxis])
+    np.testing.assert_allclose(qz.mean().numpy(), np.zeros([1, 3]))
+    np.testing.assert_allclose(qz.covariance().numpy(), np.eye(3)[np.newaxis], rtol=1e-6)
+
+
 def test_decoder_scale_is_floored():
     params = tf.concat([tf.zeros([2, 3]), tf.fill([2, 3], -1e4)], axis=-1)
     px = heads.DecoderNormal(3, min_scale=0.01)(params)

@@ -99,7 +99,15 @@ def seeded_initializer(seed, offset: int):
     return tf_keras.initializers.GlorotUniform(seed=None if seed is None else seed + offset)
 
 
-def fill_scale_tril(params, event_size: int, diagonal_floor: float = 1e-5):
+POSTERIOR_SCALE_FLOOR = 1e-5
+
+
+def unit_posterior_scale() -> float:
+    """The raw parameter of a posterior scale of 1 (the prior's), above `POSTERIOR_SCALE_FLOOR`."""
+    return float(softplus_inverse(np.float32(1.0 - POSTERIOR_SCALE_FLOOR)))
+
+
+def fill_scale_tril(params, event_size: int, diagonal_floor: float = POSTERIOR_SCALE_FLOOR):
     """A lower-triangular K x K scale from K (K + 1) / 2 numbers: row by row, diagonal softplus + floor.
 
     The same map as TFP's `FillScaleTriL` up to the order of the numbers, with
@@ -142,8 +150,8 @@ class FullPosterior(RebuiltFromConfig, tfpl.MultivariateNormalTriL):
     def prior_params(event_size: int) -> np.ndarray:
         """The parameters of N(0, I), the prior: a zero mean, and a scale with unit diagonal."""
         rows, columns = np.tril_indices(event_size)
-        diagonal = softplus_inverse(np.float32(1.0 - 1e-5)).numpy()
-        return np.concatenate([np.zeros(event_size, np.float32), np.where(rows == columns, diagonal, 0.0)]).astype(np.float32)
+        scale = np.where(rows == columns, unit_posterior_scale(), 0.0)
+        return np.concatenate([np.zeros(event_size), scale]).astype(np.float32)
 
     def get_config(self):
         return {**base_config(self), "event_size": self.event_size}
@@ -169,7 +177,7 @@ class DiagonalPosterior(RebuiltFromConfig, tfpl.DistributionLambda):
     @staticmethod
     def new(params, event_size: int):
         loc, raw_scale = params[..., :event_size], params[..., event_size:]
-        return tfd.MultivariateNormalDiag(loc=loc, scale_diag=1e-5 + tf.math.softplus(raw_scale))
+        return tfd.MultivariateNormalDiag(loc=loc, scale_diag=POSTERIOR_SCALE_FLOOR + tf.math.softplus(raw_scale))
 
     @staticmethod
     def params_size(event_size: int) -> int:
@@ -178,8 +186,7 @@ class DiagonalPosterior(RebuiltFromConfig, tfpl.DistributionLambda):
     @staticmethod
     def prior_params(event_size: int) -> np.ndarray:
         """The parameters of N(0, I), the prior."""
-        diagonal = softplus_inverse(np.float32(1.0 - 1e-5)).numpy()
-        return np.concatenate([np.zeros(event_size, np.float32), np.full(event_size, diagonal, np.float32)])
+        return np.concatenate([np.zeros(event_size), np.full(event_size, unit_posterior_scale())]).astype(np.float32)
 
     def get_config(self):
         return {**base_config(self), "event_size": self.event_size}

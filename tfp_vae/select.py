@@ -115,9 +115,9 @@ def sized(config: Config, train_rows: int) -> Config:
         passes = max(1, MIN_EPOCH_STEPS // math.ceil(train_rows / config.batch_size)) if config.epochs is None else 1
     steps_per_epoch = epoch_steps(train_rows, passes, config.batch_size)
     epochs = config.epochs if config.epochs is not None else max(2, math.ceil(MAX_STEPS / steps_per_epoch))
-    sizes = {"epochs": epochs,
-             "kl_warmup_epochs": min(epochs, max(1, math.ceil(WARMUP_STEPS / steps_per_epoch))),
-             "early_stopping_patience": epochs and max(MIN_PATIENCE_EPOCHS, math.ceil(PATIENCE_STEPS / steps_per_epoch))}
+    patience = max(MIN_PATIENCE_EPOCHS, math.ceil(PATIENCE_STEPS / steps_per_epoch)) if epochs else 0
+    sizes = {"epochs": epochs, "kl_warmup_epochs": min(epochs, max(1, math.ceil(WARMUP_STEPS / steps_per_epoch))),
+             "early_stopping_patience": patience}
     return dataclasses.replace(config, passes_per_epoch=passes, **{
         name: value for name, value in sizes.items() if getattr(config, name) is None})
 

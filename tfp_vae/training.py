@@ -226,8 +226,8 @@ def _train(config: Config, source, run_dir: str, resume: bool, verbose: int, wat
     if config.epochs:
         keep_good = _fit(model, config, source, found, write_dir, resume, verbose, watchdog)
     else:
-        model.to_gaussian()
-        model.optimizer.build(model.trainable_variables)  # saved as a trained model's is, so it loads without a warning
+        with strategy.scope():  # its optimizer saved as a trained model's is, so it loads without a warning
+            model.to_gaussian().optimizer.build(model.trainable_variables)
         keep_good = None
     if chief and found.validation_rows:
         thresholds = elbo_thresholds(model, _validation_rows(source, config) if validation is None else validation)
