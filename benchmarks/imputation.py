@@ -44,7 +44,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from quality import SPLIT_SEED, data_sets  # noqa: E402
 from report import write_report  # noqa: E402
-from tfp_vae import Config, evaluate, train  # noqa: E402
+from tfp_vae import Config, evaluate, read_candidates, train  # noqa: E402
 from tfp_vae.evaluation import normalised_rmse  # noqa: E402
 from tfp_vae.gaps import em_gaussian  # noqa: E402
 
@@ -111,12 +111,15 @@ def run_set(name, x, seed, missing, mechanism, workdir, vaes=("defaults",), all_
     gappy_train = np.where(hidden_cells(x_train, rng, missing, mechanism, columns), np.nan, x_train)
     gappy_test = np.where(hidden_cells(x_test, rng, missing, mechanism, columns), np.nan, x_test)
     gaps, scale = np.isnan(gappy_train), x_train.std(axis=0)
-    fills, models = {}, {}
+    fills, models, chosen = {}, {}, {}
     for vae in vaes:
         label, settings = VAES[vae]
         started = time.perf_counter()
+        run_dir = os.path.join(workdir, f"{name}-{seed}-{vae}")
         models[vae] = train(Config(seed=seed, allow_missing=True, **settings), gappy_train.astype(np.float32),
-                            os.path.join(workdir, f"{name}-{seed}-{vae}"), verbose=0)
+                            run_dir, verbose=0)
+        chosen[label] = next((row["name"] for row in read_candidates(run_dir) if row["chosen"] == "True"), None) \
+            if os.path.exists(os.path.join(run_dir, "candidates.csv")) else None
         fills[label] = (models[vae].impute(gappy_train.astype(np.float32), seed=seed)[0],
                         time.perf_counter() - started)
     started = time.perf_counter()
@@ -139,7 +142,8 @@ def run_set(name, x, seed, missing, mechanism, workdir, vaes=("defaults",), all_
         **{VAES[vae][0]: evaluate(model, gappy_test.astype(np.float32), 1000, seed)["log_likelihood"]
            for vae, model in models.items() if model.missing_mechanism == "at-random"},
         "Gaussian, EM": float(observed_log_density(gappy_test, mean, covariance).mean())}
-    return errors, densities, {imputer: seconds for imputer, (_, seconds) in fills.items()}, float(gaps.mean())
+    return (errors, densities, {imputer: seconds for imputer, (_, seconds) in fills.items()}, float(gaps.mean()),
+            chosen)
 
 
 def main(argv=None):
@@ -179,6 +183,9 @@ def main(argv=None):
                 lines += ["", "| density | held-out log p(x_observed), nats per row |", "|---|---|"]
                 lines += [f"| {key} | {spread(values)} |" for key, values in densities.items()]
             lines += ["", "tfp_vae's seconds include choosing its model among the candidates and training it."]
+            lines += [f"{label}, chosen by seed: "
+                      + ", ".join(f"{seed} `{run[4][label]}`" for seed, run in enumerate(runs))
+                      for label in runs[0][4] if runs[0][4][label]]
             sections.append("\n".join(lines))
             print(sections[-1], file=sys.stderr, flush=True)
     what = (f"{args.missing:.0%} of cells missing completely at random" if args.mechanism == "mcar"
