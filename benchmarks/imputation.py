@@ -47,6 +47,7 @@ from report import write_report  # noqa: E402
 from tfp_vae import Config, evaluate, read_candidates, train  # noqa: E402
 from tfp_vae.evaluation import normalised_rmse  # noqa: E402
 from tfp_vae.gaps import em_gaussian  # noqa: E402
+from tfp_vae.runs import CANDIDATES_CSV  # noqa: E402
 
 MIWAE_SETTINGS = dict(select="none", normalization="standardize", decoder_scale="student_t", code_size=10,
                       hidden=(128, 128), importance_samples=20, epochs=1000, validation_split=0.0)
@@ -119,7 +120,7 @@ def run_set(name, x, seed, missing, mechanism, workdir, vaes=("defaults",), all_
         models[vae] = train(Config(seed=seed, allow_missing=True, **settings), gappy_train.astype(np.float32),
                             run_dir, verbose=0)
         chosen[label] = next((row["name"] for row in read_candidates(run_dir) if row["chosen"] == "True"), None) \
-            if os.path.exists(os.path.join(run_dir, "candidates.csv")) else None
+            if os.path.exists(os.path.join(run_dir, CANDIDATES_CSV)) else None
         fills[label] = (models[vae].impute(gappy_train.astype(np.float32), seed=seed)[0],
                         time.perf_counter() - started)
     started = time.perf_counter()
