@@ -22,12 +22,14 @@ def test_coverage_is_exact_for_data_drawn_from_the_predicted_gaussian(rng):
 def test_leave_one_out_hides_each_observed_cell_of_rows_that_keep_another():
     nan = np.nan
     rows = np.array([[1.0, 2.0, nan], [nan, 5.0, nan], [7.0, 8.0, 9.0]])
-    gappy, truth = leave_one_out(rows, max_cells=10)
+    gappy, truth, source = leave_one_out(rows, max_cells=10)
     expected = np.array([[nan, 2.0, nan], [1.0, nan, nan],  # the row with one observed cell keeps it
                          [nan, 8.0, 9.0], [7.0, nan, 9.0], [7.0, 8.0, nan]])
     np.testing.assert_array_equal(gappy, expected)
     np.testing.assert_array_equal(truth, rows[[0, 0, 2, 2, 2]])
-    few, few_truth = leave_one_out(rows, max_cells=3, seed=1)
+    np.testing.assert_array_equal(source, [0, 0, 2, 2, 2])
+    few, few_truth, few_source = leave_one_out(rows, max_cells=3, seed=1)
+    np.testing.assert_array_equal(few_truth, rows[few_source])
     assert len(few) == 3 and (np.isnan(few).sum(axis=1) - np.isnan(few_truth).sum(axis=1) == 1).all()
 
 

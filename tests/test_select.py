@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from tfp_vae import Config, evaluate, load_run, read_candidates, select, train
+from tfp_vae import Config, evaluate, load_run, read_candidates, runs, select, train
+from tfp_vae.evaluation import log_likelihood
 from tfp_vae.errors import TfpVaeError
 from tfp_vae.pipeline import in_validation
 
@@ -36,8 +37,8 @@ def test_the_last_fit_trains_on_every_row_for_the_best_epochs_steps():
 
 def test_candidates_span_the_open_settings_and_keep_the_given_ones():
     found = select.candidates(Config(input_size=5, validation_split=0.2), 400)
-    assert list(found) == ["whiten-gaussian", "whiten-linear-shared-k5",
-                           "yeo_johnson-whiten-gaussian", "yeo_johnson-whiten-linear-shared-k5",
+    assert list(found) == ["whiten-gaussian", "yeo_johnson-whiten-gaussian",  # the simplest first
+                           "whiten-linear-shared-k5", "yeo_johnson-whiten-linear-shared-k5",
                            "standardize-64x64-learned-k5", "standardize-64x64-student_t-k5",
                            "yeo_johnson-whiten-64x64-learned-k5", "yeo_johnson-whiten-64x64-full-k5"]
     trained = {name: c for name, c in found.items() if not name.endswith("gaussian")}
@@ -92,22 +93,55 @@ def chosen(tmp_path_factory):
     return run, x.astype(np.float32)
 
 
-def test_train_keeps_the_candidate_with_the_best_validation_likelihood(chosen):
+def test_simplest_within_one_se_keeps_the_first_candidate_the_figures_cannot_tell_from_the_best():
+    best = np.array([1.0, 2.0, 3.0, 4.0])
+    # Differences from the best 0.2, 0.6, 0.2, 0.6: mean 0.4 > standard error 0.2309 / sqrt(4) = 0.1155.
+    worse = best + [0.2, 0.6, 0.2, 0.6]
+    assert select.simplest_within_one_se([worse, best]) == 1
+    # Differences 0.6, -0.4, 0.6, -0.4: mean 0.1 <= standard error 0.5774 / sqrt(4) = 0.2887.
+    alike = best + [0.6, -0.4, 0.6, -0.4]
+    assert select.simplest_within_one_se([alike, best]) == 0
+    assert select.simplest_within_one_se([worse, alike, best]) == 1
+    # Cells grouped by row: residuals 0.5, -0.5, 0.5, -0.5 sum to 0 in rows {0, 1} and {2, 3}, so the standard
+    # error is 0 and the best alone qualifies; in rows {0, 2} and {1, 3} they sum to 1 and -1:
+    # sqrt((1 + 1) * 2 / (2 - 1)) / 4 = 0.5 >= 0.1.
+    assert select.simplest_within_one_se([alike, best], groups=np.array([7, 7, 9, 9])) == 1
+    assert select.simplest_within_one_se([alike, best], groups=np.array([7, 9, 7, 9])) == 0
+    # A candidate with a non-finite loss is never chosen, unless every one has one.
+    assert select.simplest_within_one_se([np.array([np.nan, 1.0]), np.array([5.0, 5.0])]) == 1
+    assert select.simplest_within_one_se([np.array([np.inf, 1.0]), np.array([np.nan, 5.0])]) == 0
+
+
+def test_the_summary_names_the_best_candidate_where_the_rule_kept_a_simpler_one():
+    table = [{"name": "simple", "validation_log_likelihood": -3.0, "chosen": True},
+             {"name": "flexible", "validation_log_likelihood": -2.9, "chosen": False}]
+    assert runs.selection_summary(table).endswith(
+        "\nchose simple (the simplest within one standard error of the best, flexible): validation log-likelihood "
+        "-3.000 nats per row")
+    table[0]["chosen"], table[1]["chosen"] = False, True
+    assert runs.selection_summary(table).endswith("\nchose flexible: validation log-likelihood -2.900 nats per row")
+
+
+def test_train_keeps_the_simplest_candidate_within_one_standard_error_of_the_best(chosen):
     run, x = chosen
     with open(run / "candidates.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     assert [row["name"] for row in rows] == ["whiten-8-shared-k4", "yeo_johnson-whiten-8-shared-k4",
                                              "standardize-8-learned-k4", "standardize-8-student_t-k4",
                                              "yeo_johnson-whiten-8-learned-k4", "yeo_johnson-whiten-8-full-k4"]
-    scores = [float(row["validation_log_likelihood"]) for row in rows]
-    assert [row["chosen"] for row in rows] == [str(score == max(scores)) for score in scores]
-    best = rows[int(np.argmax(scores))]
     config, model = load_run(run)
+    validation = x[in_validation(np.arange(len(x)), config.validation_split, 0)]
+    scores = [log_likelihood(load_run(run / "candidates" / row["name"])[1], validation, select.SELECTION_SAMPLES)[
+        "log_likelihood"] for row in rows]
+    np.testing.assert_allclose([np.mean(score) for score in scores],
+                               [float(row["validation_log_likelihood"]) for row in rows], rtol=1e-5)
+    index = select.simplest_within_one_se([-score for score in scores])
+    assert [row["chosen"] for row in rows] == [str(number == index) for number in range(len(rows))]
+    best = rows[index]
     assert (config.normalization, config.transform, config.decoder_scale, config.select) == (
         best["normalization"], best["transform"], best["decoder_scale"], "auto")
     assert all(os.path.exists(run / "candidates" / row["name"] / "model.keras") for row in rows)
     _, candidate = load_run(run / "candidates" / best["name"])
-    validation = x[in_validation(np.arange(len(x)), config.validation_split, 0)]
     assert int(best["validation_rows"]) == len(validation) and config.validation_split == 0.25
     np.testing.assert_allclose(evaluate(candidate, validation, num_samples=100)["log_likelihood"],
                                float(best["validation_log_likelihood"]), atol=0.05)

@@ -146,7 +146,7 @@ class Config:
                             ("importance_samples", 1), ("kl_warmup_epochs", 0), ("early_stopping_patience", 0)):
             if getattr(self, name) is not None and getattr(self, name) < least:
                 raise TfpVaeError(f"{name} must be at least {least}, got {getattr(self, name)}")
-        if self.epochs == 0 and not (self.model == "gaussian" and self.hidden == () and self.decoder_scale == "shared"
+        if self.untrained and not (self.model == "gaussian" and self.hidden == () and self.decoder_scale == "shared"
                                      and self.missing_mechanism == "at-random"):
             raise TfpVaeError("epochs=0 trains nothing, which leaves a model only where the untrained one is the "
                               "Gaussian of the rows: a linear model (no hidden layers) with decoder_scale='shared' "
@@ -188,6 +188,11 @@ class Config:
         if self.selects and self.validation_split == 0:
             raise TfpVaeError("choosing the model (select='auto') needs validation rows: set validation_split "
                               "above 0, or select='none'")
+
+    @property
+    def untrained(self) -> bool:
+        """Whether this config trains nothing (`epochs=0`): its model is the Gaussian its normalisation fits."""
+        return self.epochs == 0
 
     @property
     def selects(self) -> bool:

@@ -14,7 +14,7 @@ Phi((x - mean) / stddev), flat when calibrated.
 
 Fills are scored on cells whose values are known: `leave_one_out` hides each
 observed cell in its own copy of its row, the model fills it from the rest of the
-row, and `normalised_rmse` is the error in units of each column's standard
+row, and `normalised_errors` are its errors in units of each column's standard
 deviation.
 """
 
@@ -79,8 +79,9 @@ def log_likelihood(model: VariationalAutoencoder, x, num_samples: int = 1000, se
     return {name: np.concatenate(values) for name, values in results.items()}
 
 
-def leave_one_out(rows: np.ndarray, max_cells: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Copies of `rows` [N, D] with one observed cell hidden (NaN) in each, and the copies as they were.
+def leave_one_out(rows: np.ndarray, max_cells: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Copies of `rows` [N, D] with one observed cell hidden (NaN) in each, the copies as they were, and the
+    index in `rows` each copy came from.
 
     Every observed cell of a row that keeps another observed cell is hidden once;
     beyond `max_cells` of them, a random subset (by `seed`), in row order.
@@ -93,19 +94,24 @@ def leave_one_out(rows: np.ndarray, max_cells: int, seed: int = 0) -> tuple[np.n
     truth = rows[row]
     gappy = truth.copy()
     gappy[np.arange(len(row)), column] = np.nan
-    return gappy, truth
+    return gappy, truth, row
+
+
+def normalised_errors(filled: np.ndarray, truth: np.ndarray, hidden: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """The errors of `filled` at the `hidden` cells (in row-major order), each in units of its column's `scale`."""
+    return ((filled - truth) / scale)[hidden]
 
 
 def normalised_rmse(filled: np.ndarray, truth: np.ndarray, hidden: np.ndarray, scale: np.ndarray) -> float:
     """Root mean squared error of `filled` over the `hidden` cells, each column's in units of its `scale`."""
-    return float(np.sqrt(np.mean((((filled - truth) / scale)[hidden]) ** 2)))
+    return float(np.sqrt(np.mean(normalised_errors(filled, truth, hidden, scale) ** 2)))
 
 
-def fill_error(model: VariationalAutoencoder, gappy: np.ndarray, truth: np.ndarray, scale: np.ndarray,
-               num_samples: int = 1000, seed: int = 0) -> float:
-    """`normalised_rmse` of the model's fills (`model.impute`) of the cells missing in `gappy` and known in `truth`."""
+def fill_errors(model: VariationalAutoencoder, gappy: np.ndarray, truth: np.ndarray, scale: np.ndarray,
+                num_samples: int = 1000, seed: int = 0) -> np.ndarray:
+    """`normalised_errors` of the model's fills (`model.impute`) of the cells missing in `gappy` and known in `truth`."""
     filled = model.impute(gappy, num_samples=num_samples, seed=seed)[0].astype(np.float64)
-    return normalised_rmse(filled, truth, np.isnan(gappy) & ~np.isnan(truth), scale)
+    return normalised_errors(filled, truth, np.isnan(gappy) & ~np.isnan(truth), scale)
 
 
 def calibration_counts(x, mean, stddev) -> np.ndarray:

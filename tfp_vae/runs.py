@@ -15,6 +15,7 @@
 import csv
 import dataclasses
 import json
+import math
 import os
 import shutil
 import zipfile
@@ -134,11 +135,20 @@ def selection_summary(table: list[dict]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for row in table:
         lines.append("| " + " | ".join(_cell(row[column]) for column in columns) + " |")
-    best = next(row for row in table if str(row["chosen"]) == "True")
-    score = f"validation log-likelihood {float(best['validation_log_likelihood']):.3f} nats per row"
-    if "validation_fill_rmse" in best:
-        score = f"fills of validation cells {float(best['validation_fill_rmse']):.3f} column sd (RMSE), {score}"
-    return "\n".join(lines) + f"\nchose {best['name']}: {score}"
+    chosen = next(row for row in table if str(row["chosen"]) == "True")
+    score = f"validation log-likelihood {float(chosen['validation_log_likelihood']):.3f} nats per row"
+    if "validation_fill_rmse" in chosen:
+        score = f"fills of validation cells {float(chosen['validation_fill_rmse']):.3f} column sd (RMSE), {score}"
+    best = max(table, key=_merit)
+    rule = "" if best is chosen else f" (the simplest within one standard error of the best, {best['name']})"
+    return "\n".join(lines) + f"\nchose {chosen['name']}{rule}: {score}"
+
+
+def _merit(row: dict) -> float:
+    """A candidate's validation figure, higher better: minus its fills' RMSE where measured, else its likelihood."""
+    merit = -float(row["validation_fill_rmse"]) if "validation_fill_rmse" in row \
+        else float(row["validation_log_likelihood"])
+    return merit if math.isfinite(merit) else -math.inf
 
 
 def _cell(value) -> str:

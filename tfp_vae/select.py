@@ -1,10 +1,20 @@
 """Choosing the model from the data, by rules that see only training and validation rows.
 
 `train` with `select="auto"` fits each candidate (`candidates`) on the training
-rows, with a schedule sized to their number (`sized`), and keeps the one whose
-validation log-likelihood (the IWAE bound, `SELECTION_SAMPLES` draws) is
-highest; `candidates.csv` in the run folder records them all. Held-out test rows
-are never passed to `train`, so they cannot reach the choice.
+rows, with a schedule sized to their number (`sized`), and scores it on the
+validation rows: its log-likelihood (the IWAE bound, `SELECTION_SAMPLES` draws)
+of each row; `candidates.csv` in the run folder records them all. Held-out test
+rows are never passed to `train`, so they cannot reach the choice.
+
+The candidates run from the simplest to the most flexible, and the one kept is
+the simplest whose mean validation figure is within one standard error of the
+best one's (`simplest_within_one_se`; the one-standard-error rule of Breiman et
+al.'s CART and of glmnet's `lambda.1se`). The error is that of the paired
+difference, row by row, so the rows both candidates found hard cancel. On a
+table of a few hundred rows the validation rows are few, the best of eight
+noisy figures is likely a flexible model's lucky draw, and the rule keeps the
+simpler model that the figures cannot tell from it; on a large table the
+standard error is small and the rule keeps the best.
 
 A model that learns from rows with gaps (`allow_missing`, cells missing at
 random) is there to fill them, and the best density need not give the best
@@ -13,19 +23,23 @@ choice is by the fills of validation cells whose values are known
 (`chooses_by_fills`): each observed cell of a validation row is hidden in turn
 and filled from the rest of its row (`evaluation.leave_one_out`, at most
 `FILL_CELLS`), and the candidate with the least root mean squared error, in each
-column's standard deviation over the training rows, is kept. Where the mechanism
+column's standard deviation over the training rows, decides (the same rule, over
+the squared errors of the cells, paired and grouped by the row they came from). Where the mechanism
 is self-masking the cells a user's table lacks are not missing at random, so
 hiding observed ones at random would ask the wrong question: those choose by
 likelihood (of the cells and their mask), as complete tables do.
 
-The candidates span the normalisation, the decoder's likelihood and the network:
+The candidates span the normalisation, the decoder's likelihood and the network,
+in this order:
 
 - the classical model itself: the full-covariance Gaussian of the training rows
   (by EM where they have gaps), as a linear model left untrained (`epochs=0`,
   `GaussianVAE.to_gaussian`), and the same after each feature's
   maximum-likelihood Yeo-Johnson transform. The choice then never keeps a model
-  whose validation figures are worse than the classical model's; its last fit
-  refits the Gaussian on the training and validation rows together;
+  whose validation figures are worse than the classical model's, and keeps the
+  classical model unless a flexible one is better by more than the figures'
+  noise; chosen, its last fit refits the Gaussian on the training and validation
+  rows together;
 - the floor: whitened, linear, one learned sigma per feature. It can reach the
   Gaussian above (its decoder ignoring the code, sigma^2 = 1); a linear code
   makes it probabilistic PCA around it;
@@ -59,6 +73,8 @@ amount of optimisation.
 import dataclasses
 import math
 
+import numpy as np
+
 from tfp_vae.config import Config, incompatibility
 
 SELECTION_SAMPLES = 100
@@ -89,7 +105,36 @@ def chooses_by_fills(config: Config) -> bool:
 def scoring_draws(candidate: Config) -> int:
     """Draws of the code per validation row: `SELECTION_SAMPLES`, or 1 for an untrained Gaussian, whose decoder
     ignores its code (its likelihood and fills are then exact with any number)."""
-    return SELECTION_SAMPLES if candidate.epochs else 1
+    return 1 if candidate.untrained else SELECTION_SAMPLES
+
+
+def simplest_within_one_se(losses: list[np.ndarray], groups: np.ndarray | None = None) -> int:
+    """The index of the first of `losses` whose mean is within one standard error of the least mean.
+
+    `losses` holds each candidate's validation losses (lower is better), the
+    simplest candidate first; all are measured on the same units (rows, or cells),
+    so candidate and best are compared unit by unit. The standard error is the
+    paired difference's, with units that share a `groups` label (the row a cell
+    came from) summed before their spread is taken, since cells of one row err
+    together. A candidate with any non-finite loss is never chosen, unless all
+    have one (then the first).
+    """
+    means = np.array([np.mean(loss) if np.all(np.isfinite(loss)) else np.inf for loss in losses])
+    if not np.isfinite(means).any():
+        return 0
+    best = int(np.argmin(means))
+    units = len(losses[best])
+    if groups is None:
+        groups = np.arange(units)
+    labels = np.unique(groups, return_inverse=True)[1]
+    clusters = labels.max() + 1
+    for index, loss in enumerate(losses):
+        difference = np.asarray(loss, np.float64) - losses[best]
+        residual_sums = np.bincount(labels, difference - difference.mean(), minlength=clusters)
+        error = math.sqrt(np.sum(residual_sums**2) * clusters / max(clusters - 1, 1)) / units
+        if means[index] - means[best] <= error:
+            return index
+    return best
 
 
 def width(train_rows: int) -> int:
@@ -123,7 +168,8 @@ def sized(config: Config, train_rows: int) -> Config:
 
 
 def candidates(config: Config, train_rows: int) -> dict[str, Config]:
-    """The candidate configs by name: every open architecture setting varied, the given ones pinned."""
+    """The candidate configs by name, the simplest first: every open architecture setting varied, the given ones
+    pinned."""
     network = (width(train_rows),) * 2
     grid = [
         dict(normalization="whiten", transform="none", decoder_scale="shared", hidden=()),
@@ -137,7 +183,7 @@ def candidates(config: Config, train_rows: int) -> dict[str, Config]:
     pinned = {name: getattr(config, name) for name in ("normalization", "transform", "decoder_scale", "hidden")
               if getattr(config, name) is not None}
     code = config.code_size if config.code_size is not None else code_size(config.input_size)
-    found = {}
+    gaussians, trained = {}, {}
     for settings in grid:
         settings = {**settings, **pinned}
         for name, fallback in (("normalization", "standardize"), ("transform", "none")):
@@ -155,9 +201,9 @@ def candidates(config: Config, train_rows: int) -> dict[str, Config]:
                 and config.missing_mechanism == "at-random":
             gaussian = sized(dataclasses.replace(candidate, epochs=0, kl_warmup_epochs=None,
                                                  early_stopping_patience=None), train_rows)
-            found.setdefault(name_of(gaussian), gaussian)
-        found.setdefault(name_of(candidate), candidate)
-    return found
+            gaussians.setdefault(name_of(gaussian), gaussian)
+        trained.setdefault(name_of(candidate), candidate)
+    return {**gaussians, **trained}
 
 
 def epoch_steps(rows: int, passes: int, batch_size: int) -> int:
@@ -181,7 +227,7 @@ def refit(config: Config, validation_losses: list, train_rows: int, validation_r
     steps = best_epoch * epoch_steps(train_rows, config.passes_per_epoch, config.batch_size)
     epochs = round(steps / epoch_steps(train_rows + validation_rows, config.passes_per_epoch, config.batch_size))
     return dataclasses.replace(config, validation_split=0.0, early_stopping_patience=0,
-                               epochs=max(epochs, config.kl_warmup_epochs, 1) if config.epochs else 0)
+                               epochs=0 if config.untrained else max(epochs, config.kl_warmup_epochs, 1))
 
 
 def _pairing(settings: dict, config: Config) -> dict:
@@ -193,7 +239,7 @@ def _pairing(settings: dict, config: Config) -> dict:
 def name_of(config: Config) -> str:
     """A candidate's folder name: transform, normalisation, network, likelihood and code size."""
     transform = "" if config.transform == "none" else f"{config.transform}-"
-    if config.epochs == 0:
+    if config.untrained:
         return f"{transform}{config.normalization}-gaussian"
     network = "x".join(str(w) for w in config.hidden) if config.hidden else "linear"
     return f"{transform}{config.normalization}-{network}-{config.decoder_scale}-k{config.code_size}"

@@ -13,7 +13,6 @@ candidate) and ends with the number of epochs first asked for.
 
 import dataclasses
 import functools
-import math
 import os
 import shutil
 import tempfile
@@ -28,7 +27,7 @@ from tfp_vae.callbacks import EpochLines, EpochScalars, KeepLastGoodWeights, KLW
 from tfp_vae.config import Config
 from tfp_vae.distribute import JoinWatchdog, is_chief, make_strategy, read_tf_config
 from tfp_vae.errors import DataError, TrainingDiverged
-from tfp_vae.evaluation import fill_error, leave_one_out, log_likelihood
+from tfp_vae.evaluation import fill_errors, leave_one_out, log_likelihood
 from tfp_vae.model import GaussianVAE, VariationalAutoencoder
 from tfp_vae.pipeline import as_source, dataset, in_validation, scan
 from tfp_vae.question import QuestionVAE
@@ -77,7 +76,8 @@ def train(config: Config, data, run_dir, resume: bool = False, verbose: int = 1,
 
 def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbose: int,
                       watchdog) -> VariationalAutoencoder:
-    """Fits every candidate into RUN_DIR/candidates/<name>/, keeps the best by its validation figures (`_merit`)."""
+    """Fits every candidate into RUN_DIR/candidates/<name>/, keeps one by its validation figures
+    (`select.simplest_within_one_se`)."""
     runs.check_run_dir(run_dir, resume)
     if config.validation_split is None:
         config = dataclasses.replace(config, validation_split=select.validation_fraction(_row_count(source)))
@@ -94,7 +94,7 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
         print(f"choosing the model: {len(candidates)} candidates on {found.train_rows} training rows, scored on "
               f"{len(validation)} validation rows" + (f" (their fills of {len(held_out[0])} observed cells, each "
                                                       "hidden in turn)" if by_fills else ""), flush=True)
-    table, best_model, best_merit = [], None, -math.inf
+    table, losses = [], []
     for name, candidate in candidates.items():
         folder = os.path.join(run_dir, runs.CANDIDATES, name)
         started = time.perf_counter()
@@ -103,19 +103,19 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
         score = log_likelihood(model, validation, draws, seed=config.seed)
         row = {"name": name, **{key: getattr(candidate, key) for key in runs.CANDIDATE_SETTINGS},
                "epochs_run": len(runs.read_history(folder).get("loss", [])),
-               "validation_log_likelihood": float(np.mean(score["log_likelihood"])),
-               **({"validation_fill_rmse": fill_error(model, *held_out, scale, draws, config.seed)}
-                  if by_fills else {}),
-               "validation_rows": len(validation)}
+               "validation_log_likelihood": float(np.mean(score["log_likelihood"]))}
+        if by_fills:
+            errors = fill_errors(model, *held_out[:2], scale, draws, config.seed)
+            row["validation_fill_rmse"] = float(np.sqrt(np.mean(errors**2)))
+        losses.append(errors**2 if by_fills else -score["log_likelihood"])
+        row["validation_rows"] = len(validation)
         row["seconds"] = round(time.perf_counter() - started, 1)
-        if best_model is None or _merit(row) > best_merit:  # the first of equals, as max() below
-            best_model, best_merit = model, _merit(row)
         table.append(row)
         if verbose:
             fills = f", fills {row['validation_fill_rmse']:.3f} column sd" if by_fills else ""
             print(f"candidate {name}: {row['epochs_run']} epochs, validation log-likelihood "
                   f"{row['validation_log_likelihood']:.3f} nats per row{fills} ({row['seconds']:.0f} s)", flush=True)
-    best = max(table, key=_merit)
+    best = table[select.simplest_within_one_se(losses, held_out[2] if by_fills else None)]
     for row in table:
         row["chosen"] = row is best
     chosen = os.path.join(run_dir, runs.CANDIDATES, best["name"])
@@ -134,13 +134,7 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
     runs.adopt_candidate(run_dir, best["name"], table, refitted=model is not None)
     if verbose:
         print(runs.selection_summary(table), flush=True)
-    return best_model if model is None else model
-
-
-def _merit(row: dict) -> float:
-    """How good a candidate's validation figures are, higher better: -fill RMSE where measured, else likelihood."""
-    merit = -row["validation_fill_rmse"] if "validation_fill_rmse" in row else row["validation_log_likelihood"]
-    return merit if math.isfinite(merit) else -math.inf
+    return runs.load_run(chosen)[1] if model is None else model
 
 
 def _train_or_load(candidate: Config, source, folder: str, watchdog, validation: np.ndarray | None = None,
@@ -223,12 +217,12 @@ def _train(config: Config, source, run_dir: str, resume: bool, verbose: int, wat
         os.makedirs(run_dir, exist_ok=True)
         runs.save_config(config, run_dir)
     write_dir = run_dir if chief else tempfile.mkdtemp(prefix="tfp-vae-worker-")
-    if config.epochs:
-        keep_good = _fit(model, config, source, found, write_dir, resume, verbose, watchdog)
-    else:
+    if config.untrained:
         with strategy.scope():  # its optimizer saved as a trained model's is, so it loads without a warning
             model.to_gaussian().optimizer.build(model.trainable_variables)
         keep_good = None
+    else:
+        keep_good = _fit(model, config, source, found, write_dir, resume, verbose, watchdog)
     if chief and found.validation_rows:
         thresholds = elbo_thresholds(model, _validation_rows(source, config) if validation is None else validation)
     else:
