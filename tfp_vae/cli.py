@@ -125,9 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", choices=MODELS, default=DEFAULTS.model,
                        help="gaussian: the Gaussian VAE; question: the question's MSE + 1e-4 KL model, as asked")
     train.add_argument("--select", choices=SELECTS, default=DEFAULTS.select,
-                       help="auto: fit a few candidates and keep the best by validation log-likelihood (with "
-                            "--allow-missing, by its fills of validation cells; RUN_DIR/candidates.csv), then "
-                            "refit it on every row; none: train just what the flags say. Model flags pin their choice")
+                       help="auto: fit a few candidates and keep the simplest whose validation log-likelihood (with "
+                            "--allow-missing, its fills of validation cells) is within one standard error of the "
+                            "best (RUN_DIR/candidates.csv), then refit it on every row; none: train just what the "
+                            "flags say. Model flags pin their choice")
     train.add_argument("--code-size", type=int, metavar="K", help="default: chosen from the data (--select none: 2)")
     train.add_argument("--hidden", type=_widths,
                        help="hidden widths, e.g. 64,64, or '' for a linear model (gaussian; default: chosen from "

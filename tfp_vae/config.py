@@ -75,7 +75,8 @@ class Config:
     A setting left at None is open: with `select="auto"` (the default) the
     architecture's open settings (`normalization`, `transform`, `decoder_scale`,
     `code_size`, `hidden`) are chosen among candidates by their validation log-likelihood (with
-    `allow_missing` and gaps at random, by their fills of validation cells), and
+    `allow_missing` and gaps at random, by their fills of validation cells): the simplest
+    within one standard error of the best; and
     the schedule's (`epochs`, `passes_per_epoch`, `kl_warmup_epochs`,
     `early_stopping_patience`, `validation_split`) are sized to the number of rows (`tfp_vae.select`); with
     `select="none"` they take `FIXED_DEFAULTS`, and exactly that model is trained.

@@ -109,7 +109,7 @@ def normalised_rmse(filled: np.ndarray, truth: np.ndarray, hidden: np.ndarray, s
 
 def fill_errors(model: VariationalAutoencoder, gappy: np.ndarray, truth: np.ndarray, scale: np.ndarray,
                 num_samples: int = 1000, seed: int = 0) -> np.ndarray:
-    """`normalised_errors` of the model's fills (`model.impute`) of the cells missing in `gappy` and known in `truth`."""
+    """`normalised_errors` of the model's fills (`model.impute`) of the cells missing in `gappy`, known in `truth`."""
     filled = model.impute(gappy, num_samples=num_samples, seed=seed)[0].astype(np.float64)
     return normalised_errors(filled, truth, np.isnan(gappy) & ~np.isnan(truth), scale)
 

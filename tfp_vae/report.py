@@ -131,7 +131,8 @@ def _candidates(plt, run_dir: str, out_dir: str) -> dict:
         chosen_by = "the validation log-likelihood"
     bars.tick_params(axis="y", labelsize=7)
     return _save(plt, figure, out_dir, "candidates.png", "The model choice",
-                 f"Every candidate's validation ELBO during training, and {chosen_by} it was chosen by.")
+                 f"Every candidate's validation ELBO during training, and {chosen_by} it was chosen by: the "
+                 "simplest within one standard error of the best (candidates.csv lists them simplest first).")
 
 
 def _sigma(plt, out_dir: str, names, spread, stddev) -> dict:

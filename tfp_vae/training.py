@@ -6,7 +6,8 @@ callbacks a run needs (history, checkpoints, TensorBoard scalars, KL warm-up,
 early stopping, divergence) under the configured `tf.distribute` strategy, and
 writes the run folder (`tfp_vae.runs`). With `select="auto"` (the default) it
 first fits each candidate of `tfp_vae.select` into `RUN_DIR/candidates/<name>/`,
-scores them on the validation rows and keeps the best. `train(..., resume=True)`
+scores them on the validation rows and keeps the simplest within one standard
+error of the best. `train(..., resume=True)`
 continues an interrupted run from its last finished epoch (of its last unfinished
 candidate) and ends with the number of epochs first asked for.
 """
