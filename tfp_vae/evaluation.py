@@ -102,9 +102,14 @@ def normalised_errors(filled: np.ndarray, truth: np.ndarray, hidden: np.ndarray,
     return ((filled - truth) / scale)[hidden]
 
 
+def root_mean_square(errors: np.ndarray) -> float:
+    """sqrt(mean(errors**2)): how fill errors are summed up in one figure."""
+    return float(np.sqrt(np.mean(np.square(errors))))
+
+
 def normalised_rmse(filled: np.ndarray, truth: np.ndarray, hidden: np.ndarray, scale: np.ndarray) -> float:
     """Root mean squared error of `filled` over the `hidden` cells, each column's in units of its `scale`."""
-    return float(np.sqrt(np.mean(normalised_errors(filled, truth, hidden, scale) ** 2)))
+    return root_mean_square(normalised_errors(filled, truth, hidden, scale))
 
 
 def fill_errors(model: VariationalAutoencoder, gappy: np.ndarray, truth: np.ndarray, scale: np.ndarray,

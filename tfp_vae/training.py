@@ -28,7 +28,7 @@ from tfp_vae.callbacks import EpochLines, EpochScalars, KeepLastGoodWeights, KLW
 from tfp_vae.config import Config
 from tfp_vae.distribute import JoinWatchdog, is_chief, make_strategy, read_tf_config
 from tfp_vae.errors import DataError, TrainingDiverged
-from tfp_vae.evaluation import fill_errors, leave_one_out, log_likelihood
+from tfp_vae.evaluation import fill_errors, leave_one_out, log_likelihood, root_mean_square
 from tfp_vae.model import GaussianVAE, VariationalAutoencoder
 from tfp_vae.pipeline import as_source, dataset, in_validation, scan
 from tfp_vae.question import QuestionVAE
@@ -107,7 +107,7 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
                "validation_log_likelihood": float(np.mean(score["log_likelihood"]))}
         if by_fills:
             errors = fill_errors(model, *held_out[:2], scale, draws, config.seed)
-            row["validation_fill_rmse"] = float(np.sqrt(np.mean(errors**2)))
+            row["validation_fill_rmse"] = root_mean_square(errors)
         losses.append(errors**2 if by_fills else -score["log_likelihood"])
         row["validation_rows"] = len(validation)
         row["seconds"] = round(time.perf_counter() - started, 1)
