@@ -7,7 +7,8 @@ Each data set of `quality.py` (dequantised as there, same 75/25 split), and iris
 training and the held-out rows alike: a share of them completely at random (`mcar`), or, not at random
 (`mnar`, the self-masking protocol of Ipsen et al. 2021), every value above its column's mean in half of
 the columns. tfp_vae trains with no flags but
-`allow_missing=True` on the gappy training rows and fills their gaps (`model.impute`); the classical
+`allow_missing=True` on the gappy training rows and fills their gaps (`load_imputer(run).impute`: the
+chosen model, or the blend of candidates the run kept); the classical
 imputers fill the same gaps (`--vae miwae` adds tfp_vae with MIWAE's published settings, `MIWAE_SETTINGS`:
 Student-t decoder, code 10, 128 x 128, 20 importance samples, 1000 epochs, no model choice): each
 column's mean, scikit-learn's `IterativeImputer` (chained
@@ -45,10 +46,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from quality import SPLIT_SEED, data_sets  # noqa: E402
 from report import write_report  # noqa: E402
-from tfp_vae import Config, evaluate, read_candidates, train  # noqa: E402
+from tfp_vae import Config, evaluate, load_imputer, read_candidates, train  # noqa: E402
 from tfp_vae.evaluation import normalised_rmse  # noqa: E402
 from tfp_vae.gaps import em_gaussian  # noqa: E402
-from tfp_vae.runs import CANDIDATES_CSV  # noqa: E402
+from tfp_vae.runs import CANDIDATES_CSV, fill_blend  # noqa: E402
 
 MIWAE_SETTINGS = dict(select="none", normalization="standardize", decoder_scale="student_t", code_size=10,
                       hidden=(128, 128), importance_samples=20, epochs=1000, validation_split=0.0)
@@ -105,6 +106,15 @@ def hidden_cells(x, rng, missing: float, mechanism: str, columns=None) -> np.nda
     return np.isin(np.arange(x.shape[1]), columns) & (x > x.mean(axis=0))
 
 
+def choice(run_dir) -> str:
+    """The candidate a run chose, and the blend it fills with where it kept one."""
+    table = read_candidates(run_dir)
+    blend = fill_blend(table)
+    chosen = next(row["name"] for row in table if row["chosen"] == "True")
+    return f"`{chosen}`" + ("" if blend is None else ", filling with " + " + ".join(
+        f"{weight:.2f} `{name}`" for name, weight in blend.items()))
+
+
 def run_set(name, x, seed, missing, mechanism, workdir, vaes=("defaults",), all_rows=False):
     x = np.asarray(x, np.float64)
     x_train, x_test = (x, x[:0]) if all_rows else train_test_split(x, test_size=0.25, random_state=SPLIT_SEED)
@@ -120,9 +130,8 @@ def run_set(name, x, seed, missing, mechanism, workdir, vaes=("defaults",), all_
         run_dir = os.path.join(workdir, f"{name}-{seed}-{vae}")
         models[vae] = train(Config(seed=seed, allow_missing=True, **settings), gappy_train.astype(np.float32),
                             run_dir, verbose=0)
-        chosen[label] = next((row["name"] for row in read_candidates(run_dir) if row["chosen"] == "True"), None) \
-            if os.path.exists(os.path.join(run_dir, CANDIDATES_CSV)) else None
-        fills[label] = (models[vae].impute(gappy_train.astype(np.float32), seed=seed)[0],
+        chosen[label] = choice(run_dir) if os.path.exists(os.path.join(run_dir, CANDIDATES_CSV)) else None
+        fills[label] = (load_imputer(run_dir).impute(gappy_train.astype(np.float32), seed=seed)[0],
                         time.perf_counter() - started)
     started = time.perf_counter()
     mean, covariance = em_gaussian(gappy_train)
@@ -188,7 +197,7 @@ def main(argv=None):
                 lines += [f"| {key} | {spread(values)} |" for key, values in densities.items()]
             lines += ["", "tfp_vae's seconds include choosing its model among the candidates and training it."]
             lines += [f"{label}, chosen by seed: "
-                      + ", ".join(f"{seed} `{run[4][label]}`" for seed, run in enumerate(runs))
+                      + "; ".join(f"{seed} {run[4][label]}" for seed, run in enumerate(runs))
                       for label in runs[0][4] if runs[0][4][label]]
             sections.append("\n".join(lines))
             print(sections[-1], file=sys.stderr, flush=True)

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfp_vae import Config, GaussianVAE, evaluate, export_saved_model, load_run, read_candidates, select, train
+from tfp_vae import Config, GaussianVAE, evaluate, export_saved_model, load_imputer, load_run, read_candidates, \
+    runs, select, train
+from tfp_vae.blend import FillBlend
 from tfp_vae._keras import tf_keras
 from tfp_vae.cli import main
 from tfp_vae.data import RunningMoments, read_table
@@ -247,12 +249,29 @@ def test_selection_and_the_command_line_with_gaps(tmp_path, capsys):
                                [float(row["validation_fill_rmse"]) for row in table], rtol=1e-4)
     index = select.simplest_within_one_se([error**2 for error in errors], source)
     assert [row["chosen"] for row in table] == [str(number == index) for number in range(len(table))]
+    # The run fills with the blend of candidates the same figures call for (or the chosen one alone).
+    np.testing.assert_allclose([float(row["fill_weight"]) for row in table],
+                               select.fill_weights(np.stack(errors, 1), index, source, config.seed), atol=1e-3)
+    # Made to blend the chosen candidate with the first other one, the run's imputer is that blend, and `impute`
+    # and the export fill with it.
+    other = next(number for number in range(len(table)) if number != index)
+    for number, row in enumerate(table):
+        row["fill_weight"] = {index: 0.25, other: 0.75}.get(number, 0.0)
+    runs.adopt_candidate(str(tmp_path / "run"), table[index]["name"], table, refitted=True)
+    imputer = load_imputer(tmp_path / "run")
+    assert isinstance(imputer, FillBlend) and list(imputer.weights) == (
+        [0.25, 0.75] if index < other else [0.75, 0.25])
     assert main(["impute", str(tmp_path / "run"), str(path), "--out", str(tmp_path / "filled.csv")]) == 0
     filled = np.loadtxt(tmp_path / "filled.csv", delimiter=",", skiprows=1)
     read = read_table(str(path), allow_missing=True).values
     assert filled.shape == gappy.shape and np.isfinite(filled).all()
     seen = ~np.isnan(read)
     np.testing.assert_array_equal(filled.astype(np.float32)[seen], read[seen])
+    np.testing.assert_allclose(filled[~seen], imputer.impute(read)[0][~seen], rtol=1e-5)
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "exports")]) == 0
+    served = tf.saved_model.load(str(tmp_path / "exports" / "1")).signatures["impute"](x=tf.constant(read[:30]))
+    np.testing.assert_allclose(served["x"].numpy(), imputer.imputation(tf.constant(read[:30]))[0].numpy(),
+                               rtol=1e-5, atol=1e-5)
     assert main(["impute", str(tmp_path / "run"), str(path), "--out", str(tmp_path / "d.npy"), "--draws", "3"]) == 0
     assert np.load(tmp_path / "d.npy").shape == (3, 400, 6)
     capsys.readouterr()

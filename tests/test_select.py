@@ -210,3 +210,41 @@ def test_with_gaps_the_candidates_are_those_without_and_a_standardised_floor_is_
     assert "standardize-linear-shared-k12" in pinned and "standardize-64x64-learned-k8" in pinned
     assert "standardize-linear-shared-k3" in select.candidates(
         Config(input_size=12, allow_missing=True, normalization="standardize", code_size=3), 400)
+
+
+def test_simplex_weights_minimise_the_blends_squared_error_by_hand():
+    # Uncorrelated errors of mean squares 0.5 and 2.0: w proportional to (1 / 0.5, 1 / 2.0) = (0.8, 0.2).
+    first, second = np.array([1.0, -1.0, 0.0, 0.0]), np.array([0.0, 0.0, 2.0, -2.0])
+    np.testing.assert_allclose(select.simplex_weights(np.stack([first, second], 1)), [0.8, 0.2])
+    # A member that errs the same way, only more, gets nothing: any share of it adds error.
+    np.testing.assert_allclose(select.simplex_weights(np.stack([first, 2 * first], 1)), [1.0, 0.0])
+    # Opposite errors cancel: half and half, no error left.
+    np.testing.assert_allclose(select.simplex_weights(np.stack([first, -3 * first], 1)), [0.75, 0.25])
+    # A member with a non-finite error is left out.
+    np.testing.assert_allclose(select.simplex_weights(np.stack([first, second, np.r_[np.nan, 0, 0, 0]], 1)),
+                               [0.8, 0.2, 0.0])
+
+
+def test_simplex_weights_match_a_search_over_the_simplex(rng):
+    errors = rng.normal(size=(200, 3)) @ rng.normal(size=(3, 3)) + [0.3, -0.2, 0.1]
+    weights = select.simplex_weights(errors)
+    assert np.all(weights >= 0) and np.isclose(weights.sum(), 1.0)
+    grid = np.linspace(0, 1, 201)
+    searched = min(np.mean((errors @ [a, b, 1 - a - b]) ** 2) for a in grid for b in grid if a + b <= 1)
+    assert np.mean((errors @ weights) ** 2) <= searched + 1e-12
+
+
+def test_a_blend_is_kept_where_it_beats_the_chosen_candidate_out_of_fold(rng):
+    rows = np.repeat(np.arange(300), 2)  # two cells a row
+    independent = rng.normal(size=(600, 2))
+    # Two members with independent errors of equal size: the blend halves the mean square, far beyond the noise.
+    np.testing.assert_allclose(select.fill_weights(independent, 0, rows), select.simplex_weights(independent))
+    assert np.all(select.fill_weights(independent, 0, rows) > 0.4)
+    # The second errs like the first plus noise: no blend beats the first, which keeps all the weight.
+    noisier = np.stack([independent[:, 0], independent[:, 0] + 0.5 * independent[:, 1]], 1)
+    np.testing.assert_array_equal(select.fill_weights(noisier, 0, rows), [1.0, 0.0])
+    # Out of fold, each cell's blended error uses weights fitted without its row's cells; a single row has no
+    # other fold to learn from.
+    blended = select.out_of_fold_errors(independent, rows)
+    assert np.isfinite(blended).all() and np.mean(blended**2) < np.mean(independent**2, axis=0).min()
+    assert np.isnan(select.out_of_fold_errors(independent[:2], rows[:2])).all()

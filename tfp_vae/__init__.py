@@ -20,6 +20,7 @@ _PUBLIC = {
     "Config": "tfp_vae.config",
     "train": "tfp_vae.training",
     "load_run": "tfp_vae.runs",
+    "load_imputer": "tfp_vae.runs",
     "read_history": "tfp_vae.runs",
     "read_candidates": "tfp_vae.runs",
     "selection_summary": "tfp_vae.runs",

@@ -415,9 +415,10 @@ def _evaluate(args):
 
 def _export(args):
     from tfp_vae.export import export_saved_model
-    from tfp_vae.runs import load_run, read_thresholds
-    _, model = load_run(args.run_dir)
-    print(export_saved_model(model, args.export_base, args.version, read_thresholds(args.run_dir)))
+    from tfp_vae.runs import load_imputer, load_run, read_thresholds
+    config, model = load_run(args.run_dir)
+    imputer = load_imputer(args.run_dir) if config.allow_missing else None
+    print(export_saved_model(model, args.export_base, args.version, read_thresholds(args.run_dir), imputer))
 
 
 def _encode(args):
@@ -443,16 +444,17 @@ def _score(args):
 
 def _impute(args):
     import numpy as np
-    from tfp_vae.runs import load_run
-    config, model = load_run(args.run_dir)
+    from tfp_vae.runs import load_config, load_imputer
+    config = load_config(args.run_dir)
     if not config.allow_missing:
         raise TfpVaeError(f"{args.run_dir}: trained without --allow-missing, so it cannot fill gaps; train with "
                           "--allow-missing")
     if args.draws and not args.out.endswith(".npy"):
         raise TfpVaeError(f"{args.out}: --draws writes an array [draws, rows, columns]: use a .npy file")
+    imputer = load_imputer(args.run_dir)
     x = _read(args, config).values
-    model.check_input(x, source=args.data)
-    filled, _, *draws = model.impute(x, draws=args.draws, seed=args.seed)
+    imputer.check_input(x, source=args.data)
+    filled, _, *draws = imputer.impute(x, draws=args.draws, seed=args.seed)
     if draws:
         _write_rows(args.out, draws[0], None)
     else:  # observed cells as read (float32, the numbers the model saw), in their shortest text

@@ -65,8 +65,9 @@ def frozen(function: tf.types.experimental.PolymorphicFunction) -> tf.types.expe
 class ServingModule(tf.Module):
     """The model's maths as tensor-only `tf.function`s with its weights as constants."""
 
-    def __init__(self, model: VariationalAutoencoder):
+    def __init__(self, model: VariationalAutoencoder, imputer=None):
         super().__init__(name="tfp_vae_serving")
+        imputer = model if imputer is None else imputer
         d, k = model.input_size, model.code_size
         rows = tf.TensorSpec([None, d], tf.float32, name="x")
         codes = tf.TensorSpec([None, k], tf.float32, name="z")
@@ -93,7 +94,7 @@ class ServingModule(tf.Module):
             return {"x": model.sample(num_samples, seed)}
 
         def impute(x):
-            filled, stddev, _ = model.imputation(checked(x, d))
+            filled, stddev = imputer.imputation(checked(x, d))[:2]
             return {"x": filled, "stddev": stddev}
 
         self.reconstruct = frozen(tf.function(reconstruct, input_signature=[rows]))
@@ -137,7 +138,7 @@ def warmup_inputs(model: VariationalAutoencoder, signatures: dict) -> dict:
 
 
 def export_saved_model(model: VariationalAutoencoder, export_base, version: int | None = None,
-                       thresholds: dict | None = None) -> str:
+                       thresholds: dict | None = None, imputer=None) -> str:
     """Writes `export_base/<version>/` atomically and returns that path.
 
     With no `version`, the next integer after the highest present, taken when the
@@ -146,6 +147,8 @@ def export_saved_model(model: VariationalAutoencoder, export_base, version: int 
     The folder gets the permissions the umask gives, so a server running as another
     user can read it. `thresholds` (a run's `thresholds.json`: validation quantiles of
     the ELBO that `score` returns) travel as `assets.extra/thresholds.json`.
+    `imputer` fills gaps in the `impute` signature in the model's place: a run's
+    blend of candidates (`runs.load_imputer`).
     """
     export_base = os.fspath(export_base)
     if os.path.exists(export_base) and not os.path.isdir(export_base):
@@ -155,7 +158,9 @@ def export_saved_model(model: VariationalAutoencoder, export_base, version: int 
     final = os.path.join(export_base, str(next_version(export_base) if version is None else int(version)))
     if os.path.exists(final):
         raise ExportError(f"{final}: version {version} already exists; TF Serving versions are immutable")
-    weight_bytes = sum(variable.shape.num_elements() * variable.dtype.size for variable in model.variables)
+    served = [model] + [member for member in getattr(imputer, "members", []) if member is not model]
+    weight_bytes = sum(variable.shape.num_elements() * variable.dtype.size
+                       for member in served for variable in member.variables)
     if weight_bytes > MAX_FROZEN_WEIGHT_BYTES:
         raise ExportError(f"{final}: {weight_bytes / 2**20:.0f} MiB of weights is more than the "
                           f"{MAX_FROZEN_WEIGHT_BYTES // 2**20} MiB that fit in a SavedModel graph as constants")
@@ -165,7 +170,7 @@ def export_saved_model(model: VariationalAutoencoder, export_base, version: int 
     except OSError as error:
         raise ExportError(f"{export_base}: cannot write the export ({error.strerror or error})") from error
     try:
-        module = ServingModule(model)
+        module = ServingModule(model, imputer)
         # Served graphs take no gradients; saving custom ones fails on Student-t sampling's captures.
         tf.saved_model.save(module, staging, signatures=module.signatures(),
                             options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))

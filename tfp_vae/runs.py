@@ -20,6 +20,8 @@ import os
 import shutil
 import zipfile
 
+import numpy as np
+
 from tfp_vae.config import Config
 from tfp_vae.errors import RunError
 from tfp_vae.files import require_new_folder
@@ -141,7 +143,17 @@ def selection_summary(table: list[dict]) -> str:
         score = f"fills of validation cells {float(chosen['validation_fill_rmse']):.3f} column sd (RMSE), {score}"
     best = max(table, key=_merit)
     rule = "" if best is chosen else f" (the simplest within one standard error of the best, {best['name']})"
-    return "\n".join(lines) + f"\nchose {chosen['name']}{rule}: {score}"
+    blend = fill_blend(table)
+    fills = "" if blend is None else ("\nfills with a blend of the candidates, weighed on the validation cells (it "
+                                      "beat the chosen one alone there by more than a standard error, out of fold): "
+                                      + ", ".join(f"{name} {weight:.2f}" for name, weight in blend.items()))
+    return "\n".join(lines) + f"\nchose {chosen['name']}{rule}: {score}{fills}"
+
+
+def fill_blend(table: list[dict]) -> dict | None:
+    """{candidate name: weight} where a run fills with a blend of its candidates (`select.fill_weights`), else None."""
+    weights = {row["name"]: float(row["fill_weight"]) for row in table if float(row.get("fill_weight") or 0) > 0}
+    return weights if len(weights) > 1 else None
 
 
 def _merit(row: dict) -> float:
@@ -190,6 +202,22 @@ def read_candidates(run_dir) -> list[dict]:
     """candidates.csv of a run that chose its model, as written (values as text)."""
     with open(os.path.join(os.fspath(run_dir), CANDIDATES_CSV), newline="") as file:
         return list(csv.DictReader(file))
+
+
+def load_imputer(run_dir):
+    """What fills a finished run's gaps: its blend of candidates (`blend.FillBlend`) where selection kept one, else
+    its model. The chosen candidate's place in a blend goes to the run's model (its last fit on every row)."""
+    config, model = load_run(run_dir)
+    path = os.path.join(os.fspath(run_dir), CANDIDATES_CSV)
+    blend = fill_blend(read_candidates(run_dir)) if os.path.exists(path) else None
+    if blend is None:
+        return model
+    from tfp_vae.blend import FillBlend
+    chosen = next(row["name"] for row in read_candidates(run_dir) if row["chosen"] == "True")
+    members = [model if name == chosen else load_run(os.path.join(os.fspath(run_dir), CANDIDATES, name))[1]
+               for name in blend]
+    weights = np.array(list(blend.values()))
+    return FillBlend(members, weights / weights.sum())
 
 
 def finished_run(run_dir) -> tuple[Config, str]:

@@ -29,6 +29,22 @@ is self-masking the cells a user's table lacks are not missing at random, so
 hiding observed ones at random would ask the wrong question: those choose by
 likelihood (of the cells and their mask), as complete tables do.
 
+Candidates err differently (a linear Gaussian and a network miss different
+cells), so a weighted mean of their fills can err less than any one of them.
+With each candidate's normalised errors on the validation cells as the columns
+of E, the weights
+
+    w = argmin  mean((E w)^2)   over  w >= 0,  sum(w) = 1
+
+(`simplex_weights`; stacked regression with non-negative weights, Wolpert 1992,
+Breiman 1996) blend the fills as sum_i w_i fill_i, whose errors are E w since the
+weights sum to one. Weights fitted on the cells they are judged on flatter
+them, so the blend is judged out of fold (`out_of_fold_errors`: weights fitted
+on the other folds' rows, applied to each fold's cells) and kept only where
+that beats the chosen candidate by more than one standard error, the rule the
+choice itself follows (`fill_weights`). Its weights are then fitted on every
+validation cell, and the run fills with the blend (`tfp_vae.blend`).
+
 The candidates span the normalisation, the decoder's likelihood and the network,
 in this order:
 
@@ -71,6 +87,7 @@ amount of optimisation.
 """
 
 import dataclasses
+import itertools
 import math
 
 import numpy as np
@@ -89,6 +106,7 @@ MIN_PATIENCE_EPOCHS = 10
 MIN_EPOCH_STEPS = 50
 MIN_VALIDATION_ROWS = 100
 VALIDATION_FRACTIONS = (0.1, 0.25)
+BLEND_FOLDS = 5
 
 
 def validation_fraction(rows: int) -> float:
@@ -135,6 +153,70 @@ def simplest_within_one_se(losses: list[np.ndarray], groups: np.ndarray | None =
         if means[index] - means[best] <= error:
             return index
     return best
+
+
+def simplex_weights(errors: np.ndarray) -> np.ndarray:
+    """Non-negative weights summing to one that minimise mean((errors @ w)^2); `errors` [cells, members].
+
+    Exact: for each set of members, the weights of least error that sum to one
+    (the Lagrange conditions G w = lambda 1, sum(w) = 1, with G = E^T E / cells,
+    solved as one bordered system, which stays solvable where G is singular),
+    kept if none is negative; the best kept wins. A member with a non-finite error
+    gets weight 0.
+    """
+    errors = np.asarray(errors, np.float64)
+    usable = np.flatnonzero(np.all(np.isfinite(errors), axis=0))
+    weights = np.zeros(errors.shape[1])
+    if not len(usable):
+        return weights
+    gram = errors[:, usable].T @ errors[:, usable] / max(len(errors), 1)
+    best, best_loss = None, np.inf
+    for size in range(1, len(usable) + 1):
+        for subset in itertools.combinations(range(len(usable)), size):
+            block = gram[np.ix_(subset, subset)]
+            bordered = np.block([[block, np.ones((size, 1))], [np.ones((1, size)), np.zeros((1, 1))]])
+            candidate = np.linalg.lstsq(bordered, np.r_[np.zeros(size), 1.0], rcond=None)[0][:size]
+            if np.any(candidate < 0) or not np.isclose(candidate.sum(), 1.0):
+                continue
+            loss = candidate @ block @ candidate
+            if loss < best_loss:
+                best, best_loss = (subset, candidate), loss
+    subset, candidate = best
+    weights[usable[list(subset)]] = candidate
+    return weights
+
+
+def out_of_fold_errors(errors: np.ndarray, groups: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The blend's error on each cell [cells], its weights fitted on the other `BLEND_FOLDS` - 1 folds' cells.
+
+    Cells are assigned to folds by the row they came from (`groups`), so a row's
+    cells, which err together, never sit on both sides. NaN where a fold has no
+    other (a single row).
+    """
+    labels = np.unique(groups, return_inverse=True)[1]
+    folds = np.random.default_rng(seed).permutation(labels.max() + 1)[labels] % BLEND_FOLDS
+    blended = np.full(len(errors), np.nan)
+    for fold in range(BLEND_FOLDS):
+        held = folds == fold
+        if held.any() and (~held).any():
+            blended[held] = errors[held] @ simplex_weights(errors[~held])
+    return blended
+
+
+def fill_weights(errors: np.ndarray, chosen: int, groups: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Each candidate's weight in the run's fills [members]: all on `chosen`, unless a blend beats it.
+
+    `errors` [cells, members] are the candidates' normalised errors on the
+    validation cells, `groups` the row each cell came from. The blend is kept
+    where its out-of-fold errors beat the chosen candidate's by more than one
+    standard error (`simplest_within_one_se`, the chosen one first); its weights
+    are then fitted on every cell.
+    """
+    alone = np.eye(errors.shape[1])[chosen]
+    blended = out_of_fold_errors(errors, groups, seed)
+    if simplest_within_one_se([errors[:, chosen] ** 2, blended ** 2], groups) == 0:
+        return alone
+    return simplex_weights(errors)
 
 
 def width(train_rows: int) -> int:

@@ -95,7 +95,7 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
         print(f"choosing the model: {len(candidates)} candidates on {found.train_rows} training rows, scored on "
               f"{len(validation)} validation rows" + (f" (their fills of {len(held_out[0])} observed cells, each "
                                                       "hidden in turn)" if by_fills else ""), flush=True)
-    table, losses = [], []
+    table, losses, errors_by_candidate = [], [], []
     for name, candidate in candidates.items():
         folder = os.path.join(run_dir, runs.CANDIDATES, name)
         started = time.perf_counter()
@@ -108,6 +108,7 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
         if by_fills:
             errors = fill_errors(model, *held_out[:2], scale, draws, config.seed)
             row["validation_fill_rmse"] = root_mean_square(errors)
+            errors_by_candidate.append(errors)
         losses.append(errors**2 if by_fills else -score["log_likelihood"])
         row["validation_rows"] = len(validation)
         row["seconds"] = round(time.perf_counter() - started, 1)
@@ -116,9 +117,14 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
             fills = f", fills {row['validation_fill_rmse']:.3f} column sd" if by_fills else ""
             print(f"candidate {name}: {row['epochs_run']} epochs, validation log-likelihood "
                   f"{row['validation_log_likelihood']:.3f} nats per row{fills} ({row['seconds']:.0f} s)", flush=True)
-    best = table[select.simplest_within_one_se(losses, held_out[2] if by_fills else None)]
+    chosen_index = select.simplest_within_one_se(losses, held_out[2] if by_fills else None)
+    best = table[chosen_index]
     for row in table:
         row["chosen"] = row is best
+    if by_fills:
+        weights = select.fill_weights(np.stack(errors_by_candidate, axis=1), chosen_index, held_out[2], config.seed)
+        for row, weight in zip(table, weights):
+            row["fill_weight"] = float(weight)
     chosen = os.path.join(run_dir, runs.CANDIDATES, best["name"])
     last_fit = select.refit(candidates[best["name"]], runs.read_history(chosen).get("val_loss", []),
                             found.train_rows, found.validation_rows)
