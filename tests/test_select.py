@@ -120,6 +120,11 @@ def test_the_summary_names_the_best_candidate_where_the_rule_kept_a_simpler_one(
         "-3.000 nats per row")
     table[0]["chosen"], table[1]["chosen"] = False, True
     assert runs.selection_summary(table).endswith("\nchose flexible: validation log-likelihood -2.900 nats per row")
+    table[0]["fill_weight"], table[1]["fill_weight"] = "0.25", "0.75"
+    assert runs.fill_blend(table) == {"simple": 0.25, "flexible": 0.75}
+    assert runs.selection_summary(table).endswith("out of fold): simple 0.25, flexible 0.75")
+    table[0]["fill_weight"], table[1]["fill_weight"] = "0.0", "1.0"
+    assert runs.fill_blend(table) is None and "blend" not in runs.selection_summary(table)
 
 
 def test_train_keeps_the_simplest_candidate_within_one_standard_error_of_the_best(chosen):

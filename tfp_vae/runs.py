@@ -7,7 +7,8 @@
     RUN_DIR/logs/           TensorBoard event files
     RUN_DIR/thresholds.json quantiles of the validation rows' ELBO (0.1%, 1%, 5%): anomaly thresholds
     RUN_DIR/checkpoints/    the last finished epoch, while training is under way
-    RUN_DIR/candidates.csv  with select="auto": every candidate's settings and validation figures
+    RUN_DIR/candidates.csv  with select="auto": every candidate's settings and validation figures, and with
+                            gaps its weight in the run's fills (`fill_weight`, `load_imputer`)
     RUN_DIR/candidates/     with select="auto": a run folder per candidate; the chosen one's files
                             are copied up into RUN_DIR
 """

@@ -7,7 +7,8 @@ early stopping, divergence) under the configured `tf.distribute` strategy, and
 writes the run folder (`tfp_vae.runs`). With `select="auto"` (the default) it
 first fits each candidate of `tfp_vae.select` into `RUN_DIR/candidates/<name>/`,
 scores them on the validation rows and keeps the simplest within one standard
-error of the best. `train(..., resume=True)`
+error of the best (with gaps, also the weights of the candidates' fills,
+`select.fill_weights`). `train(..., resume=True)`
 continues an interrupted run from its last finished epoch (of its last unfinished
 candidate) and ends with the number of epochs first asked for.
 """
