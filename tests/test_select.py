@@ -253,3 +253,4 @@ def test_a_blend_is_kept_where_it_beats_the_chosen_candidate_out_of_fold(rng):
     blended = select.out_of_fold_errors(independent, rows)
     assert np.isfinite(blended).all() and np.mean(blended**2) < np.mean(independent**2, axis=0).min()
     assert np.isnan(select.out_of_fold_errors(independent[:2], rows[:2])).all()
+    assert np.isnan(select.out_of_fold_errors(np.full((600, 2), np.inf), rows)).all()

@@ -417,7 +417,7 @@ def _export(args):
     from tfp_vae.export import export_saved_model
     from tfp_vae.runs import load_imputer, load_run, read_thresholds
     config, model = load_run(args.run_dir)
-    imputer = load_imputer(args.run_dir) if config.allow_missing else None
+    imputer = load_imputer(args.run_dir, model) if config.allow_missing else None
     print(export_saved_model(model, args.export_base, args.version, read_thresholds(args.run_dir), imputer))
 
 

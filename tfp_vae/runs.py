@@ -205,18 +205,19 @@ def read_candidates(run_dir) -> list[dict]:
         return list(csv.DictReader(file))
 
 
-def load_imputer(run_dir):
+def load_imputer(run_dir, model=None):
     """What fills a finished run's gaps: its blend of candidates (`blend.FillBlend`) where selection kept one, else
-    its model. The chosen candidate's place in a blend goes to the run's model (its last fit on every row)."""
-    config, model = load_run(run_dir)
-    path = os.path.join(os.fspath(run_dir), CANDIDATES_CSV)
-    blend = fill_blend(read_candidates(run_dir)) if os.path.exists(path) else None
+    its model. The chosen candidate's place in a blend goes to the run's model (its last fit on every row);
+    `model`, that model where the caller has loaded it already."""
+    run_dir = os.fspath(run_dir)
+    model = load_run(run_dir)[1] if model is None else model
+    table = read_candidates(run_dir) if os.path.exists(os.path.join(run_dir, CANDIDATES_CSV)) else []
+    blend = fill_blend(table) if table else None
     if blend is None:
         return model
     from tfp_vae.blend import FillBlend
-    chosen = next(row["name"] for row in read_candidates(run_dir) if row["chosen"] == "True")
-    members = [model if name == chosen else load_run(os.path.join(os.fspath(run_dir), CANDIDATES, name))[1]
-               for name in blend]
+    chosen = next(row["name"] for row in table if row["chosen"] == "True")
+    members = [model if name == chosen else load_run(os.path.join(run_dir, CANDIDATES, name))[1] for name in blend]
     weights = np.array(list(blend.values()))
     return FillBlend(members, weights / weights.sum())
 

@@ -191,15 +191,16 @@ def out_of_fold_errors(errors: np.ndarray, groups: np.ndarray, seed: int = 0) ->
 
     Cells are assigned to folds by the row they came from (`groups`), so a row's
     cells, which err together, never sit on both sides. NaN where a fold has no
-    other (a single row).
+    other (a single row), or the others no candidate with finite errors.
     """
     labels = np.unique(groups, return_inverse=True)[1]
     folds = np.random.default_rng(seed).permutation(labels.max() + 1)[labels] % BLEND_FOLDS
     blended = np.full(len(errors), np.nan)
     for fold in range(BLEND_FOLDS):
         held = folds == fold
-        if held.any() and (~held).any():
-            blended[held] = errors[held] @ simplex_weights(errors[~held])
+        weights = simplex_weights(errors[~held]) if held.any() and (~held).any() else np.zeros(errors.shape[1])
+        if weights.any():
+            blended[held] = errors[held] @ weights
     return blended
 
 
