@@ -49,7 +49,7 @@ from report import write_report  # noqa: E402
 from tfp_vae import Config, evaluate, load_imputer, read_candidates, train  # noqa: E402
 from tfp_vae.evaluation import normalised_rmse  # noqa: E402
 from tfp_vae.gaps import em_gaussian  # noqa: E402
-from tfp_vae.runs import CANDIDATES_CSV, fill_blend  # noqa: E402
+from tfp_vae.runs import CANDIDATES_CSV, chosen_row, fill_blend  # noqa: E402
 
 MIWAE_SETTINGS = dict(select="none", normalization="standardize", decoder_scale="student_t", code_size=10,
                       hidden=(128, 128), importance_samples=20, epochs=1000, validation_split=0.0)
@@ -110,8 +110,7 @@ def choice(run_dir) -> str:
     """The candidate a run chose, and the blend it fills with where it kept one."""
     table = read_candidates(run_dir)
     blend = fill_blend(table)
-    chosen = next(row["name"] for row in table if row["chosen"] == "True")
-    return f"`{chosen}`" + ("" if blend is None else ", filling with " + " + ".join(
+    return f"`{chosen_row(table)['name']}`" + ("" if blend is None else ", filling with " + " + ".join(
         f"{weight:.2f} `{name}`" for name, weight in blend.items()))
 
 

@@ -138,7 +138,7 @@ def selection_summary(table: list[dict]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for row in table:
         lines.append("| " + " | ".join(_cell(row[column]) for column in columns) + " |")
-    chosen = next(row for row in table if str(row["chosen"]) == "True")
+    chosen = chosen_row(table)
     score = f"validation log-likelihood {float(chosen['validation_log_likelihood']):.3f} nats per row"
     if "validation_fill_rmse" in chosen:
         score = f"fills of validation cells {float(chosen['validation_fill_rmse']):.3f} column sd (RMSE), {score}"
@@ -149,6 +149,11 @@ def selection_summary(table: list[dict]) -> str:
                                       "beat the chosen one alone there by more than a standard error, out of fold): "
                                       + ", ".join(f"{name} {weight:.2f}" for name, weight in blend.items()))
     return "\n".join(lines) + f"\nchose {chosen['name']}{rule}: {score}{fills}"
+
+
+def chosen_row(table: list[dict]) -> dict:
+    """The chosen candidate's row of a selection table (as built, or as read back from candidates.csv)."""
+    return next(row for row in table if str(row["chosen"]) == "True")
 
 
 def fill_blend(table: list[dict]) -> dict | None:
@@ -216,7 +221,7 @@ def load_imputer(run_dir, model=None):
     if blend is None:
         return model
     from tfp_vae.blend import FillBlend
-    chosen = next(row["name"] for row in table if row["chosen"] == "True")
+    chosen = chosen_row(table)["name"]
     members = [model if name == chosen else load_run(os.path.join(run_dir, CANDIDATES, name))[1] for name in blend]
     weights = np.array(list(blend.values()))
     return FillBlend(members, weights / weights.sum())
