@@ -1,5 +1,7 @@
 """Missing values: reading them, training on the observed cells, scoring and filling gaps (MIWAE)."""
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -217,6 +219,17 @@ def test_what_cannot_leave_cells_out_is_refused(rng):
         GaussianVAE(3).impute(rng.normal(size=(2, 3)))
     with pytest.raises(DataError, match="none of its 2 rows has an observed cell"):
         train(Config(allow_missing=True), np.full((2, 3), np.nan, np.float32), "never-written")
+
+
+def test_a_column_with_too_few_observed_values_is_one_error_line_and_leaves_no_run(tmp_path, capsys):
+    path = tmp_path / "gone.csv"
+    path.write_text("a,b\n" + "".join(f"{i},{'7' if i == 3 else 'NA'}\n" for i in range(40)))
+    (tmp_path / "empty").mkdir()
+    for out in ("new", "empty"):  # selection writes its config and candidates before the column is found out
+        assert main(["train", str(path), "--out", str(tmp_path / out), "--allow-missing", "--epochs", "2"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "gone.csv: column 1 'b' has 1 observed value(s) in the training rows" in err[0], err
+    assert sorted(os.listdir(tmp_path)) == ["empty", "gone.csv"] and os.listdir(tmp_path / "empty") == []
 
 
 @pytest.mark.own_process

@@ -34,10 +34,27 @@ def give_usual_permissions(path: str) -> None:
             os.chmod(os.path.join(folder, name), 0o666 & ~mask)
 
 
+def is_new_folder(path: str) -> bool:
+    return not os.path.exists(path) or (os.path.isdir(path) and not os.listdir(path))
+
+
 def require_new_folder(path: str, option: str, error: type = TfpVaeError) -> None:
     """Refuses `path` unless it is absent or an empty folder: what a command writes never mixes with what was there."""
-    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+    if not is_new_folder(path):
         raise error(f"{path}: exists and is not an empty folder; choose another {option}")
+
+
+def remove_written(path: str, existed: bool) -> None:
+    """Removes what a failed command wrote into `path`, a folder that was absent or (`existed`) empty."""
+    if not existed:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for name in os.listdir(path) if os.path.isdir(path) else ():
+        entry = os.path.join(path, name)
+        if os.path.isdir(entry) and not os.path.islink(entry):
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            os.remove(entry)
 
 
 def staging_folder(folder: str, prefix: str) -> str:

@@ -30,6 +30,7 @@ from tfp_vae.config import Config
 from tfp_vae.distribute import JoinWatchdog, is_chief, make_strategy, read_tf_config
 from tfp_vae.errors import DataError, TrainingDiverged
 from tfp_vae.evaluation import fill_errors, leave_one_out, log_likelihood, root_mean_square
+from tfp_vae.files import is_new_folder, remove_written
 from tfp_vae.model import GaussianVAE, VariationalAutoencoder
 from tfp_vae.pipeline import as_source, dataset, in_validation, scan
 from tfp_vae.question import QuestionVAE
@@ -61,6 +62,7 @@ def train(config: Config, data, run_dir, resume: bool = False, verbose: int = 1,
     (after saving the last good weights) if the loss stops being finite.
     """
     run_dir = os.fspath(run_dir)
+    existed, new_folder = os.path.exists(run_dir), not resume and is_new_folder(run_dir)
     if resume:
         config = runs.load_config(run_dir)
     source = as_source(data, config.allow_missing)
@@ -71,6 +73,10 @@ def train(config: Config, data, run_dir, resume: bool = False, verbose: int = 1,
         if config.selects:
             return _train_candidates(config, source, run_dir, resume, verbose, watchdog)
         return _train(config.with_fixed_defaults(), source, run_dir, resume, verbose, watchdog)
+    except DataError:
+        if new_folder:  # input that fails would fail a resume too: leave no half-written run
+            remove_written(run_dir, existed)
+        raise
     finally:
         if watchdog:
             watchdog.stop()
