@@ -548,6 +548,16 @@ def test_ctrl_c_while_tensorflow_starts_is_one_line(run_dir, tmp_path, capsys, m
     assert capsys.readouterr().err == "interrupted\n" and os.listdir(tmp_path) == []
 
 
+def test_requests_larger_than_the_free_memory_are_refused_before_any_work(run_dir, tmp_path, capsys, monkeypatch):
+    import tfp_vae.cli
+    assert tfp_vae.cli.available_memory() > 0  # read on this machine
+    monkeypatch.setattr(tfp_vae.cli, "available_memory", lambda: 2**30)
+    fails(capsys, ["sample", run_dir, "-n", "100000000", "--out", tmp_path / "rows.npy"],
+          "-n 100000000 rows would take about 3.4 GiB of memory; 1.0 GiB is available: ask for fewer")
+    assert main(["sample", str(run_dir), "-n", "1000", "--out", str(tmp_path / "rows.npy")]) == 0
+    assert os.listdir(tmp_path) == ["rows.npy"]
+
+
 def test_a_npy_file_without_columns_is_refused(tmp_path, capsys):
     np.save(tmp_path / "empty.npy", np.zeros((5, 0)))
     fails(capsys, ["train", tmp_path / "empty.npy", "--out", tmp_path / "run"], "empty.npy: no columns of data")

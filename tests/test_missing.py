@@ -233,7 +233,7 @@ def test_a_column_with_too_few_observed_values_is_one_error_line_and_leaves_no_r
 
 
 @pytest.mark.own_process
-def test_selection_and_the_command_line_with_gaps(tmp_path, capsys):
+def test_selection_and_the_command_line_with_gaps(tmp_path, capsys, monkeypatch):
     _, gappy, _, _ = linear_gaussian(np.random.default_rng(2), n=400)
     gappy[5] = np.nan  # a row with nothing observed
     path = tmp_path / "gappy.csv"
@@ -290,6 +290,11 @@ def test_selection_and_the_command_line_with_gaps(tmp_path, capsys):
     capsys.readouterr()
     assert main(["impute", str(tmp_path / "run"), str(path), "--out", str(tmp_path / "d.csv"), "--draws", "3"]) == 2
     assert "use a .npy file" in capsys.readouterr().err
+    monkeypatch.setattr("tfp_vae.cli.available_memory", lambda: 2**30)
+    assert main(["impute", str(tmp_path / "run"), str(path), "--out", str(tmp_path / "d2.npy"), "--draws",
+                 "100000"]) == 2
+    assert "--draws 100000 of 400 rows of 6 columns would take about 2.7 GiB" in capsys.readouterr().err
+    assert not (tmp_path / "d2.npy").exists()
     assert main(["train", str(path), "--out", str(tmp_path / "refused"), "--quiet"]) == 2
     assert "pass --allow-missing to learn from the observed cells" in capsys.readouterr().err
 

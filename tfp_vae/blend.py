@@ -44,17 +44,22 @@ class FillBlend:
     def impute(self, x, draws: int | None = None, num_samples: int = IMPUTE_SAMPLES, seed: int = 0,
                batch_size: int = IMPUTE_ROWS):
         """As `VariationalAutoencoder.impute`: `(filled, stddev)`, and with `draws`, rows drawn from the mixture."""
-        parts = [member.impute(x, draws, num_samples, seed, batch_size) for member in self.members]
+        picked = np.random.default_rng(seed).choice(len(self.members), size=(draws, len(x)), p=self.weights) \
+            if draws else None
+        fills, stddevs, rows = [], [], None
+        for index, member in enumerate(self.members):  # one member's draws held at a time
+            part = member.impute(x, draws, num_samples, seed, batch_size)
+            fills.append(part[0])
+            stddevs.append(part[1])
+            if draws and rows is None:
+                rows = part[2]
+            elif draws:
+                rows[picked == index] = part[2][picked == index]
         x = np.asarray(x, np.float32)
-        filled, stddev = self._mix([part[0] for part in parts], [part[1] for part in parts])
+        filled, stddev = self._mix(fills, stddevs)
         outputs = (np.where(np.isnan(x), filled, x).astype(np.float32), np.where(np.isnan(x), stddev, 0.0)
                    .astype(np.float32))
-        if not draws:
-            return outputs
-        picked = np.random.default_rng(seed).choice(len(self.members), size=(draws, len(x)), p=self.weights)
-        rows = np.take_along_axis(np.stack([part[2] for part in parts]), picked[np.newaxis, ..., np.newaxis],
-                                  axis=0)[0]
-        return outputs + (rows,)
+        return outputs + (rows,) if draws else outputs
 
     def imputation(self, x, num_samples: int = IMPUTE_SAMPLES, seed: int = 0):
         """Tensors in and out: `(filled, stddev)` for rows `x` [B, D] with NaN gaps (the `impute` signature's)."""

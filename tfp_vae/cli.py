@@ -48,6 +48,7 @@ def _bounded_int(least: int, most: int):
 
 
 POSITIVE = _bounded_int(1, MAX_SEED)
+RESULT_COPIES = 3  # a result is made in parts, joined, then written
 SEED = _bounded_int(0, MAX_SEED)
 VERSION = _bounded_int(0, MAX_VERSION)
 # Past a few thousand draws the bound barely moves, and each draw costs a pass of every row through the model.
@@ -454,6 +455,8 @@ def _impute(args):
     imputer = load_imputer(args.run_dir)
     x = _read(args, config).values
     imputer.check_input(x, source=args.data)
+    if args.draws:
+        _require_memory(args.draws * x.size, f"--draws {args.draws} of {len(x)} rows of {x.shape[1]} columns")
     filled, _, *draws = imputer.impute(x, draws=args.draws, seed=args.seed)
     if draws:
         _write_rows(args.out, draws[0], None)
@@ -472,8 +475,28 @@ def _report(args):
 def _sample(args):
     from tfp_vae.runs import load_run
     config, model = load_run(args.run_dir)
+    _require_memory(args.num_samples * model.chunk_width, f"-n {args.num_samples} rows")
     rows = model.sample(args.num_samples, args.seed).numpy()
     _write_rows(args.out, rows, config.feature_names or [str(i) for i in range(rows.shape[1])])
+
+
+def _require_memory(numbers: int, request: str) -> None:
+    """Refuses a request whose float32 results, held a few times over while they are made, exceed the memory
+    available now: past it the kernel kills the process without a word."""
+    available = available_memory()
+    needed = numbers * 4 * RESULT_COPIES
+    if available is not None and needed > available:
+        raise TfpVaeError(f"{request} would take about {needed / 2**30:.1f} GiB of memory; "
+                          f"{available / 2**30:.1f} GiB is available: ask for fewer")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux's MemAvailable); None where it cannot be told."""
+    try:
+        with open("/proc/meminfo") as file:
+            return next(int(line.split()[1]) * 1024 for line in file if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
 
 
 def _demo(args):
