@@ -1,5 +1,6 @@
 """Missing values: reading them, training on the observed cells, scoring and filling gaps (MIWAE)."""
 
+import csv
 import os
 
 import numpy as np
@@ -281,6 +282,15 @@ def test_selection_and_the_command_line_with_gaps(tmp_path, capsys, monkeypatch)
     seen = ~np.isnan(read)
     np.testing.assert_array_equal(filled.astype(np.float32)[seen], read[seen])
     np.testing.assert_allclose(filled[~seen], imputer.impute(read)[0][~seen], rtol=1e-5)
+    # Identifiers and columns the model does not use stay beside the fills, each cell as it was written.
+    labelled, labelled_filled = tmp_path / "labelled.csv", tmp_path / "labelled_filled.csv"
+    labelled.write_text("id,a,b,c,d,e,f\n" + "".join(f'"row {i}, kept",{line}\n' for i, line in enumerate(lines[1:4])))
+    assert main(["impute", str(tmp_path / "run"), str(labelled), "--out", str(labelled_filled), "--columns",
+                 "a,b,c,d,e,f"]) == 0
+    before, after = (list(csv.reader(open(name, newline=""))) for name in (labelled, labelled_filled))
+    assert after[0] == before[0] and [row[0] for row in after[1:]] == ["row 0, kept", "row 1, kept", "row 2, kept"]
+    assert all(cell == was for row, was_row in zip(after, before) for cell, was in zip(row, was_row) if was != "NA")
+    np.testing.assert_array_equal(np.array([row[1:] for row in after[1:]], np.float32), imputer.impute(read[:3])[0])
     assert main(["export", str(tmp_path / "run"), str(tmp_path / "exports")]) == 0
     served = tf.saved_model.load(str(tmp_path / "exports" / "1")).signatures["impute"](x=tf.constant(read[:30]))
     np.testing.assert_allclose(served["x"].numpy(), imputer.imputation(tf.constant(read[:30]))[0].numpy(),

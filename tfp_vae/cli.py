@@ -210,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     impute.add_argument("run_dir", metavar="RUN_DIR")
     _data_arguments(impute)
     impute.add_argument("--out", required=True, metavar="FILE",
-                        help=".csv or .npy: DATA's rows and columns, observed cells as read, missing ones set to "
-                             "E[x_missing | x_observed]")
+                        help=".csv or .npy: DATA's rows and columns, observed cells as read (from a CSV to a CSV, every "
+                             "column as written, those not used too), missing ones set to E[x_missing | x_observed]")
     impute.add_argument("--draws", type=POSITIVE, metavar="N",
                         help="instead, N draws from p(x_missing | x_observed) for multiple imputation: FILE is a "
                              ".npy [N, rows, columns]")
@@ -240,11 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _read(args, config=None):
     from tfp_vae.data import read_table
-    columns = args.columns if args.columns is not None else (config.columns if config else None)
-    table = read_table(args.data, columns, args.drop_nonfinite, allow_missing=bool(config and config.allow_missing))
+    table = read_table(args.data, _columns(args, config), args.drop_nonfinite, allow_missing=bool(config and config.allow_missing))
     if table.dropped_rows:
         print(f"warning: dropped {table.dropped_rows} row(s) with blank, NaN or infinite cells", file=sys.stderr)
     return table
+
+
+def _columns(args, config=None):
+    """The columns to read: those asked for, else the run's."""
+    return args.columns if args.columns is not None else (config.columns if config else None)
 
 
 def _check_output_file(path: str) -> str:
@@ -262,32 +266,36 @@ def _write_rows(path: str, values, header: list, shortest: bool = False) -> None
 
     `shortest`: each CSV cell as the shortest text that reads back as the same float32 (0.1, not 0.100000001).
     """
+    import numpy as np
+
+    def write(file):
+        if path.endswith(".npy"):
+            np.save(file, np.asarray(values, np.float32))
+            return
+        file.write((",".join(header) + "\n").encode())
+        if shortest:
+            file.write("".join(",".join(map(_shortest, row)) + "\n" for row in np.asarray(values, np.float32))
+                       .encode())
+        else:
+            np.savetxt(file, values, delimiter=",", fmt="%.9g")
+    _write_through_staging(path, write)
+
+
+def _write_through_staging(path: str, write) -> None:
+    """Calls `write` on a binary staging file beside `path`, then renames it into place: whole or absent."""
     folder = _check_output_file(path)
     try:
-        _write_through_staging(path, folder, values, header, shortest)
+        handle, staging = staging_file(folder, ".tfp-vae-", os.path.splitext(path)[1])
+        try:
+            with os.fdopen(handle, "wb") as file:
+                write(file)
+            give_usual_permissions(staging)
+            os.replace(staging, path)
+        finally:
+            if os.path.exists(staging):
+                os.remove(staging)
     except OSError as error:  # named for the file asked for, not the staging file beside it
         raise TfpVaeError(f"{path}: cannot write ({error.strerror or error})") from None
-
-
-def _write_through_staging(path: str, folder: str, values, header: list, shortest: bool) -> None:
-    import numpy as np
-    handle, staging = staging_file(folder, ".tfp-vae-", os.path.splitext(path)[1])
-    try:
-        with os.fdopen(handle, "wb") as file:
-            if path.endswith(".npy"):
-                np.save(file, np.asarray(values, np.float32))
-            else:
-                file.write((",".join(header) + "\n").encode())
-                if shortest:
-                    file.write("".join(",".join(map(_shortest, row)) + "\n"
-                                       for row in np.asarray(values, np.float32)).encode())
-                else:
-                    np.savetxt(file, values, delimiter=",", fmt="%.9g")
-        give_usual_permissions(staging)
-        os.replace(staging, path)
-    finally:
-        if os.path.exists(staging):
-            os.remove(staging)
 
 
 def _shortest(value) -> str:
@@ -370,7 +378,7 @@ def _preflight(args) -> None:
         _check_output_file(args.out)
     if getattr(args, "data", None) is not None:
         _refuse_overwriting_input(args)
-        columns = args.columns if args.columns is not None else (config.columns if config else None)
+        columns = _columns(args, config)
         for path in data.expand_paths(args.data):
             if path.endswith(".csv"):
                 header = data.csv_header(path)[0]
@@ -445,6 +453,7 @@ def _score(args):
 
 def _impute(args):
     import numpy as np
+    from tfp_vae.data import expand_paths
     from tfp_vae.runs import load_config, load_imputer
     config = load_config(args.run_dir)
     if not config.allow_missing:
@@ -460,9 +469,39 @@ def _impute(args):
     filled, _, *draws = imputer.impute(x, draws=args.draws, seed=args.seed)
     if draws:
         _write_rows(args.out, draws[0], None)
-    else:  # observed cells as read (float32, the numbers the model saw), in their shortest text
+    elif args.out.endswith(".csv") and all(path.endswith(".csv") for path in expand_paths(args.data)):
+        _write_filled_csv(args.out, args.data, _columns(args, config), x, filled)
+    else:  # numbers only: observed cells as read (float32, the numbers the model saw), in their shortest text
         _write_rows(args.out, np.where(np.isnan(x), filled, x),
                     config.feature_names or [str(i) for i in range(x.shape[1])], shortest=True)
+
+
+def _write_filled_csv(path: str, data: str, columns, x, filled) -> None:
+    """DATA's CSV again, every row and column, each cell as written but the model's missing ones, filled (the
+    shortest text of their float32 value): identifiers and columns the model does not use stay beside the fills."""
+    import csv
+    import io
+    import numpy as np
+    from tfp_vae.data import csv_data_rows, csv_header, csv_lines, expand_paths, select_columns
+    first = expand_paths(data)[0]
+    names, has_header = csv_header(first)
+    selected = select_columns(names, columns, first)
+
+    def write(file):
+        text = io.TextIOWrapper(file, encoding="utf-8", newline="")
+        writer = csv.writer(text, lineterminator="\n")
+        if has_header:
+            lines = csv_lines(first)
+            writer.writerow(next(lines)[1])
+            lines.close()
+        for row, values, fills in zip(csv_data_rows(data), x, filled):
+            for column, value, fill in zip(selected, values, fills):
+                if np.isnan(value):
+                    row[column] = _shortest(fill)
+            writer.writerow(row)
+        text.flush()
+        text.detach()
+    _write_through_staging(path, write)
 
 
 def _report(args):

@@ -278,29 +278,41 @@ def _csv_blocks(path: str, rows_per_block: int, columns) -> Iterator[Block]:
     selected = select_columns(header, columns, path)
     names = [header[i] for i in selected]
     values, places, seen = [], [], 0
-    try:
-        with open(path, newline="", encoding=ENCODING) as file:
-            reader = csv.reader(file)
-            header_to_skip = has_header
-            for row in reader:
-                number = reader.line_num
-                if not row:
-                    continue
-                if header_to_skip:
-                    header_to_skip = False
-                    continue
-                values.append(_parse_row(row, header, selected, path, number))
-                places.append(f"line {number}")
-                if len(values) == rows_per_block:
-                    yield Block(path, names, np.array(values), places, header=header)
-                    seen += len(values)
-                    values, places = [], []
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise unreadable(path, error) from error
+    lines = csv_lines(path)
+    if has_header:
+        next(lines)
+    for number, row in lines:
+        values.append(_parse_row(row, header, selected, path, number))
+        places.append(f"line {number}")
+        if len(values) == rows_per_block:
+            yield Block(path, names, np.array(values), places, header=header)
+            seen += len(values)
+            values, places = [], []
     if values:
         yield Block(path, names, np.array(values), places, header=header)
     elif seen == 0:
         raise DataError(f"{path}: header only, no rows of data")
+
+
+def csv_lines(path: str) -> Iterator[tuple[int, list[str]]]:
+    """A CSV file's non-blank rows, header included, each with its line number: cells as written."""
+    try:
+        with open(path, newline="", encoding=ENCODING) as file:
+            reader = csv.reader(file)
+            for row in reader:
+                if row:
+                    yield reader.line_num, row
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise unreadable(path, error) from error
+
+
+def csv_data_rows(pattern) -> Iterator[list[str]]:
+    """The data rows of `pattern`'s CSV files, in the order `read_table` reads them: cells as written."""
+    for path in expand_paths(pattern):
+        lines = csv_lines(path)
+        if csv_header(path)[1]:
+            next(lines)
+        yield from (row for _, row in lines)
 
 
 def _parse_row(row: list[str], header: list[str], selected: list[int], path: str, number: int) -> list[float]:
