@@ -240,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _read(args, config=None):
     from tfp_vae.data import read_table
-    table = read_table(args.data, _columns(args, config), args.drop_nonfinite, allow_missing=bool(config and config.allow_missing))
+    table = read_table(args.data, _columns(args, config), args.drop_nonfinite,
+                       allow_missing=bool(config and config.allow_missing))
     if table.dropped_rows:
         print(f"warning: dropped {table.dropped_rows} row(s) with blank, NaN or infinite cells", file=sys.stderr)
     return table

@@ -50,11 +50,15 @@ def remove_written(path: str, existed: bool) -> None:
         shutil.rmtree(path, ignore_errors=True)
         return
     for name in os.listdir(path) if os.path.isdir(path) else ():
-        entry = os.path.join(path, name)
-        if os.path.isdir(entry) and not os.path.islink(entry):
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            os.remove(entry)
+        remove(os.path.join(path, name))
+
+
+def remove(path: str) -> None:
+    """Removes a file, or a folder and everything in it."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        os.remove(path)
 
 
 def staging_folder(folder: str, prefix: str) -> str:
@@ -74,11 +78,7 @@ def remove_abandoned_staging(folder: str, prefix: str) -> None:
     for name in os.listdir(folder):
         match = re.fullmatch(re.escape(prefix) + r"(\d+)-.*", name)
         if match and not process_alive(int(match[1])):
-            path = os.path.join(folder, name)
-            if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                os.remove(path)
+            remove(os.path.join(folder, name))
 
 
 def process_alive(pid: int) -> bool:
