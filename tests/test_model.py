@@ -7,6 +7,7 @@ import tensorflow as tf
 from tfp_vae import GaussianVAE, config, heads, losses
 from tfp_vae._keras import tf_keras
 from tfp_vae.callbacks import KLWarmup
+from tfp_vae.model import mixture_moments
 
 from ppca import ppca_log_likelihood
 
@@ -430,3 +431,12 @@ def test_an_untrained_linear_model_is_the_gaussian_of_its_rows(mixed_scale_data)
         config.Config(epochs=0, hidden=(8,), decoder_scale="shared")
     assert config.Config(epochs=0, hidden=(), decoder_scale="shared").epochs == 0
 
+
+def test_mixture_moments_by_hand():
+    """0.25 N(0, 1) + 0.75 N(4, 2^2): mean 3, second moment about it 0.25 (1 + 9) + 0.75 (4 + 1) = 2.5^2."""
+    moments = mixture_moments(tf.constant([[0.25], [0.75]]), tf.constant([[0.0], [4.0]]), tf.constant([[1.0], [2.0]]))
+    np.testing.assert_allclose([value.numpy()[0] for value in moments], [3.0, 2.5])
+    # A component of weight 0 counts for nothing, even one past float32's range; a mixture past it is inf, not NaN.
+    past = tf.constant([[np.inf], [2.0]]), tf.constant([[np.inf], [1.0]])
+    assert [value.numpy()[0] for value in mixture_moments(tf.constant([[0.0], [1.0]]), *past)] == [2.0, 1.0]
+    assert [value.numpy()[0] for value in mixture_moments(tf.constant([[0.5], [0.5]]), *past)] == [np.inf, np.inf]

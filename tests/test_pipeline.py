@@ -139,5 +139,10 @@ def test_columns_not_selected_are_never_parsed(tmp_path):
     validated = np.concatenate([values for values, _, _ in source.blocks()])
     np.testing.assert_allclose(validated, [[1.80, 75.0], [1.65, 60.0]])
     np.testing.assert_allclose(rows_of(dataset(source, "all", 8)), validated.astype(np.float32))
-    with pytest.raises(DataError, match="line 2, column 'id': non-numeric value 'A1'"):
+    with pytest.raises(DataError, match="line 2, column 'id': non-numeric value 'A1'; read only the numeric "
+                                        "columns with columns='height,weight'"):
         list(CsvSource(str(path)).blocks())
+    with pytest.raises(DataError, match="line 4, column 'height': non-numeric value '1..72'$"):  # a typo, no hint
+        list(CsvSource(str(write(tmp_path / "typo.csv", "height,weight\n1.80,75\n1.65,60\n1..72,70\n"))).blocks())
+    source = CsvSource(str(path), columns="height,weight", drop_nonfinite=True)  # as the message says
+    np.testing.assert_allclose(np.concatenate([values for values, _, _ in source.blocks()]), validated)

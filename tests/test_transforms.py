@@ -8,8 +8,8 @@ from tfp_vae import GaussianVAE
 from tfp_vae._keras import tf_keras
 from tfp_vae.data import moments
 from tfp_vae.errors import TfpVaeError
-from tfp_vae.transforms import (Identity, YeoJohnson, fit_yeo_johnson, yeo_johnson, yeo_johnson_inverse,
-                                yeo_johnson_log_derivative)
+from tfp_vae.transforms import (QUADRATURE_NODES, Identity, YeoJohnson, fit_yeo_johnson, yeo_johnson,
+                                yeo_johnson_inverse, yeo_johnson_log_derivative)
 
 
 def numpy_yeo_johnson(s, lam):
@@ -111,6 +111,24 @@ def test_the_transform_trains_with_the_model_and_survives_saving(transformed, sk
     loaded = tf_keras.models.load_model(tmp_path / "model.keras")
     np.testing.assert_allclose(loaded.elbo(skewed[:50]).numpy(), transformed.elbo(skewed[:50]).numpy(), rtol=1e-5)
     assert loaded.get_config()["transform"] == "yeo_johnson"
+
+
+def test_moments_whose_far_nodes_pass_float32_stay_finite_and_past_it_are_inf():
+    """Near a log transform (lam 0.01) the quadrature's far nodes pass float32's range long before the mean does;
+    a mean past it is inf, with an inf standard deviation, never NaN."""
+    layer = YeoJohnson(1)
+    layer.raw_lambda.assign([np.log(0.01 / 1.99)])
+    lam = np.float64(layer.lam.numpy()[0])
+    mean, stddev, _, _ = (value.numpy()[:, 0] for value in layer.raw_outputs(
+        tf.zeros([2, 1]), tf.constant([[15.0], [40.0]]), tf.ones([2, 1])))
+    nodes, weights = np.polynomial.hermite.hermgauss(QUADRATURE_NODES)
+    t = 15.0 * np.sqrt(2.0) * nodes
+    s = np.where(t >= 0, (1 + lam * np.abs(t)) ** (1 / lam) - 1, 1 - (1 + (2 - lam) * np.abs(t)) ** (1 / (2 - lam)))
+    assert s.max() > np.finfo(np.float32).max
+    expected_mean = np.sum(weights * s) / np.sqrt(np.pi)
+    expected_stddev = np.sqrt(np.sum(weights * (s - expected_mean) ** 2) / np.sqrt(np.pi))
+    np.testing.assert_allclose([mean[0], stddev[0]], [expected_mean, expected_stddev], rtol=1e-5)
+    assert mean[1] == np.inf and stddev[1] == np.inf
 
 
 def test_identity_changes_nothing():

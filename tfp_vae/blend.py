@@ -11,7 +11,7 @@ and `runs.load_imputer` gives it back.
 import numpy as np
 import tensorflow as tf
 
-from tfp_vae.model import IMPUTE_ROWS, IMPUTE_SAMPLES, VariationalAutoencoder
+from tfp_vae.model import IMPUTE_ROWS, IMPUTE_SAMPLES, VariationalAutoencoder, mixture_moments
 
 
 class FillBlend:
@@ -56,7 +56,7 @@ class FillBlend:
             elif draws:
                 rows[picked == index] = part[2][picked == index]
         x = np.asarray(x, np.float32)
-        filled, stddev = self._mix(fills, stddevs)
+        filled, stddev = (part.numpy() for part in self._mix(fills, stddevs))
         outputs = (np.where(np.isnan(x), filled, x).astype(np.float32), np.where(np.isnan(x), stddev, 0.0)
                    .astype(np.float32))
         return outputs + (rows,) if draws else outputs
@@ -64,14 +64,11 @@ class FillBlend:
     def imputation(self, x, num_samples: int = IMPUTE_SAMPLES, seed: int = 0):
         """Tensors in and out: `(filled, stddev)` for rows `x` [B, D] with NaN gaps (the `impute` signature's)."""
         parts = [member.imputation(x, num_samples, seed)[:2] for member in self.members]
-        filled, stddev = self._mix([part[0] for part in parts], [part[1] for part in parts], tf)
+        filled, stddev = self._mix([part[0] for part in parts], [part[1] for part in parts])
         mask = tf.math.is_finite(x)
         return tf.where(mask, x, filled), tf.where(mask, 0.0, stddev)
 
-    def _mix(self, fills, stddevs, ops=np):
-        """The mixture's mean and standard deviation, cell by cell."""
-        weights = [float(weight) for weight in self.weights]
-        mean = sum(weight * fill for weight, fill in zip(weights, fills))
-        second = sum(weight * (ops.square(stddev) + ops.square(fill - mean))
-                     for weight, fill, stddev in zip(weights, fills, stddevs))
-        return mean, ops.sqrt(second)
+    def _mix(self, fills, stddevs):
+        """The mixture's mean and standard deviation, cell by cell (tensors)."""
+        weights = tf.constant(self.weights, tf.float32)[:, tf.newaxis, tf.newaxis]
+        return mixture_moments(weights, tf.stack(fills), tf.stack(stddevs))

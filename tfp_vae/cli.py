@@ -468,6 +468,7 @@ def _impute(args):
     if args.draws:
         _require_memory(args.draws * x.size, f"--draws {args.draws} of {len(x)} rows of {x.shape[1]} columns")
     filled, _, *draws = imputer.impute(x, draws=args.draws, seed=args.seed)
+    _refuse_overflowed_fills(args.data, config.feature_names, filled, *draws)
     if draws:
         _write_rows(args.out, draws[0], None)
     elif args.out.endswith(".csv") and all(path.endswith(".csv") for path in expand_paths(args.data)):
@@ -475,6 +476,18 @@ def _impute(args):
     else:  # numbers only: observed cells as read (float32, the numbers the model saw), in their shortest text
         _write_rows(args.out, np.where(np.isnan(x), filled, x),
                     config.feature_names or [str(i) for i in range(x.shape[1])], shortest=True)
+
+
+def _refuse_overflowed_fills(data: str, names, filled, draws=None) -> None:
+    """A `TfpVaeError` at the first cell whose fill (or any draw) is inf: beyond float32, a model's answer to
+    observed values far outside the rows it was trained on."""
+    import numpy as np
+    from tfp_vae.data import first_cell
+    cell = first_cell(np.isinf(filled) | (np.isinf(draws).any(axis=0) if draws is not None else False))
+    if cell:
+        row, column = cell
+        raise TfpVaeError(f"{data}: data row {row + 1}, column {names[column] if names else column!r}: the fill "
+                          "passes float32's range; the row's observed values lie far beyond the training rows'")
 
 
 def _write_filled_csv(path: str, data: str, columns, x, filled) -> None:

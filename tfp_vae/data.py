@@ -282,7 +282,7 @@ def _csv_blocks(path: str, rows_per_block: int, columns) -> Iterator[Block]:
     if has_header:
         next(lines)
     for number, row in lines:
-        values.append(_parse_row(row, header, selected, path, number))
+        values.append(_parse_row(row, header, selected, path, number, first=not (seen or values)))
         places.append(f"line {number}")
         if len(values) == rows_per_block:
             yield Block(path, names, np.array(values), places, header=header)
@@ -315,9 +315,14 @@ def csv_data_rows(pattern) -> Iterator[list[str]]:
         yield from (row for _, row in lines)
 
 
-def _parse_row(row: list[str], header: list[str], selected: list[int], path: str, number: int) -> list[float]:
+def _parse_row(row: list[str], header: list[str], selected: list[int], path: str, number: int,
+               first: bool = False) -> list[float]:
+    """The selected cells of a data row as numbers; `first`: the file's first data row, where a column of text
+    (names, dates, identifiers) shows itself."""
     if len(row) != len(header):
-        raise DataError(f"{path}: line {number} has {len(row)} cells, expected {len(header)}")
+        comment = len(header) == 1 and header[0].startswith("#")
+        hint = f"; line 1 ({header[0][:40]!r}) seems a comment: delete it" if comment else ""
+        raise DataError(f"{path}: line {number} has {len(row)} cells, expected {len(header)}{hint}")
     for column, cell in enumerate(row):
         if "\n" in cell or "\r" in cell:  # tf.data reads a line at a time, selected columns or not
             raise DataError(f"{path}: line {number}, column {header[column]!r}: a quoted cell spans lines; "
@@ -328,7 +333,10 @@ def _parse_row(row: list[str], header: list[str], selected: list[int], path: str
             parsed.append(parse_number(row[column]))
         except ValueError:
             separator = next((mark for mark in ";\t|" if len(header) == 1 and mark in row[column]), None)
-            hint = f"; the file seems separated by {separator!r}: save it with commas" if separator else ""
+            numeric = [name for name, cell in zip(header, row) if not _cell_is_text(cell)]
+            hint = (f"; the file seems separated by {separator!r}: save it with commas" if separator
+                    else f"; read only the numeric columns with columns='{','.join(numeric)}'" if first and numeric
+                    else "")
             raise DataError(f"{path}: line {number}, column {header[column]!r}: non-numeric value "
                             f"{row[column].strip()!r}{hint}") from None
     return parsed
@@ -357,9 +365,12 @@ def _cell_is_text(cell: str) -> bool:
 
 
 def select_columns(names: list[str], columns, source: str) -> list[int]:
-    """Indices of `columns` (names, or integer indices), all columns when None."""
+    """Indices of `columns` (names, or integer indices, in a list or one comma-separated string), all columns when
+    None."""
     if columns is None:
         return list(range(len(names)))
+    if isinstance(columns, str):
+        columns = [part for part in columns.split(",") if part.strip()]
     if not len(columns):
         raise DataError(f"{source}: columns must be a non-empty list of names or indices (leave it out for all)")
     indices = []

@@ -433,9 +433,11 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         from q(z|x_observed), weighted by p(x_observed|z) p(z) / q(z|x_observed).
         Returns `(filled, stddev)`: E[x_missing | x_observed] in the gaps and each
         filled cell's predictive standard deviation (observed cells are copied as
-        they are, their stddev 0); with `draws`, a third array [draws, B, D] of rows
-        drawn from p(x_missing | x_observed) by sampling importance resampling, for
-        multiple imputation. Deterministic for a given `seed`. Rows are filled
+        they are, their stddev 0; a fill past float32's range, for observed values
+        far beyond the training rows', is inf with an inf stddev, never NaN); with
+        `draws`, a third array [draws, B, D] of rows drawn from p(x_missing |
+        x_observed) by sampling importance resampling, for multiple imputation.
+        Deterministic for a given `seed`. Rows are filled
         `batch_size` at a time, fewer where their draws would take more than
         `DRAW_NUMBERS` numbers per tensor (`chunk_width`).
         """
@@ -468,9 +470,8 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
             mean, stddev = weights.completed, tf.zeros_like(weights.completed)
         else:
             mean, stddev = self.missing_outputs(x, tf.cast(mask, x.dtype), *self.decoder_params(weights.z))
-        fill = tf.reduce_sum(probability * mean, axis=0)
-        spread = tf.reduce_sum(probability * (tf.square(stddev) + tf.square(mean - fill)), axis=0)
-        return tf.where(mask, x, fill), tf.where(mask, 0.0, tf.sqrt(spread)), weights
+        fill, spread = mixture_moments(probability, mean, stddev)
+        return tf.where(mask, x, fill), tf.where(mask, 0.0, spread), weights
 
     def _impute_rows(self, x, draws, num_samples: int, seed: int):
         filled, stddev, weights = self.imputation(x, num_samples, seed)
@@ -876,6 +877,18 @@ def as_rows(x):
     if tf.is_tensor(x):
         return tf.cast(x, tf.float32)
     return np.asarray(x, np.float32)
+
+
+def mixture_moments(weights, means, stddevs):
+    """The mean and standard deviation of the mixture sum_i w_i N(means_i, stddevs_i^2), over axis 0.
+
+    A component of weight 0 counts for nothing, even where its moments passed
+    float32's range (inf); where the mixture's mean did, it is inf with an inf
+    standard deviation, never NaN.
+    """
+    mean = tf.reduce_sum(tf.math.multiply_no_nan(means, weights), axis=0)
+    second = tf.reduce_sum(tf.math.multiply_no_nan(tf.square(stddevs) + tf.square(means - mean), weights), axis=0)
+    return mean, tf.where(tf.math.is_finite(mean), tf.sqrt(second), np.inf)
 
 
 def reconstruction(code_mean, mean, stddev, lower, upper) -> dict:

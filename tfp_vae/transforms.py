@@ -32,6 +32,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_vae._keras import serializable, tf_keras
+from tfp_vae.gaps import in_float64
 from tfp_vae.losses import observed_sum
 from tfp_vae.heads import base_config
 from tfp_vae.normalization import scale_floor
@@ -63,6 +64,20 @@ def yeo_johnson_inverse(t, lam):
 def yeo_johnson_log_derivative(s, lam):
     """log dt/ds, elementwise: (lam - 1) log(1 + s) for s >= 0, (1 - lam) log(1 - s) below."""
     return tf.where(s >= 0, lam - 1.0, 1.0 - lam) * tf.math.log1p(tf.abs(s))
+
+
+@in_float64
+def quadrature_moments(mean, stddev, lam, nodes, weights):
+    """E[s] and sd[s] of s = `yeo_johnson_inverse`(t, lam) for t ~ N(mean, stddev) [..., D], by Gauss-Hermite.
+
+    In standardised units, whatever the feature's offset, and in float64: with a
+    small lam the far nodes' s passes float32's range long before the mean does.
+    A mean beyond float64's is inf, and its standard deviation inf, never NaN.
+    """
+    s = yeo_johnson_inverse(mean[..., tf.newaxis] + stddev[..., tf.newaxis] * nodes, lam[:, tf.newaxis])
+    s_mean = tf.reduce_sum(weights * s, axis=-1)
+    s_variance = tf.reduce_sum(weights * tf.square(s - s_mean[..., tf.newaxis]), axis=-1)
+    return s_mean, tf.where(tf.math.is_finite(s_mean), tf.sqrt(s_variance), np.inf)
 
 
 def profile_log_likelihood(s: np.ndarray, lam: np.ndarray) -> np.ndarray:
@@ -190,8 +205,8 @@ class YeoJohnson(Identity):
         self.scale = self.add_weight("scale", shape=[input_size], initializer="ones", trainable=False)
         self.raw_lambda = self.add_weight("raw_lambda", shape=[input_size], initializer="zeros")
         nodes, weights = np.polynomial.hermite.hermgauss(QUADRATURE_NODES)
-        self.quadrature_nodes = tf.constant(np.sqrt(2.0) * nodes, tf.float32)
-        self.quadrature_weights = tf.constant(weights / np.sqrt(np.pi), tf.float32)
+        self.quadrature_nodes = tf.constant(np.sqrt(2.0) * nodes, tf.float64)
+        self.quadrature_weights = tf.constant(weights / np.sqrt(np.pi), tf.float64)
 
     @property
     def lam(self):
@@ -220,12 +235,8 @@ class YeoJohnson(Identity):
         return observed_sum(yeo_johnson_log_derivative(s, self.lam) - tf.math.log(self.scale), mask)
 
     def raw_outputs(self, mean, stddev, half_width):
-        # In standardised units the quadrature's numbers stay near one whatever the feature's offset.
-        points = mean[..., tf.newaxis] + stddev[..., tf.newaxis] * self.quadrature_nodes
-        s = yeo_johnson_inverse(points, self.lam[:, tf.newaxis])
-        s_mean = tf.reduce_sum(self.quadrature_weights * s, axis=-1)
-        s_variance = tf.reduce_sum(self.quadrature_weights * tf.square(s - s_mean[..., tf.newaxis]), axis=-1)
-        return (s_mean * self.scale + self.mean, tf.sqrt(s_variance) * self.scale,
+        s_mean, s_stddev = quadrature_moments(mean, stddev, self.lam, self.quadrature_nodes, self.quadrature_weights)
+        return (s_mean * self.scale + self.mean, s_stddev * self.scale,
                 self.inverse(mean - half_width), self.inverse(mean + half_width))
 
     def raw_distribution(self, distribution):
