@@ -129,6 +129,7 @@ def test_an_untrained_linear_model_is_the_gaussian_em_fits(rng):
     model = GaussianVAE(6, code_size=2, hidden=(), decoder_scale="shared", normalization="whiten",
                         allow_missing=True, seed=0).adapt(rows).to_gaussian()
     mean, covariance = em_gaussian(rows)
+    assert model.is_closed_form and model.draws_for(1000) == 1  # every draw gives the same: one is made
     np.testing.assert_allclose(log_likelihood(model, rows[:40], num_samples=5)["log_likelihood"],
                                [gaussian_marginal(row, mean, covariance) for row in rows[:40]], atol=1e-4)
     filled, stddev = model.impute(rows[:40], num_samples=3)
@@ -137,6 +138,9 @@ def test_an_untrained_linear_model_is_the_gaussian_em_fits(rng):
     spreads = [np.sqrt(np.diag(covariance[np.ix_(~seen, ~seen)] - covariance[np.ix_(~seen, seen)] @ np.linalg.solve(
         covariance[np.ix_(seen, seen)], covariance[np.ix_(seen, ~seen)]))) for seen in ~gaps]
     np.testing.assert_allclose(stddev[gaps], np.concatenate(spreads), rtol=1e-4)
+    model.compile()
+    model.fit(rows, epochs=1, batch_size=100, verbose=0)
+    assert not model.is_closed_form and model.draws_for(1000) == 1000
 
 
 @pytest.fixture(scope="module")
@@ -284,9 +288,8 @@ def test_selection_and_the_command_line_with_gaps(tmp_path, capsys, monkeypatch)
     scale = np.nanstd(rows[~held_out].astype(np.float64), axis=0)
     errors = []
     for row in table:
-        candidate_config, candidate = load_run(tmp_path / "run" / "candidates" / row["name"])
-        errors.append(fill_errors(candidate, gappy_cells, truth, scale, select.scoring_draws(candidate_config),
-                                  config.seed))
+        _, candidate = load_run(tmp_path / "run" / "candidates" / row["name"])
+        errors.append(fill_errors(candidate, gappy_cells, truth, scale, select.SELECTION_SAMPLES, config.seed))
     np.testing.assert_allclose([np.sqrt(np.mean(error**2)) for error in errors],
                                [float(row["validation_fill_rmse"]) for row in table], rtol=1e-4)
     index = select.simplest_within_one_se([error**2 for error in errors], source)

@@ -56,6 +56,7 @@ def log_likelihood(model: VariationalAutoencoder, x, num_samples: int = 1000, se
     over all of them.
     """
     x = np.asarray(x, np.float32)
+    num_samples = model.draws_for(num_samples)
     log_weights = _log_weights_function(model)
     rng = np.random.default_rng(seed)
     width = max(model.chunk_width, model.code_size)
@@ -132,7 +133,8 @@ def evaluate(model: VariationalAutoencoder, data, num_samples: int = 1000, seed:
     """Per-example means, in nats of the raw data, and the model's calibration.
 
     `data` is an array [rows, features] or a `pipeline.CsvSource`, read block by
-    block. `log_likelihood` is the IWAE estimate with `num_samples` draws and
+    block. `log_likelihood` is the IWAE estimate with `num_samples` draws (one where
+    the model is closed-form: `draws_for`) and
     `log_likelihood_stderr` its standard error over examples; `mse` and the
     calibration use the reconstruction at the posterior mean. For a model that
     allows missing cells (`allow_missing=True`), NaN cells are missing: the
@@ -174,6 +176,6 @@ def evaluate(model: VariationalAutoencoder, data, num_samples: int = 1000, seed:
         "coverage_1sigma": counts[0] / cells,
         "coverage_2sigma": counts[1] / cells,
         "pit_histogram": (counts[2:] / cells).tolist(),
-        "num_samples": num_samples,
+        "num_samples": model.draws_for(num_samples),
         "n": n,
     }

@@ -196,6 +196,16 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         """Numbers per row and draw in the decoder's scale: what sizes evaluation's chunks."""
         return self.input_size
 
+    def draws_for(self, num_samples: int) -> int:
+        """The draws of the code an importance-weighted estimate needs: `num_samples`, or 1 where every draw gives
+        the same (`is_closed_form`)."""
+        return 1 if self.is_closed_form else num_samples
+
+    @property
+    def is_closed_form(self) -> bool:
+        """Whether the decoder ignores the code and q(z|x) is the prior (`GaussianVAE.to_gaussian`)."""
+        return False
+
     @property
     def needs_covariance(self) -> bool:
         """Whether `set_statistics` needs the training rows' covariance."""
@@ -437,7 +447,8 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         far beyond the training rows', is inf with an inf stddev, never NaN); with
         `draws`, a third array [draws, B, D] of rows drawn from p(x_missing |
         x_observed) by sampling importance resampling, for multiple imputation.
-        Deterministic for a given `seed`. Rows are filled
+        Deterministic for a given `seed`; one draw where all give the same
+        (`is_closed_form`). Rows are filled
         `batch_size` at a time, fewer where their draws would take more than
         `DRAW_NUMBERS` numbers per tensor (`chunk_width`).
         """
@@ -463,7 +474,8 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         if self.observed(x) is None:
             raise TfpVaeError("this model needs complete rows: train it with allow_missing=True to fill gaps")
         mask = tf.math.is_finite(x)
-        eps = tf.random.stateless_normal([num_samples, tf.shape(x)[0], self.noise_size], seed=[seed, self.noise_seed_])
+        eps = tf.random.stateless_normal([self.draws_for(num_samples), tf.shape(x)[0], self.noise_size],
+                                         seed=[seed, self.noise_seed_])
         weights = self.log_weights(x, eps)
         probability = tf.nn.softmax(weights.log_weight, axis=0)[..., tf.newaxis]  # [S, B, 1]
         if weights.completed is not None:  # each draw's own values, weighted with the mask they explain
@@ -708,6 +720,14 @@ class GaussianVAE(VariationalAutoencoder):
         self.decoder_loc.bias.assign(tf.zeros_like(self.decoder_loc.bias))
         self.likelihood.raw_scale.assign(tf.fill([self.input_size], unit_raw(self.min_scale)))
         return self
+
+    @property
+    def is_closed_form(self) -> bool:
+        if self.hidden or self.decoder_scale != "shared" or self.missing_mechanism != "at-random":
+            return False
+        with tf.init_scope():  # the weights' values, also while a function that uses them is traced
+            return not (np.any(self.encoder_params.kernel.numpy()) or np.any(self.decoder_loc.kernel.numpy())) \
+                and np.array_equal(self.encoder_params.bias.numpy(), self.posterior_head.prior_params(self.code_size))
 
     def fit(self, x=None, y=None, **kwargs):
         """Adapts the normalisation to `x`'s training rows on the first call, then trains.

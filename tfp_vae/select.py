@@ -120,12 +120,6 @@ def chooses_by_fills(config: Config) -> bool:
     return config.allow_missing and config.missing_mechanism == "at-random"
 
 
-def scoring_draws(candidate: Config) -> int:
-    """Draws of the code per validation row: `SELECTION_SAMPLES`, or 1 for an untrained Gaussian, whose decoder
-    ignores its code (its likelihood and fills are then exact with any number)."""
-    return 1 if candidate.untrained else SELECTION_SAMPLES
-
-
 def simplest_within_one_se(losses: list[np.ndarray], groups: np.ndarray | None = None) -> int:
     """The index of the first of `losses` whose mean is within one standard error of the least mean.
 

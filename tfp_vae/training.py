@@ -107,13 +107,12 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
         folder = os.path.join(run_dir, runs.CANDIDATES, name)
         started = time.perf_counter()
         model = _train_or_load(candidate, source, folder, watchdog, validation)
-        draws = select.scoring_draws(candidate)
-        score = log_likelihood(model, validation, draws, seed=config.seed)
+        score = log_likelihood(model, validation, select.SELECTION_SAMPLES, seed=config.seed)
         row = {"name": name, **{key: getattr(candidate, key) for key in runs.CANDIDATE_SETTINGS},
                "epochs_run": len(runs.read_history(folder).get("loss", [])),
                "validation_log_likelihood": float(np.mean(score["log_likelihood"]))}
         if by_fills:
-            errors = fill_errors(model, *held_out[:2], scale, draws, config.seed)
+            errors = fill_errors(model, *held_out[:2], scale, select.SELECTION_SAMPLES, config.seed)
             row["validation_fill_rmse"] = root_mean_square(errors)
             errors_by_candidate.append(errors)
         losses.append(errors**2 if by_fills else -score["log_likelihood"])
