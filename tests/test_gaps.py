@@ -66,3 +66,22 @@ def test_em_finds_the_covariance_behind_rows_with_gaps_and_is_plain_moments_on_c
     np.testing.assert_allclose(em_covariance, covariance, atol=0.25 * np.abs(covariance).max() ** 0.5)
     pairwise = np.ma.cov(np.ma.masked_invalid(holes).T, bias=True).data
     assert np.abs(em_covariance - np.cov(x.T, bias=True)).max() < np.abs(pairwise - np.cov(x.T, bias=True)).max()
+
+
+def test_em_fits_each_table_once_and_hands_out_copies(gaussian, rng, monkeypatch):
+    mean, covariance = gaussian
+    holes = rng.multivariate_normal(mean, covariance, size=300)
+    holes[rng.random(holes.shape) < 0.3] = np.nan
+    fitted = []
+    fit = gaps._em_fit
+    monkeypatch.setattr(gaps, "_em_fit", lambda rows: fitted.append(rows.shape) or fit(rows))
+    first_mean, first_covariance = gaps.em_gaussian(holes)
+    first_mean[:] = 0.0  # a caller's change must not reach the next caller
+    again_mean, again_covariance = gaps.em_gaussian(holes.astype(np.float64).copy())
+    assert fitted == [(300, 5)]
+    np.testing.assert_array_equal(again_covariance, first_covariance)
+    assert np.all(again_mean != 0.0)
+    other = holes.copy()
+    other[0, 0] = 0.5 if np.isnan(other[0, 0]) else np.nan
+    gaps.em_gaussian(other)
+    assert fitted == [(300, 5), (300, 5)]

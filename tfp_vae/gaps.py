@@ -17,9 +17,13 @@ x~_u + Sigma_uo Sigma_oo^-1 (x_o - x~_o).
 
 `em_gaussian` fits mu and Sigma to rows with gaps by expectation-maximisation
 (numpy, float64): the full-covariance Gaussian that the linear floor of the
-model choice starts from.
+model choice starts from. The model choice whitens several candidates on the
+same training rows, so the last few fits are kept, by the rows' bytes, and each
+distinct table is fitted once.
 """
 
+import collections
+import hashlib
 import math
 
 import numpy as np
@@ -30,6 +34,8 @@ EM_ITERATIONS = 200
 EM_TOLERANCE = 1e-6
 EM_RIDGE = 1e-6  # added to the diagonal of standardised covariances, so constant or collinear columns stay invertible
 EM_ROWS_PER_CHUNK = 1024
+EM_FITS_KEPT = 4
+_em_fits = collections.OrderedDict()
 
 
 def padded_cholesky(covariance, mask):
@@ -89,7 +95,17 @@ def em_gaussian(rows) -> tuple[np.ndarray, np.ndarray]:
     until no mean or covariance entry moves by more than `EM_TOLERANCE`. On
     complete rows it is the rows' mean and population covariance.
     """
-    rows = np.asarray(rows, np.float64)
+    rows = np.ascontiguousarray(rows, np.float64)
+    key = (rows.shape, hashlib.blake2b(rows.tobytes(), digest_size=16).digest())
+    if key not in _em_fits:
+        _em_fits[key] = _em_fit(rows)
+        if len(_em_fits) > EM_FITS_KEPT:
+            _em_fits.popitem(last=False)
+    _em_fits.move_to_end(key)
+    return tuple(array.copy() for array in _em_fits[key])
+
+
+def _em_fit(rows):
     centre, spread = np.nanmean(rows, axis=0), np.nanstd(rows, axis=0)
     spread = np.where(spread > 0, spread, 1.0)
     x = (rows - centre) / spread
