@@ -19,7 +19,6 @@ deviation.
 """
 
 import math
-import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -27,24 +26,11 @@ import tensorflow as tf
 from tfp_vae import losses
 from tfp_vae.data import RunningMoments
 from tfp_vae.errors import DataError
-from tfp_vae.model import DRAW_NUMBERS, VariationalAutoencoder
+from tfp_vae.model import DRAW_NUMBERS, VariationalAutoencoder, traced
 from tfp_vae.pipeline import as_source
 
 ACTIVE_UNIT_VARIANCE = 0.01
 PIT_BINS = 10
-
-_LOG_WEIGHTS = weakref.WeakKeyDictionary()
-
-
-def _log_weights_function(model: VariationalAutoencoder):
-    """The model's traced `log_weights` (the weight and log p(x|z)), made once per model, not once per block."""
-    if model not in _LOG_WEIGHTS:
-        @tf.function(reduce_retracing=True)
-        def log_weights(x, eps):
-            weights = model.log_weights(x, eps)
-            return weights.log_weight, weights.log_px
-        _LOG_WEIGHTS[model] = log_weights
-    return _LOG_WEIGHTS[model]
 
 
 def log_likelihood(model: VariationalAutoencoder, x, num_samples: int = 1000, seed: int = 0,
@@ -57,7 +43,7 @@ def log_likelihood(model: VariationalAutoencoder, x, num_samples: int = 1000, se
     """
     x = np.asarray(x, np.float32)
     num_samples = model.draws_for(num_samples)
-    log_weights = _log_weights_function(model)
+    weight_terms = traced(model, "weight_terms")
     rng = np.random.default_rng(seed)
     width = max(model.chunk_width, model.code_size)
     results = {"log_likelihood": [], "elbo": [], "reconstruction_log_prob": []}
@@ -69,7 +55,7 @@ def log_likelihood(model: VariationalAutoencoder, x, num_samples: int = 1000, se
         for first in range(0, num_samples, samples_per_chunk):
             count = min(samples_per_chunk, num_samples - first)
             eps = rng.standard_normal((count, len(rows), model.noise_size)).astype(np.float32)
-            chunk_weights, chunk_log_px = log_weights(rows, tf.constant(eps))
+            chunk_weights, chunk_log_px = weight_terms(rows, tf.constant(eps))
             chunk_weights = tf.cast(chunk_weights, tf.float64)
             log_total = np.logaddexp(log_total, losses.iwae_bound(chunk_weights).numpy() + np.log(count))
             weight_total = weight_total + tf.reduce_sum(chunk_weights, axis=0).numpy()

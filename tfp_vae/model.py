@@ -26,6 +26,7 @@ and the tensor-in, tensor-out methods that the SavedModel export calls.
 """
 
 import warnings
+import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -50,6 +51,22 @@ IMPUTE_ROWS = 64  # rows filled at a time, at most
 DRAW_NUMBERS = 4_000_000  # numbers per tensor of draws x rows x `chunk_width`: bounds the memory of filling, scoring
 INTERVAL = 0.95  # the central interval `lower` to `upper` that `call` reports
 METRICS = ("loss", "reconstruction_loss", "kl_loss", "mse")
+
+
+_TRACED = weakref.WeakKeyDictionary()
+
+
+def traced(model: "VariationalAutoencoder", method: str):
+    """`model.<method>` as a `tf.function`, made once per model and method: one graph per batch shape, not eager ops
+    per call. Python arguments are part of the trace; pass varying numbers (seeds) as tensors."""
+    functions = _TRACED.setdefault(model, {})
+    if method not in functions:
+        model_ref = weakref.ref(model)  # the function must not keep its model alive (it is this dict's key)
+
+        def call(*args):
+            return getattr(model_ref(), method)(*args)
+        functions[method] = tf.function(call, reduce_retracing=True)
+    return functions[method]
 
 
 def reparameterize(qz, eps):
@@ -106,6 +123,8 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
     importance_samples: int = 1
     # Whether rows with gaps are scored through a Cholesky factor each (`GaussianVAE.correlated_gaps`).
     correlated_gaps: bool = False
+    # Whether rows may have missing cells (`GaussianVAE(allow_missing=True)`): scored over the observed ones, filled.
+    allow_missing: bool = False
 
     def __init__(self, input_size: int, code_size: int, kl_weight: float, seed=None, **kwargs):
         super().__init__(**kwargs)
@@ -233,6 +252,11 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         raise NotImplementedError
 
     # The one seam: every loss, score and bound.
+    def weight_terms(self, x, eps):
+        """`log_weights`' importance weights and log p(x|z) [S, B] alone: what a likelihood estimate needs."""
+        weights = self.log_weights(x, eps)
+        return weights.log_weight, weights.log_px
+
     def log_weights(self, x, eps, training: bool = False) -> LogWeights:
         """log p(x|z), log p(z), log q(z|x) for z = loc + L eps, eps [S, B, `noise_size`], with the rate and the
         decoder's mean."""
@@ -453,6 +477,7 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         `DRAW_NUMBERS` numbers per tensor (`chunk_width`).
         """
         self.check_input(x)
+        self.require_fills()
         require_count(num_samples, "num_samples", least=1)
         if draws is not None:
             require_count(draws, "draws", least=0)
@@ -460,19 +485,30 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         if not len(x):
             empty = np.zeros([0, self.input_size], np.float32)
             return (empty, empty) + ((np.zeros([draws, 0, self.input_size], np.float32),) if draws else ())
+        num_samples = self.draws_for(num_samples)
+        fill_rows = traced(self, "fill_rows")
         rows = self.rows_per_batch(num_samples, batch_size)
-        results = [self._impute_rows(tf.constant(x[start:start + rows]), draws, num_samples, seed + start)
-                   for start in range(0, len(x), rows)]
+        results = []
+        for start in range(0, len(x), rows):
+            # Every batch is `rows` rows, the last padded with copies of its first, so one graph (traced for one
+            # shape) fills all of them and a row fills the same whatever the length of its table.
+            batch = x[start:start + rows]
+            padded = np.concatenate([batch, np.repeat(batch[:1], rows - len(batch), axis=0)])
+            parts = fill_rows(tf.constant(padded), tf.constant(seed + start, tf.int32), num_samples, draws or 0)
+            results.append([part.numpy()[..., :len(batch), :] for part in parts])
         return tuple(np.concatenate([part[i] for part in results], axis=-2) for i in range(len(results[0])))
 
     def rows_per_batch(self, num_samples: int, batch_size: int) -> int:
         """Rows whose `num_samples` draws each fit in `DRAW_NUMBERS` numbers (at least 1, at most `batch_size`)."""
         return max(1, min(batch_size, DRAW_NUMBERS // (num_samples * self.chunk_width)))
 
+    def require_fills(self) -> None:
+        if not self.allow_missing:
+            raise TfpVaeError("this model needs complete rows: train it with allow_missing=True to fill gaps")
+
     def imputation(self, x, num_samples: int = IMPUTE_SAMPLES, seed: int = 0):
         """Tensors in and out: `(filled, stddev, weights)` for rows `x` [B, D] with NaN gaps (see `impute`)."""
-        if self.observed(x) is None:
-            raise TfpVaeError("this model needs complete rows: train it with allow_missing=True to fill gaps")
+        self.require_fills()
         mask = tf.math.is_finite(x)
         eps = tf.random.stateless_normal([self.draws_for(num_samples), tf.shape(x)[0], self.noise_size],
                                          seed=[seed, self.noise_seed_])
@@ -485,11 +521,12 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         fill, spread = mixture_moments(probability, mean, stddev)
         return tf.where(mask, x, fill), tf.where(mask, 0.0, spread), weights
 
-    def _impute_rows(self, x, draws, num_samples: int, seed: int):
+    def fill_rows(self, x, seed, num_samples: int, draws: int):
+        """Tensors in and out, `impute`'s traced step: `(filled, stddev)` for rows `x` [B, D], and with `draws` > 0
+        the rows drawn [draws, B, D]; `seed` a scalar tensor."""
         filled, stddev, weights = self.imputation(x, num_samples, seed)
-        outputs = (filled.numpy(), stddev.numpy())
         if not draws:
-            return outputs
+            return filled, stddev
         mask = tf.math.is_finite(x)
         chosen = tf.random.stateless_categorical(tf.transpose(weights.log_weight), draws, seed=[seed, 1])  # [B, draws]
         if weights.completed is not None:  # the chosen draws' own values
@@ -498,7 +535,7 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
             z = tf.gather(tf.transpose(weights.z, [1, 0, 2]), chosen, batch_dims=1)  # [B, draws, K]
             rows = self.missing_draws(x, tf.cast(mask, x.dtype), *self.decoder_params(tf.transpose(z, [1, 0, 2])),
                                       seed=[seed, 2])
-        return outputs + (tf.where(mask, x, rows).numpy(),)
+        return filled, stddev, tf.where(mask, x, rows)
 
     def sample(self, num_samples: int, seed=None):
         """`num_samples` rows drawn from the model, in raw units."""
