@@ -152,7 +152,7 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
 
     def observed(self, x):
         """1 where a cell of `x` is observed, 0 where it is missing (NaN); None for a model that needs complete rows."""
-        return None
+        return tf.cast(tf.math.is_finite(x), x.dtype) if self.allow_missing else None
 
     @property
     def noise_size(self) -> int:
@@ -503,6 +503,7 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         return max(1, min(batch_size, DRAW_NUMBERS // (num_samples * self.chunk_width)))
 
     def require_fills(self) -> None:
+        """A `TfpVaeError` for a model that needs complete rows: it cannot fill gaps."""
         if not self.allow_missing:
             raise TfpVaeError("this model needs complete rows: train it with allow_missing=True to fill gaps")
 
@@ -793,9 +794,6 @@ class GaussianVAE(VariationalAutoencoder):
 
     def log_jacobian(self, x, mask=None):
         return self.marginals.log_jacobian(x, mask) - self.normalizer.log_det_jacobian(mask)
-
-    def observed(self, x):
-        return tf.cast(tf.math.is_finite(x), x.dtype) if self.allow_missing else None
 
     def raw_center(self, loc):
         return self.marginals.inverse(self.normalizer.inverse(loc))
