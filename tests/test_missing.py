@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfp_vae import Config, GaussianVAE, evaluate, export_saved_model, load_imputer, load_run, read_candidates, \
-    runs, select, train
+from tfp_vae import Config, GaussianVAE, data, evaluate, export_saved_model, load_imputer, load_run, \
+    read_candidates, runs, select, train
 from tfp_vae.blend import FillBlend
 from tfp_vae._keras import tf_keras
 from tfp_vae.cli import main
@@ -240,6 +240,29 @@ def test_a_fill_past_float32_is_inf_and_the_command_line_refuses_it(tmp_path, ca
     column = "abc"[np.flatnonzero(np.isinf(filled[1]))[0]]
     assert len(err) == 1 and f"hostile.csv: data row 2, column '{column}': the fill passes float32's range" in err[0]
     assert not (tmp_path / "filled.csv").exists()
+
+
+def test_a_table_rewritten_while_it_is_filled_is_refused_and_nothing_is_written(rng, tmp_path, capsys, monkeypatch):
+    """`impute` reads a CSV's text a second time to copy it: if its rows changed meanwhile, one error line."""
+    model = GaussianVAE(2, code_size=1, hidden=(4,), allow_missing=True, seed=0)
+    model.compile()
+    model.fit(rng.normal(size=(100, 2)).astype(np.float32), epochs=1, verbose=0)
+    run = tmp_path / "run"
+    run.mkdir()
+    runs.save_config(Config(hidden=(4,), code_size=1, allow_missing=True, select="none", input_size=2,
+                            feature_names=["a", "b"]), str(run))
+    model.save(run / "model.keras")
+    path = tmp_path / "gappy.csv"
+    path.write_text("a,b\n1,NA\n2,3\nNA,4\n")
+    rows_as_read = data.csv_data_rows
+
+    def shorter(pattern):
+        yield from list(rows_as_read(pattern))[:-1]
+    monkeypatch.setattr(data, "csv_data_rows", shorter)
+    assert main(["impute", str(run), str(path), "--out", str(tmp_path / "filled.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "gappy.csv: its rows changed while they were being filled" in err[0], err
+    assert not (tmp_path / "filled.csv").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["gappy.csv", "run"]
 
 
 def test_what_cannot_leave_cells_out_is_refused(rng):

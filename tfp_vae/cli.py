@@ -508,11 +508,14 @@ def _write_filled_csv(path: str, data: str, columns, x, filled) -> None:
             lines = csv_lines(first)
             writer.writerow(next(lines)[1])
             lines.close()
-        for row, values, fills in zip(csv_data_rows(data), x, filled):
-            for column, value, fill in zip(selected, values, fills):
-                if np.isnan(value):
-                    row[column] = _shortest(fill)
-            writer.writerow(row)
+        try:
+            for row, values, fills in zip(csv_data_rows(data), x, filled, strict=True):
+                for column, value, fill in zip(selected, values, fills):
+                    if np.isnan(value):
+                        row[column] = _shortest(fill)
+                writer.writerow(row)
+        except ValueError:  # its text is read again to be copied: a file rewritten meanwhile has other rows
+            raise TfpVaeError(f"{data}: its rows changed while they were being filled; run impute again") from None
         text.flush()
         text.detach()
     _write_through_staging(path, write)
