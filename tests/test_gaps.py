@@ -68,6 +68,28 @@ def test_em_finds_the_covariance_behind_rows_with_gaps_and_is_plain_moments_on_c
     assert np.abs(em_covariance - np.cov(x.T, bias=True)).max() < np.abs(pairwise - np.cov(x.T, bias=True)).max()
 
 
+def test_the_expectation_step_is_the_conditional_of_each_rows_observed_cells(rng):
+    """E[x_u | x_o] = mu_u + S_uo S_oo^-1 (x_o - mu_o) and the sum of S_uu - S_uo S_oo^-1 S_ou, row by row by
+    hand, against the step that works from the precision matrix, chunk by chunk."""
+    d = 7
+    factor = rng.normal(size=(d, d))
+    covariance, mean = factor @ factor.T / d + 0.1 * np.eye(d), rng.normal(size=d)
+    x = rng.normal(size=(50, d))
+    mask = rng.random(x.shape) > 0.4
+    mask[0], mask[1] = True, False  # a complete row and an empty one
+    expected_fill, expected_total = np.where(mask, x, 0.0), np.zeros((d, d))
+    for row, seen in zip(range(len(x)), mask):
+        u, o = ~seen, seen
+        gain = covariance[np.ix_(u, o)] @ np.linalg.inv(covariance[np.ix_(o, o)])
+        expected_fill[row, u] = mean[u] + gain @ (x[row, o] - mean[o])
+        expected_total[np.ix_(u, u)] += covariance[np.ix_(u, u)] - gain @ covariance[np.ix_(o, u)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gaps, "EM_ROWS_PER_CHUNK", 16)
+        filled, total = gaps._expectation(np.where(mask, x, 0.0), mask, mean, covariance)
+    np.testing.assert_allclose(filled, expected_fill, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(total, expected_total, rtol=1e-10, atol=1e-10)
+
+
 def test_em_fits_each_table_once_and_hands_out_copies(gaussian, rng, monkeypatch):
     mean, covariance = gaussian
     holes = rng.multivariate_normal(mean, covariance, size=300)

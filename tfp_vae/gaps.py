@@ -125,18 +125,29 @@ def _em_fit(rows):
 
 
 def _expectation(x, mask, mean, covariance):
-    """Rows with their gaps at E[x_u | x_o], and the sum over rows of Cov[x_u | x_o] (zero outside u x u)."""
-    filled, total = np.empty_like(x), np.zeros_like(covariance)
+    """Rows with their gaps at E[x_u | x_o], and the sum over rows of Cov[x_u | x_o] (zero outside u x u).
+
+    From the precision L = Sigma^-1: E[x_u | x_o] = mu_u - L_uu^-1 L_uo (x_o - mu_o) and Cov[x_u | x_o] =
+    L_uu^-1, so each row inverts a block as wide as its missing cells, not its observed ones: a fit 4.9x
+    faster than by S_oo with a fifth of 61 columns missing, 1.8x with half (`benchmarks/gaps_speed.py`).
+    """
+    precision = np.linalg.inv(covariance)
+    filled, total = np.where(mask, x, 0.0), np.zeros_like(covariance)
+    pulled = np.where(mask, x - mean, 0.0) @ precision  # L_uo (x_o - mu_o), read in the missing cells
+    counts = (~mask).sum(axis=1)
     for start in range(0, len(x), EM_ROWS_PER_CHUNK):
-        observed = mask[start:start + EM_ROWS_PER_CHUNK].astype(np.float64)
-        padded = (covariance * observed[:, :, None] * observed[:, None, :]
-                  + np.eye(len(mean)) * (1.0 - observed)[:, None, :])
-        cross = covariance * observed[:, None, :] * (1.0 - observed)[:, :, None]  # Sigma_uo, padded with zeros
-        residual = (x[start:start + EM_ROWS_PER_CHUNK] - mean) * observed
-        filled[start:start + len(observed)] = np.where(
-            observed > 0, x[start:start + EM_ROWS_PER_CHUNK],
-            mean + np.einsum("nij,nj->ni", cross, np.linalg.solve(padded, residual[..., None])[..., 0]))
-        missing = 1.0 - observed
-        explained = cross @ np.linalg.solve(padded, np.transpose(cross, (0, 2, 1)))
-        total += ((covariance - explained) * missing[:, :, None] * missing[:, None, :]).sum(axis=0)
+        rows = slice(start, start + EM_ROWS_PER_CHUNK)
+        width = counts[rows].max(initial=0)
+        if width == 0:
+            continue
+        missing = np.argsort(mask[rows], axis=1, kind="stable")[:, :width]  # each row's missing cells first
+        valid = np.arange(width) < counts[rows, None]
+        both = valid[:, :, None] & valid[:, None, :]
+        block = np.where(both, precision[missing[:, :, None], missing[:, None, :]], np.eye(width))
+        conditional = np.linalg.inv(block) * both
+        shift = np.einsum("nij,nj->ni", conditional, np.take_along_axis(pulled[rows], missing, axis=1))
+        index = np.arange(start, start + len(missing))[:, None]
+        filled[index, missing] = np.where(valid, mean[missing] - shift, filled[index, missing])
+        cells = (missing[:, :, None] * len(mean) + missing[:, None, :]).ravel()
+        total += np.bincount(cells, conditional.ravel(), minlength=total.size).reshape(total.shape)
     return filled, total
