@@ -87,8 +87,6 @@ def test_export_encode_score_sample(run_dir, tmp_path, capsys):
     ("a,b,c\n1,2,3\n4,x,6\n", "line 3, column 'b': non-numeric value 'x'"),
     ("day,a,b\n2020-01-01,1,NA\n", "line 2, column 'day': non-numeric value '2020-01-01'; read only the numeric "
                                    "columns with --columns a,b"),
-    ("# from the logger\na,b\n1,2\n", "line 2 has 2 cells, expected 1; line 1 ('# from the logger') seems a comment: "
-                                      "delete it"),
     ("a,b,c\n1,2,3\n4,,6\n", "missing cell: blank, NA or NaN, at line 3, column 'b'"),
     ("a,b,c\n1,2,3\n4,nan,6\n", "missing cell: blank, NA or NaN, at line 3, column 'b'"),
     ("a,b,c\n1,2,3\n4,5,inf\n", "infinite value inf at line 3, column 'c'"),

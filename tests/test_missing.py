@@ -242,8 +242,9 @@ def test_a_fill_past_float32_is_inf_and_the_command_line_refuses_it(tmp_path, ca
     assert not (tmp_path / "filled.csv").exists()
 
 
-def test_a_table_rewritten_while_it_is_filled_is_refused_and_nothing_is_written(rng, tmp_path, capsys, monkeypatch):
-    """`impute` reads a CSV's text a second time to copy it: if its rows changed meanwhile, one error line."""
+@pytest.fixture
+def tiny_gappy_run(rng, tmp_path):
+    """A run folder of a two-column model trained with gaps allowed, for the command line."""
     model = GaussianVAE(2, code_size=1, hidden=(4,), allow_missing=True, seed=0)
     model.compile()
     model.fit(rng.normal(size=(100, 2)).astype(np.float32), epochs=1, verbose=0)
@@ -252,6 +253,21 @@ def test_a_table_rewritten_while_it_is_filled_is_refused_and_nothing_is_written(
     runs.save_config(Config(hidden=(4,), code_size=1, allow_missing=True, select="none", input_size=2,
                             feature_names=["a", "b"]), str(run))
     model.save(run / "model.keras")
+    return run
+
+
+def test_impute_copies_a_csvs_comment_lines_header_and_observed_text(tiny_gappy_run, tmp_path):
+    path = tmp_path / "gappy.csv"
+    path.write_text("# Data source: unit 4\na,b\n1.50,NA\n2,3e0\n")
+    assert main(["impute", str(tiny_gappy_run), str(path), "--out", str(tmp_path / "filled.csv")]) == 0
+    lines = (tmp_path / "filled.csv").read_text().splitlines()
+    assert lines[:3] == ["# Data source: unit 4", "a,b", "1.50," + lines[2].split(",")[1]] and lines[3] == "2,3e0"
+    assert np.isfinite(float(lines[2].split(",")[1]))
+
+
+def test_a_table_rewritten_while_it_is_filled_is_refused_and_nothing_is_written(tiny_gappy_run, tmp_path, capsys,
+                                                                                monkeypatch):
+    """`impute` reads a CSV's text a second time to copy it: if its rows changed meanwhile, one error line."""
     path = tmp_path / "gappy.csv"
     path.write_text("a,b\n1,NA\n2,3\nNA,4\n")
     rows_as_read = data.csv_data_rows
@@ -259,7 +275,7 @@ def test_a_table_rewritten_while_it_is_filled_is_refused_and_nothing_is_written(
     def shorter(pattern):
         yield from list(rows_as_read(pattern))[:-1]
     monkeypatch.setattr(data, "csv_data_rows", shorter)
-    assert main(["impute", str(run), str(path), "--out", str(tmp_path / "filled.csv")]) == 2
+    assert main(["impute", str(tiny_gappy_run), str(path), "--out", str(tmp_path / "filled.csv")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "gappy.csv: its rows changed while they were being filled" in err[0], err
     assert not (tmp_path / "filled.csv").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["gappy.csv", "run"]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfp_vae.data import DataError
+from tfp_vae.data import DataError, read_table
 from tfp_vae.pipeline import ArraySource, CsvSource, dataset, in_validation, scan, source_for
 
 
@@ -97,7 +97,9 @@ def write(path, text, encoding="utf-8"):
     ("\ufeffa,b\n1,2\n3,4\n5,6\n", ["a", "b"]),              # Excel's byte-order mark before a header
     ("\ufeff1,2\n3,4\n5,6\n", ["0", "1"]),                   # ... and before a first row of numbers
     ("\n\na,b\n1,2\n3,4\n\n5,6\n", ["a", "b"]),              # blank lines before the header and between rows
-], ids=["bom-header", "bom-numbers", "blank-lines"])
+    ("# Data source: https://finance.yahoo.com\na,b\n1,2\n3,4\n5,6\n", ["a", "b"]),  # a comment line first
+    ("# logged by unit 4\n\n  # at 10 Hz\n1,2\n3,4\n5,6\n", ["0", "1"]),  # comments, no header
+], ids=["bom-header", "bom-numbers", "blank-lines", "comment-header", "comments-numbers"])
 def test_the_streamed_rows_are_the_validated_rows(tmp_path, text, names):
     path = write(tmp_path / "data.csv", text)
     source = CsvSource(str(path))
@@ -105,6 +107,20 @@ def test_the_streamed_rows_are_the_validated_rows(tmp_path, text, names):
     assert source.columns == names
     np.testing.assert_array_equal(rows_of(dataset(source, "all", 2)), validated.astype(np.float32))
     assert len(validated) == 3
+
+
+def test_files_of_a_glob_each_skip_their_own_comment_lines(tmp_path):
+    write(tmp_path / "part-1.csv", "# first day\n# second comment\na,b\n1,2\n3,4\n")
+    write(tmp_path / "part-2.csv", "a,b\n5,6\n")
+    source = CsvSource(str(tmp_path / "part-*.csv"))
+    np.testing.assert_array_equal(rows_of(dataset(source, "all", 2)), [[1, 2], [3, 4], [5, 6]])
+    np.testing.assert_array_equal(read_table(str(tmp_path / "part-*.csv")).values, [[1, 2], [3, 4], [5, 6]])
+    write(tmp_path / "part-2.csv", "a,b\n5,x\n")
+    with pytest.raises(DataError, match="part-2.csv: line 2, column 'b'"):
+        list(source.blocks())
+    write(tmp_path / "part-1.csv", "# first day\na,b\n1,2\n3,x\n")
+    with pytest.raises(DataError, match="part-1.csv: line 4, column 'b'"):  # lines counted as an editor does
+        list(source.blocks())
 
 
 @pytest.mark.parametrize("text, message", [

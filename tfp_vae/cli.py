@@ -495,19 +495,19 @@ def _write_filled_csv(path: str, data: str, columns, x, filled) -> None:
     shortest text of their float32 value): identifiers and columns the model does not use stay beside the fills."""
     import csv
     import io
+    import itertools
     import numpy as np
     from tfp_vae.data import csv_data_rows, csv_header, csv_lines, expand_paths, select_columns
     first = expand_paths(data)[0]
-    names, has_header = csv_header(first)
+    names, preamble = csv_header(first)
     selected = select_columns(names, columns, first)
 
     def write(file):
         text = io.TextIOWrapper(file, encoding="utf-8", newline="")
         writer = csv.writer(text, lineterminator="\n")
-        if has_header:
-            lines = csv_lines(first)
-            writer.writerow(next(lines)[1])
-            lines.close()
+        lines = csv_lines(first)
+        writer.writerows(row for _, row in itertools.islice(lines, preamble))  # comments and header as read
+        lines.close()
         try:
             for row, values, fills in zip(csv_data_rows(data), x, filled, strict=True):
                 for column, value, fill in zip(selected, values, fills):

@@ -7,6 +7,7 @@ float64), so nothing here needs the whole data set in memory.
 
 import csv
 import glob
+import itertools
 import os
 import re
 from collections.abc import Iterator
@@ -259,29 +260,35 @@ def parse_number(cell: str) -> float:
     return float(cell)
 
 
-def csv_header(path: str) -> tuple[list[str], bool]:
-    """The column names of a CSV file, and whether its first non-blank line is a header (any cell not a number)."""
+def csv_header(path: str) -> tuple[list[str], int]:
+    """The column names of a CSV file, and how many of its non-blank lines come before its data: the comment
+    lines that lead it (`is_comment`) and its header, if the first other line has a cell that is not a number."""
     try:
         with open(path, newline="", encoding=ENCODING) as file:
-            first = next((row for row in csv.reader(file) if row), None)
+            lines = (row for row in csv.reader(file) if row)
+            comments, first = 0, next(lines, None)
+            while first is not None and is_comment(first):
+                comments, first = comments + 1, next(lines, None)
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise unreadable(path, error) from error
     if first is None:
-        raise DataError(f"{path}: empty file")
+        raise DataError(f"{path}: empty file" + (" (comment lines only)" if comments else ""))
     if any(_cell_is_text(cell) for cell in first):
-        return [cell.strip() for cell in first], True
-    return [str(i) for i in range(len(first))], False
+        return [cell.strip() for cell in first], comments + 1
+    return [str(i) for i in range(len(first))], comments
+
+
+def is_comment(row: list[str]) -> bool:
+    """Whether a CSV row before the header is a comment: one cell that starts with '#' ("# Data source: ...")."""
+    return len(row) == 1 and row[0].lstrip().startswith("#")
 
 
 def _csv_blocks(path: str, rows_per_block: int, columns) -> Iterator[Block]:
-    header, has_header = csv_header(path)
+    header, preamble = csv_header(path)
     selected = select_columns(header, columns, path)
     names = [header[i] for i in selected]
     values, places, seen = [], [], 0
-    lines = csv_lines(path)
-    if has_header:
-        next(lines)
-    for number, row in lines:
+    for number, row in itertools.islice(csv_lines(path), preamble, None):
         values.append(_parse_row(row, header, selected, path, number, first=not (seen or values)))
         places.append(f"line {number}")
         if len(values) == rows_per_block:
@@ -309,10 +316,7 @@ def csv_lines(path: str) -> Iterator[tuple[int, list[str]]]:
 def csv_data_rows(pattern) -> Iterator[list[str]]:
     """The data rows of `pattern`'s CSV files, in the order `read_table` reads them: cells as written."""
     for path in expand_paths(pattern):
-        lines = csv_lines(path)
-        if csv_header(path)[1]:
-            next(lines)
-        yield from (row for _, row in lines)
+        yield from (row for _, row in itertools.islice(csv_lines(path), csv_header(path)[1], None))
 
 
 def _parse_row(row: list[str], header: list[str], selected: list[int], path: str, number: int,
@@ -320,9 +324,7 @@ def _parse_row(row: list[str], header: list[str], selected: list[int], path: str
     """The selected cells of a data row as numbers; `first`: the file's first data row, where a column of text
     (names, dates, identifiers) shows itself."""
     if len(row) != len(header):
-        comment = len(header) == 1 and header[0].startswith("#")
-        hint = f"; line 1 ({header[0][:40]!r}) seems a comment: delete it" if comment else ""
-        raise DataError(f"{path}: line {number} has {len(row)} cells, expected {len(header)}{hint}")
+        raise DataError(f"{path}: line {number} has {len(row)} cells, expected {len(header)}")
     for column, cell in enumerate(row):
         if "\n" in cell or "\r" in cell:  # tf.data reads a line at a time, selected columns or not
             raise DataError(f"{path}: line {number}, column {header[column]!r}: a quoted cell spans lines; "

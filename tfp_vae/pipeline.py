@@ -92,7 +92,8 @@ class CsvSource:
         for path in self.paths:
             if not path.endswith(".csv"):
                 raise DataError(f"{path}: streaming reads .csv files only")
-        self.names, self.has_header = csv_header(self.paths[0])
+        self.names = csv_header(self.paths[0])[0]
+        self.preambles = [csv_header(path)[1] for path in self.paths]  # lines before each file's data
         self.indices = select_columns(self.names, columns, self.paths[0])
         self.columns = [self.names[i] for i in self.indices]
         self.selection = columns
@@ -109,10 +110,9 @@ class CsvSource:
     def rows(self, subset: str, validation_fraction: float, seed: int) -> tf.data.Dataset:
         """The subset's rows, one dataset element each, streamed from the files; rows with blank or
         non-finite cells (kept only under `drop_nonfinite`, after the validating pass) are dropped."""
-        skip = 1 if self.has_header else 0
-        lines = tf.data.Dataset.from_tensor_slices(self.paths).flat_map(
-            lambda path: tf.data.TextLineDataset(path).map(clean_line).filter(lambda line: tf.strings.length(line) > 0)
-            .skip(skip))
+        lines = tf.data.Dataset.from_tensor_slices((self.paths, tf.constant(self.preambles, tf.int64))).flat_map(
+            lambda path, preamble: tf.data.TextLineDataset(path).map(clean_line)
+            .filter(lambda line: tf.strings.length(line) > 0).skip(preamble))
         ordered = sorted(set(self.indices))
         positions = [ordered.index(i) for i in self.indices]
         defaults = [tf.constant(math.nan, tf.float32)] * len(ordered)
