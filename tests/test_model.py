@@ -84,6 +84,10 @@ def test_score_is_deterministic_and_batch_independent(mixed_scale_data):
     np.testing.assert_array_equal(part["elbo"].numpy(), model.score(mixed_scale_data[10:20])["elbo"].numpy())
     np.testing.assert_allclose(whole["elbo"], whole["reconstruction_log_prob"] - whole["kl"], rtol=1e-6)
     assert np.all(whole["kl"].numpy() >= 0)
+    batched = model.score_in_batches(mixed_scale_data[:50], batch_size=7)  # traced; the last batch is shorter
+    assert set(batched) == set(whole) and batched["elbo"].shape == (50,)
+    for name, value in whole.items():
+        np.testing.assert_allclose(batched[name], value.numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_encode_and_decode_return_distributions(mixed_scale_data):

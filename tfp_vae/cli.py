@@ -447,8 +447,8 @@ def _score(args):
     x = _read(args, config).values
     model.check_input(x, source=args.data)
     names = ("elbo", "reconstruction_log_prob", "kl")
-    parts = [model.score(x[start:start + 1024]) for start in range(0, len(x), 1024)]
-    columns = np.stack([np.concatenate([part[name].numpy() for part in parts]) for name in names], axis=1)
+    scores = model.score_in_batches(x)
+    columns = np.stack([scores[name] for name in names], axis=1)
     _write_rows(args.out, columns, list(names))
 
 

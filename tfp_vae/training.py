@@ -38,7 +38,6 @@ from tfp_vae.transforms import FIT_ROWS
 
 MIN_TRAINING_ROWS = 2
 CHECKPOINT_STEPS = 200  # at least this many steps between checkpoints, where epochs are shorter
-SCORE_ROWS = 1024
 
 
 def build_model(config: Config) -> VariationalAutoencoder:
@@ -174,8 +173,7 @@ def elbo_thresholds(model: VariationalAutoencoder, rows: np.ndarray) -> dict | N
 
     None where no row has a finite ELBO (a model whose training diverged at once).
     """
-    elbo = np.concatenate([model.elbo(rows[start:start + SCORE_ROWS]).numpy()
-                           for start in range(0, len(rows), SCORE_ROWS)]).astype(np.float64)
+    elbo = model.score_in_batches(rows)["elbo"].astype(np.float64)
     elbo = elbo[np.isfinite(elbo)]
     if not len(elbo):
         return None
