@@ -88,6 +88,7 @@ def test_score_is_deterministic_and_batch_independent(mixed_scale_data):
     assert set(batched) == set(whole) and batched["elbo"].shape == (50,)
     for name, value in whole.items():
         np.testing.assert_allclose(batched[name], value.numpy(), rtol=1e-5, atol=1e-5)
+    assert model.score_in_batches(mixed_scale_data[:0])["elbo"].shape == (0,)
 
 
 def test_encode_and_decode_return_distributions(mixed_scale_data):

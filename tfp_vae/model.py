@@ -461,11 +461,11 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         return self.score(x, num_samples)["elbo"]
 
     def score_in_batches(self, x, batch_size: int = SCORE_ROWS) -> dict:
-        """`score` of many rows as numpy arrays, `batch_size` rows at a time through one traced graph (4x faster
-        than eager ops on 100,000 rows; a row scores the same in any batch)."""
+        """`score` of many rows as numpy arrays, `batch_size` rows at a time through one traced graph (twice as
+        fast as eager ops on 100,000 rows, its tracing included; a row scores the same in any batch)."""
         self.check_input(x)
-        score = traced(self, "score")
-        parts = [score(tf.constant(x[start:start + batch_size], tf.float32)) for start in range(0, len(x), batch_size)]
+        x, score = np.asarray(x, np.float32), traced(self, "score")
+        parts = [score(tf.constant(x[start:start + batch_size])) for start in range(0, max(len(x), 1), batch_size)]
         return {name: np.concatenate([part[name].numpy() for part in parts]) for name in parts[0]}
 
     def impute(self, x, draws: int | None = None, num_samples: int = IMPUTE_SAMPLES, seed: int = 0,
