@@ -281,6 +281,15 @@ def test_a_table_rewritten_while_it_is_filled_is_refused_and_nothing_is_written(
     assert not (tmp_path / "filled.csv").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["gappy.csv", "run"]
 
 
+def test_rows_with_no_observed_cell_are_skipped_with_a_warning_at_the_users_line(rng, tmp_path):
+    x = rng.normal(size=(60, 3)).astype(np.float32)
+    x[[4, 9]] = np.nan
+    with pytest.warns(UserWarning, match=r"dropped 2 row\(s\) with no observed cell") as caught:
+        train(Config(allow_missing=True, select="none", epochs=1, hidden=(4,), code_size=1), x, tmp_path / "run",
+              verbose=0)
+    assert caught[0].filename == __file__  # not a line inside tfp_vae's training
+
+
 def test_what_cannot_leave_cells_out_is_refused(rng):
     for settings, message in ((dict(normalization="whiten", decoder_scale="optimal"), "sigma-VAE cannot fit"),
                               (dict(normalization="whiten", nll_beta=0.5), "nll_beta weighs each feature's own term"),

@@ -155,9 +155,10 @@ def test_wrong_width_and_non_finite_input_are_clear_errors(mixed_scale_data):
 def test_constant_column_warns_and_trains(mixed_scale_data):
     x = mixed_scale_data.copy()
     x[:, 1] = 7.0
-    with pytest.warns(UserWarning, match=r"constant column\(s\) \[1\]"):
+    with pytest.warns(UserWarning, match=r"constant column\(s\) \[1\]") as caught:
         model = trained(x, epochs=2)
     assert np.isfinite(model.history.history["loss"]).all()
+    assert caught[0].filename == __file__  # the line that called the library, not one inside it
 
 
 def test_kl_warmup_anneals_beta(mixed_scale_data):

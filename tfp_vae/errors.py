@@ -5,6 +5,8 @@ the command line maps those names to its flags.
 """
 
 import re
+import sys
+import warnings
 
 
 class TfpVaeError(ValueError):
@@ -25,6 +27,15 @@ class TrainingDiverged(TfpVaeError):
 
 class ExportError(TfpVaeError):
     """An export that cannot be written: the message names the folder at fault."""
+
+
+def warn(message: str) -> None:
+    """A `UserWarning` attributed to the first caller outside tfp_vae: the user's own line, however deep in the
+    library it was raised (training's candidates sit several calls below `train`)."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "tfp_vae":
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=level)
 
 
 def tensorflow_message(error) -> str:

@@ -25,7 +25,6 @@ one, so features at scales 1e-3 and 1e6 train side by side.
 and the tensor-in, tensor-out methods that the SavedModel export calls.
 """
 
-import warnings
 import weakref
 from typing import NamedTuple
 
@@ -37,7 +36,7 @@ from tfp_vae import gaps, heads, losses, saving
 from tfp_vae._keras import serializable, tf_keras
 from tfp_vae.config import incompatibility
 from tfp_vae.data import RunningMoments, check_block, features_of, first_rows, moments, require_2d
-from tfp_vae.errors import DataError, TfpVaeError
+from tfp_vae.errors import DataError, TfpVaeError, warn
 from tfp_vae.likelihoods import make_likelihood, unit_raw
 from tfp_vae.missingness import MECHANISMS
 from tfp_vae.normalization import NORMALIZERS, constant_columns, tiny_columns
@@ -729,11 +728,11 @@ class GaussianVAE(VariationalAutoencoder):
                             "training rows; a feature needs at least 2")
         constant, tiny = constant_columns(stats.mean, stats.stddev), tiny_columns(stats.mean, stats.stddev)
         if constant.size:
-            warnings.warn(f"constant column(s) {constant.tolist()} (to float32's precision at their values): their "
-                          "scale is floored", stacklevel=3)
+            warn(f"constant column(s) {constant.tolist()} (to float32's precision at their values): their scale is "
+                 "floored")
         if tiny.size:
-            warnings.warn(f"column(s) {tiny.tolist()} vary by less than float32's smallest normal number "
-                          "(1.2e-38): multiply them by a large power of ten first", stacklevel=3)
+            warn(f"column(s) {tiny.tolist()} vary by less than float32's smallest normal number (1.2e-38): multiply "
+                 "them by a large power of ten first")
         if self.needs_rows:
             if rows is None:
                 raise TfpVaeError("the transform and, with gaps, whitening are fitted on training rows: pass "

@@ -19,7 +19,6 @@ import os
 import shutil
 import tempfile
 import time
-import warnings
 
 import numpy as np
 
@@ -28,7 +27,7 @@ from tfp_vae._keras import tf_keras
 from tfp_vae.callbacks import EpochLines, EpochScalars, KeepLastGoodWeights, KLWarmup, PeriodicBackupAndRestore
 from tfp_vae.config import Config
 from tfp_vae.distribute import JoinWatchdog, is_chief, make_strategy, read_tf_config
-from tfp_vae.errors import DataError, TrainingDiverged
+from tfp_vae.errors import DataError, TrainingDiverged, warn
 from tfp_vae.evaluation import fill_errors, leave_one_out, log_likelihood, root_mean_square
 from tfp_vae.files import is_new_folder, remove_written
 from tfp_vae.model import GaussianVAE, VariationalAutoencoder
@@ -140,8 +139,7 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
         model = _train_or_load(last_fit, source, os.path.join(run_dir, runs.CANDIDATES, runs.REFIT), watchdog,
                                refuse_divergence=True)
     except TrainingDiverged as error:
-        warnings.warn(f"the last fit of {best['name']} diverged ({error}); kept the candidate as it was",
-                      stacklevel=2)
+        warn(f"the last fit of {best['name']} diverged ({error}); kept the candidate as it was")
         model = None
     runs.adopt_candidate(run_dir, best["name"], table, refitted=model is not None)
     if verbose:
@@ -164,7 +162,7 @@ def _train_or_load(candidate: Config, source, folder: str, watchdog, validation:
     except TrainingDiverged as error:
         if refuse_divergence:
             raise
-        warnings.warn(f"candidate {os.path.basename(folder)}: {error}", stacklevel=3)
+        warn(f"candidate {os.path.basename(folder)}: {error}")
         return runs.load_run(folder)[1]
 
 
@@ -219,7 +217,7 @@ def _train(config: Config, source, run_dir: str, resume: bool, verbose: int, wat
                         "validation row")
     if found.dropped_rows:
         what = "no observed cell" if config.allow_missing else "blank, NaN or infinite cells"
-        warnings.warn(f"dropped {found.dropped_rows} row(s) with {what}", stacklevel=2)
+        warn(f"dropped {found.dropped_rows} row(s) with {what}")
     try:
         model.set_statistics(found.train_moments, found.train_sample, source.columns)
     except DataError as error:
