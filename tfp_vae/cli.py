@@ -445,9 +445,8 @@ def _score(args):
     from tfp_vae.runs import load_run
     config, model = load_run(args.run_dir)
     x = _read(args, config).values
-    model.check_input(x, source=args.data)
     names = ("elbo", "reconstruction_log_prob", "kl")
-    scores = model.score_in_batches(x)
+    scores = model.score_in_batches(x, source=args.data)
     columns = np.stack([scores[name] for name in names], axis=1)
     _write_rows(args.out, columns, list(names))
 

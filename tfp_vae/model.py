@@ -459,10 +459,11 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         """The evidence lower bound of each row, in nats of the raw data."""
         return self.score(x, num_samples)["elbo"]
 
-    def score_in_batches(self, x, batch_size: int = SCORE_ROWS) -> dict:
+    def score_in_batches(self, x, batch_size: int = SCORE_ROWS, source: str = "x") -> dict:
         """`score` of many rows as numpy arrays, `batch_size` rows at a time through one traced graph (twice as
-        fast as eager ops on 100,000 rows, its tracing included; a row scores the same in any batch)."""
-        self.check_input(x)
+        fast as eager ops on 100,000 rows, its tracing included; a row scores the same in any batch). `source`
+        names the rows in an error."""
+        self.check_input(x, source)
         x, score = np.asarray(x, np.float32), traced(self, "score")
         parts = [score(tf.constant(x[start:start + batch_size])) for start in range(0, max(len(x), 1), batch_size)]
         return {name: np.concatenate([part[name].numpy() for part in parts]) for name in parts[0]}

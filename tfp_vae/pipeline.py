@@ -92,8 +92,9 @@ class CsvSource:
         for path in self.paths:
             if not path.endswith(".csv"):
                 raise DataError(f"{path}: streaming reads .csv files only")
-        self.names = csv_header(self.paths[0])[0]
-        self.preambles = [csv_header(path)[1] for path in self.paths]  # lines before each file's data
+        headers = [csv_header(path) for path in self.paths]
+        self.names = headers[0][0]
+        self.preambles = [preamble for _, preamble in headers]  # lines before each file's data
         self.indices = select_columns(self.names, columns, self.paths[0])
         self.columns = [self.names[i] for i in self.indices]
         self.selection = columns
