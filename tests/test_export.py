@@ -54,14 +54,14 @@ def train(model, x):
 
 
 @pytest.fixture(scope="module", params=["gaussian", "whitened", "whitened, full covariance", "student_t",
-                                        "yeo_johnson", "whitened, with gaps", "question"])
+                                        "yeo_johnson", "whitened, with gaps", "whitened, log, with gaps", "question"])
 def exported(request, tmp_path_factory):
     rng = np.random.default_rng(1)
     x = (rng.normal(size=(400, 4)) * [1e-3, 1.0, 1e3, 10.0] + [0.0, 1e4, 0.0, 5.0]).astype(np.float32)
     if request.param != "question":
         normalization = "whiten" if request.param.startswith("whitened") else "standardize"
         decoder_scale = {"whitened, full covariance": "full", "student_t": "student_t"}.get(request.param, "learned")
-        transform = "yeo_johnson" if request.param == "yeo_johnson" else "none"
+        transform = {"yeo_johnson": "yeo_johnson", "whitened, log, with gaps": "log"}.get(request.param, "none")
         model = train(GaussianVAE(4, code_size=2, hidden=(8,), normalization=normalization,
                                   decoder_scale=decoder_scale, transform=transform, seed=0,
                                   allow_missing=request.param.endswith("with gaps")), x)

@@ -61,6 +61,28 @@ def test_candidates_span_the_open_settings_and_keep_the_given_ones():
     assert list(heavy) == ["standardize-linear-student_t-k5", "standardize-64x64-student_t-k5"]
 
 
+def test_a_column_of_positive_values_adds_the_log_floor_before_the_yeo_johnson_one():
+    found = select.candidates(Config(input_size=5, validation_split=0.2), 400, positive_columns=True)
+    assert list(found)[:3] == ["whiten-gaussian", "log-whiten-gaussian", "yeo_johnson-whiten-gaussian"]
+    assert [name for name in found if name.startswith("log-")] == ["log-whiten-gaussian",
+                                                                   "log-whiten-linear-shared-k5"]
+    assert list(found)[3:6] == ["whiten-linear-shared-k5", "log-whiten-linear-shared-k5",
+                                "yeo_johnson-whiten-linear-shared-k5"]
+    for config in (Config(input_size=5, transform="none"),  # pinned, or refused by the mechanism: no log floor
+                   Config(input_size=5, allow_missing=True, missing_mechanism="self-masking")):
+        assert not any(c.transform == "log" for c in select.candidates(config, 400, positive_columns=True).values())
+
+
+def test_a_run_on_positive_columns_fits_the_log_floor_logging_those_alone(rng, tmp_path):
+    x = np.exp(rng.normal(size=(300, 3)) @ rng.normal(size=(3, 3)) * 0.3).astype(np.float32)
+    x[::50, 2] = -1.0  # a few negative values: the third column is not logged
+    train(Config(epochs=1, hidden=(4,), seed=0), x, tmp_path / "run", verbose=0)
+    names = [row["name"] for row in read_candidates(tmp_path / "run")]
+    assert names[:3] == ["whiten-4-shared-k3", "log-whiten-4-shared-k3", "yeo_johnson-whiten-4-shared-k3"]
+    _, logged = load_run(tmp_path / "run" / "candidates" / "log-whiten-4-shared-k3")
+    np.testing.assert_array_equal(logged.marginals.logged.numpy(), [1.0, 1.0, 0.0])
+
+
 def test_beta_nll_and_transforms_pin_the_likelihoods_they_need():
     weighted = select.candidates(Config(input_size=5, nll_beta=0.5), 400)
     assert list(weighted) == ["standardize-64x64-learned-k5", "yeo_johnson-whiten-64x64-learned-k5"]
@@ -235,6 +257,20 @@ def test_simplex_weights_match_a_search_over_the_simplex(rng):
     grid = np.linspace(0, 1, 201)
     searched = min(np.mean((errors @ [a, b, 1 - a - b]) ** 2) for a in grid for b in grid if a + b <= 1)
     assert np.mean((errors @ weights) ** 2) <= searched + 1e-12
+
+
+def test_a_log_models_blend_takes_log_models_alone_so_its_fills_stay_positive(rng):
+    rows = np.repeat(np.arange(300), 2)
+    independent = rng.normal(size=(600, 3))  # three members erring independently: all three blend, unless kept out
+    assert np.all(select.fill_weights(independent, 1, rows) > 0.2)
+    members = select.blend_members(["none", "log", "log"], 1)
+    assert members.tolist() == [False, True, True]
+    weights = select.fill_weights(independent, 1, rows, members=members)
+    assert weights[0] == 0.0 and np.all(weights[1:] > 0.4) and np.isclose(weights.sum(), 1.0)
+    assert select.blend_members(["log", "none", "yeo_johnson"], 1).all()  # a log model may join any other's
+    broken = independent.copy()
+    broken[0, 0] = np.inf  # a member with a non-finite error sits out, and the others still blend
+    np.testing.assert_allclose(select.fill_weights(broken, 1, rows), weights)
 
 
 def test_a_blend_is_kept_where_it_beats_the_chosen_candidate_out_of_fold(rng):

@@ -1,4 +1,5 @@
-"""Per-feature transforms: the Yeo-Johnson maths against numpy, its fit, and a transformed model's densities."""
+"""Per-feature transforms: the log and Yeo-Johnson maths against numpy, their fits, and transformed models' densities
+and fills."""
 
 import numpy as np
 import pytest
@@ -8,7 +9,8 @@ from tfp_vae import GaussianVAE
 from tfp_vae._keras import tf_keras
 from tfp_vae.data import moments
 from tfp_vae.errors import TfpVaeError
-from tfp_vae.transforms import (QUADRATURE_NODES, Identity, YeoJohnson, fit_yeo_johnson, yeo_johnson,
+from tfp_vae.normalization import FLOAT32_TINY
+from tfp_vae.transforms import (QUADRATURE_NODES, Identity, Log, YeoJohnson, fit_yeo_johnson, yeo_johnson,
                                 yeo_johnson_inverse, yeo_johnson_log_derivative)
 
 
@@ -104,7 +106,7 @@ def test_raw_outputs_are_the_moments_and_quantiles_of_samples(transformed):
 
 def test_the_transform_trains_with_the_model_and_survives_saving(transformed, skewed, tmp_path):
     fitted = YeoJohnson(3)
-    fitted.fit(skewed.mean(axis=0), skewed.std(axis=0), skewed)
+    fitted.fit(moments(skewed), skewed)
     assert not np.allclose(transformed.marginals.lam.numpy(), fitted.lam.numpy())
     assert np.all(fitted.lam.numpy() < 0.6)  # every column has a long right tail
     transformed.save(tmp_path / "model.keras")
@@ -144,7 +146,93 @@ def test_a_transform_is_fitted_on_training_rows_only(skewed):
     model.compile()
     model.fit(skewed, epochs=1, batch_size=100, validation_split=0.5, verbose=0)
     first_half = YeoJohnson(3)
-    first_half.fit(skewed[:750].mean(axis=0), skewed[:750].std(axis=0), skewed[:750])
+    first_half.fit(moments(skewed[:750]), skewed[:750])
     np.testing.assert_allclose(model.marginals.mean.numpy(), first_half.mean.numpy(), rtol=1e-6)
     with pytest.raises(TfpVaeError, match="training rows"):
         GaussianVAE(3, transform="yeo_johnson").set_statistics(moments(skewed))
+
+
+def test_log_takes_the_columns_positive_in_every_training_row_and_inverts():
+    rows = np.array([[1.0, -1.0, 2.0], [np.e, 2.0, 3.0]])
+    layer = Log(3)
+    layer.fit(moments(np.r_[rows, [[5.0, 1.0, 0.0]]]), rows)  # the third column's 0 is past the rows passed
+    np.testing.assert_array_equal(layer.logged.numpy(), [1.0, 0.0, 0.0])
+    x = tf.constant([[np.e**2, -3.0, 4.0]])
+    np.testing.assert_allclose(layer(x).numpy(), [[2.0, -3.0, 4.0]], rtol=1e-6)
+    np.testing.assert_allclose(layer.inverse(layer(x)).numpy(), x.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(layer.log_jacobian(x).numpy(), -2.0, rtol=1e-6)  # log dt/dx = -log x
+    np.testing.assert_array_equal(layer.log_jacobian(x, tf.constant([[0.0, 1.0, 1.0]])).numpy(), [0.0])  # gap: nothing
+    # A value at or below 0 where the training rows had none lies outside the support: read as float32's smallest
+    # normal number, finite.
+    np.testing.assert_allclose(layer(tf.constant([[0.0, 1.0, 1.0], [-5.0, 1.0, 1.0]])).numpy()[:, 0],
+                               np.log(FLOAT32_TINY), rtol=1e-6)
+
+
+def test_log_raw_outputs_are_the_log_normals():
+    layer = Log(2)
+    layer.logged.assign([1.0, 0.0])
+    mean, stddev = tf.constant([[0.5, 0.5], [-1.0, 2.0]]), tf.constant([[0.3, 0.3], [1.2, 1.2]])
+    raw_mean, raw_stddev, lower, upper = (v.numpy() for v in layer.raw_outputs(mean, stddev, 2.0 * stddev))
+    m, s = mean.numpy()[:, 0].astype(np.float64), stddev.numpy()[:, 0].astype(np.float64)
+    np.testing.assert_allclose(raw_mean[:, 0], np.exp(m + s**2 / 2), rtol=1e-5)
+    np.testing.assert_allclose(raw_stddev[:, 0], np.exp(m + s**2 / 2) * np.sqrt(np.expm1(s**2)), rtol=1e-5)
+    np.testing.assert_allclose([lower[:, 0], upper[:, 0]], [np.exp(m - 2 * s), np.exp(m + 2 * s)], rtol=1e-5)
+    np.testing.assert_array_equal([raw_mean[:, 1], raw_stddev[:, 1]], [mean.numpy()[:, 1], stddev.numpy()[:, 1]])
+    far = layer.raw_outputs(tf.constant([[-200.0, 0.0], [0.0, 0.0]]), tf.constant([[14.0, 1.0], [0.0, 1.0]]),
+                            tf.ones([2, 2]))
+    assert not np.isnan(np.concatenate([v.numpy().ravel() for v in far])).any()  # 0 x inf nowhere
+
+
+@pytest.fixture(scope="module")
+def log_normal_rows():
+    """Two correlated log-normal columns and one Gaussian column of any sign."""
+    covariance = np.array([[1.0, 0.8, 0.0], [0.8, 1.0, 0.0], [0.0, 0.0, 1.0]]) * 0.25
+    t = np.random.default_rng(7).multivariate_normal([1.0, 2.0, 0.0], covariance, size=3000)
+    return np.c_[np.exp(t[:, :2]), t[:, 2]].astype(np.float32)
+
+
+def test_the_untrained_log_gaussian_is_the_log_normal_in_closed_form(log_normal_rows):
+    x = log_normal_rows
+    model = GaussianVAE(3, code_size=3, hidden=(), normalization="whiten", transform="log", decoder_scale="shared",
+                        allow_missing=True, seed=0)
+    model.adapt(x)
+    model.to_gaussian()
+    t = np.c_[np.log(x[:, :2].astype(np.float64)), x[:, 2]]
+    centred = t - t.mean(axis=0)
+    covariance = centred.T @ centred / len(t)
+    exact = -0.5 * (3 * np.log(2 * np.pi) + np.linalg.slogdet(covariance)[1]
+                    + np.einsum("ij,jk,ik->i", centred, np.linalg.inv(covariance), centred)) - t[:, :2].sum(axis=1)
+    np.testing.assert_allclose(model.elbo(x[:50]).numpy(), exact[:50], rtol=1e-4, atol=1e-3)
+    # The first column filled from the others: the log-normal of its conditional, positive however far out the row.
+    gappy = np.r_[x[:5], [[np.nan, 1e-6, 40.0]]]
+    gappy[:, 0] = np.nan
+    filled, stddev = model.impute(gappy)
+    gain = covariance[0, 1:] @ np.linalg.inv(covariance[1:, 1:])
+    log_mean = t.mean(axis=0)[0] + (np.c_[np.log(gappy[:, 1].astype(np.float64)), gappy[:, 2]] - t.mean(axis=0)[1:]) @ gain
+    log_variance = covariance[0, 0] - gain @ covariance[1:, 0]
+    np.testing.assert_allclose(filled[:, 0], np.exp(log_mean + log_variance / 2), rtol=1e-3)
+    np.testing.assert_allclose(stddev[:, 0], np.exp(log_mean + log_variance / 2) * np.sqrt(np.expm1(log_variance)),
+                               rtol=1e-3)
+    assert np.all(filled[:, 0] > 0) and filled[-1, 0] < np.exp(t[:, 0].min())
+    draws = model.impute(gappy, draws=200, seed=1)[2]
+    assert np.all(draws[..., 0] > 0) and np.all(model.sample(2000, seed=1).numpy()[:, :2] > 0)
+    # A row with 0 or a negative value where the training rows were all positive: finite, far below the others.
+    outside = x[:2].copy()
+    outside[0, 0], outside[1, 1] = 0.0, -3.0
+    scores = model.elbo(outside).numpy()
+    assert np.all(np.isfinite(scores)) and np.all(scores < model.elbo(x[:200]).numpy().min() - 1000)
+    outside[:, 2] = np.nan
+    assert np.all(np.isfinite(model.impute(outside)[0]))
+
+
+def test_a_log_model_trains_and_survives_saving(log_normal_rows, tmp_path):
+    model = GaussianVAE(3, code_size=1, hidden=(8,), normalization="whiten", transform="log", seed=0)
+    model.compile()
+    model.fit(log_normal_rows, epochs=2, batch_size=100, verbose=0)
+    np.testing.assert_array_equal(model.marginals.logged.numpy(), [1.0, 1.0, 0.0])
+    model.save(tmp_path / "model.keras")
+    loaded = tf_keras.models.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(loaded.elbo(log_normal_rows[:50]).numpy(), model.elbo(log_normal_rows[:50]).numpy(),
+                               rtol=1e-5)
+    assert loaded.get_config()["transform"] == "log"
+    assert np.all(loaded.predict(log_normal_rows[:50], verbose=0)["lower"][:, :2] > 0)

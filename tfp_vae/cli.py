@@ -144,9 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="whiten: also decorrelate the features, so the decoder's noise is correlated in raw "
                             "units (gaussian; default: chosen from the data; --select none: standardize)")
     train.add_argument("--transform", choices=TRANSFORMS,
-                       help="yeo_johnson: a learned power transform of each feature before the normalisation, for "
-                            "skewed columns (gaussian, not student_t; default: chosen from the data; --select none: "
-                            "none)")
+                       help="log: the logarithm of each column whose training values are all positive, whose fills "
+                            "and samples then stay positive; yeo_johnson: a learned power transform of each feature, "
+                            "for skewed columns; both before the normalisation (gaussian, not student_t; default: "
+                            "chosen from the data; --select none: none)")
     train.add_argument("--nll-beta", type=float, metavar="B", default=DEFAULTS.nll_beta,
                        help="train a learned sigma(z) by beta-NLL (Seitzer et al. 2022): each feature's term "
                             "weighted by sigma^(2B), so noisy features still get their means fitted; 0 is the "

@@ -16,7 +16,7 @@ NORMALIZATIONS = ("standardize", "whiten")
 # The decoder likelihoods of `GaussianVAE` by name (`tfp_vae.likelihoods.LIKELIHOODS`).
 DECODER_SCALES = ("learned", "shared", "optimal", "fixed", "full", "student_t")
 # Per-feature transforms before the normaliser (`tfp_vae.transforms.TRANSFORMS`).
-TRANSFORMS = ("none", "yeo_johnson")
+TRANSFORMS = ("none", "log", "yeo_johnson")
 # Why a cell is missing (`tfp_vae.missingness.MECHANISMS`).
 MISSING_MECHANISMS = ("at-random", "self-masking", "self-masking-high", "self-masking-low")
 STRATEGIES = ("default", "mirrored", "multiworker")
@@ -38,8 +38,8 @@ def incompatibility(normalization: str | None, decoder_scale: str | None, transf
     cannot go together."""
     if normalization == "whiten" and decoder_scale == "student_t":
         return "decoder_scale='student_t' works in standardised units: normalization='standardize'"
-    if transform == "yeo_johnson" and decoder_scale == "student_t":
-        return ("transform='yeo_johnson' needs a Gaussian decoder (its raw means are Gaussian integrals): "
+    if transform not in (None, "none") and decoder_scale == "student_t":
+        return (f"transform={transform!r} needs a Gaussian decoder (its raw means are Gaussian integrals): "
                 "not decoder_scale='student_t'")
     if nll_beta and decoder_scale not in (None, "learned"):
         return f"nll_beta weighs a learned sigma(z): decoder_scale='learned', not {decoder_scale!r}"
@@ -53,7 +53,7 @@ def incompatibility(normalization: str | None, decoder_scale: str | None, transf
         return (f"missing_mechanism={missing_mechanism!r} draws each missing cell from a per-feature Gaussian "
                 "decoder: normalization='standardize', decoder_scale 'learned', 'shared', 'optimal' or 'fixed', "
                 "no nll_beta")
-    if missing_mechanism != "at-random" and transform == "yeo_johnson":
+    if missing_mechanism != "at-random" and transform not in (None, "none"):
         return (f"missing_mechanism={missing_mechanism!r} tells the missing values from the decoder's Gaussian shape; "
                 "a transform fitted to the observed cells, which that mechanism says are not representative, "
                 "reshapes it (its tail extrapolates): transform='none'")

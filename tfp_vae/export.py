@@ -127,12 +127,17 @@ WARMUP_FILE = "tf_serving_warmup_requests"  # a TFRecord of PredictionLogs that 
 
 
 def warmup_inputs(model: VariationalAutoencoder, signatures: dict) -> dict:
-    """One small request per signature, for TF Serving to run at load (`assets.extra/tf_serving_warmup_requests`)."""
-    rows = np.zeros([1, model.input_size], np.float32)
+    """One small request per signature, for TF Serving to run at load (`assets.extra/tf_serving_warmup_requests`).
+
+    Its row is the decoder's centre at the prior's mean: inside the data's support, where a row of zeros need not be
+    (under `transform="log"`).
+    """
+    code = np.zeros([1, model.code_size], np.float32)
+    rows = model.raw_center(model.decoder_params(code)[0]).numpy().astype(np.float32)
     gappy = rows.copy()
     gappy[0, 0] = np.nan
     inputs = {"serving_default": {"x": rows}, "reconstruct": {"x": rows}, "encode": {"x": rows},
-              "decode": {"z": np.zeros([1, model.code_size], np.float32)}, "score": {"x": rows},
+              "decode": {"z": code}, "score": {"x": rows},
               "sample": {"num_samples": np.int32(1), "seed": np.int32(0)}, "impute": {"x": gappy}}
     return {name: inputs[name] for name in signatures}
 

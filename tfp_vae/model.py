@@ -5,7 +5,7 @@ give the decoder a likelihood and let the evidence lower bound weigh the terms.
 
     u          = (x - mean) / scale                 standardised inside the graph
                  (normalization="whiten": C^(-1/2) (x - mean) / scale, C the correlation matrix;
-                  transform="yeo_johnson": of t = T(x), a learned power transform of each feature)
+                  transform="log" or "yeo_johnson": of t = T(x), a monotone transform of each feature)
     q(z|x)     = N(m(u), L(u) L(u)^T)               tfp.layers.MultivariateNormalTriL
     z          = m + L eps,  eps ~ N(0, I)          reparameterised
     p(u|z)     = N(mu(z), diag(sigma(z)^2))         tfp.layers.IndependentNormal, sigma >= min_scale
@@ -426,7 +426,7 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
     def decode(self, z):
         """p(x|z) in raw units, a distribution over rows of data.
 
-        Under a transform (`transform="yeo_johnson"`) it has no closed-form mean:
+        Under a transform (`transform="log"` or `"yeo_johnson"`) its mean is not the decoder's:
         `decoder_outputs` gives its moments.
         """
         return self.raw_distribution(*self.decoder_params(self.codes(z)))
@@ -582,10 +582,12 @@ class GaussianVAE(VariationalAutoencoder):
         independent in model units, is then correlated in raw units, which suits
         strongly correlated features (breast cancer's radius, perimeter and area).
       seed: fixes the initial weights and the noise of every step.
-      transform: `"none"`, or `"yeo_johnson"`: a learned Yeo-Johnson power
-        transform of each feature before the normalisation
-        (`tfp_vae.transforms`), for skewed columns; the likelihood stays a
-        density of the raw numbers through its log-Jacobian.
+      transform: `"none"`; `"log"`: the logarithm of each feature whose training
+        values are all positive, whose fills, draws and intervals then stay
+        positive; or `"yeo_johnson"`: a learned Yeo-Johnson power transform of
+        each feature, for skewed columns. Either comes before the normalisation
+        (`tfp_vae.transforms`), and the likelihood stays a density of the raw
+        numbers through its log-Jacobian.
       nll_beta: > 0 trains a learned sigma(z) by beta-NLL
         (`tfp_vae.losses.beta_nll_log_prob`); scores stay the log-likelihood.
       allow_missing: NaN cells are missing values (MIWAE, Mattei and Frellsen
@@ -715,7 +717,7 @@ class GaussianVAE(VariationalAutoencoder):
     def set_statistics(self, stats: RunningMoments, rows=None, names=None) -> "GaussianVAE":
         """Sets the normalisation from moments (with their covariance to whiten), warning about constant columns.
 
-        A transform (`transform="yeo_johnson"`) is fitted on `rows`, training rows
+        A transform is fitted on the moments and on `rows`, training rows
         (up to `FIT_ROWS` of them), and the normaliser then takes its moments from
         the transformed rows. `names`, the columns' names, are for messages.
         """
@@ -739,7 +741,7 @@ class GaussianVAE(VariationalAutoencoder):
                 raise TfpVaeError("the transform and, with gaps, whitening are fitted on training rows: pass "
                                   "rows=[N, D]")
             if self.marginals.needs_rows:
-                self.marginals.fit(stats.mean, stats.stddev, rows)
+                self.marginals.fit(stats, rows)
             rows = self.marginals(np.asarray(rows, np.float32)).numpy()
             if self.allow_missing and self.needs_covariance:
                 mean, covariance = gaps.em_gaussian(rows)

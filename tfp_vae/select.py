@@ -51,7 +51,8 @@ in this order:
 - the classical model itself: the full-covariance Gaussian of the training rows
   (by EM where they have gaps), as a linear model left untrained (`epochs=0`,
   `GaussianVAE.to_gaussian`), and the same after each feature's
-  maximum-likelihood Yeo-Johnson transform. The choice then never keeps a model
+  maximum-likelihood Yeo-Johnson transform (and, where the log floor below
+  stands, after its logarithm). The choice then never keeps a model
   whose validation figures are worse than the classical model's, and keeps the
   classical model unless a flexible one is better by more than the figures'
   noise; chosen, its last fit refits the Gaussian on the training and validation
@@ -59,6 +60,11 @@ in this order:
 - the floor: whitened, linear, one learned sigma per feature. It can reach the
   Gaussian above (its decoder ignoring the code, sigma^2 = 1); a linear code
   makes it probabilistic PCA around it;
+- where some feature's training values are all positive, the same floor after
+  the logarithm of each such feature (`tfp_vae.transforms.Log`): a log-normal,
+  the classical model of prices and concentrations, whose fills and draws stay
+  positive. It fits no power, so it comes before the Yeo-Johnson floor, whose
+  map of the whole real line can fill a positive column with negative values;
 - the same floor after a learned Yeo-Johnson transform of each feature
   (`tfp_vae.transforms`), which starts as the Gaussian of the Yeo-Johnson
   transformed rows (the classical model for skewed columns) and learns the
@@ -194,19 +200,36 @@ def out_of_fold_errors(errors: np.ndarray, groups: np.ndarray, seed: int = 0) ->
         held = folds == fold
         weights = simplex_weights(errors[~held]) if held.any() and (~held).any() else np.zeros(errors.shape[1])
         if weights.any():
-            blended[held] = errors[held] @ weights
+            used = weights > 0  # a member left out may have non-finite errors, which 0 times would make NaN
+            blended[held] = errors[held][:, used] @ weights[used]
     return blended
 
 
-def fill_weights(errors: np.ndarray, chosen: int, groups: np.ndarray, seed: int = 0) -> np.ndarray:
+def blend_members(transforms: list[str], chosen: int) -> np.ndarray:
+    """Which candidates, by their `transforms`, may join a blend with the `chosen` one: those whose fills stay inside
+    its support.
+
+    A log-transformed model fills each column whose training values are all
+    positive with positive values; a weighted mean with a model of the whole real
+    line need not be, so its blend takes the log-transformed candidates alone.
+    """
+    return np.array([transform == "log" or transforms[chosen] != "log" for transform in transforms])
+
+
+def fill_weights(errors: np.ndarray, chosen: int, groups: np.ndarray, seed: int = 0,
+                 members: np.ndarray | None = None) -> np.ndarray:
     """Each candidate's weight in the run's fills [members]: all on `chosen`, unless a blend beats it.
 
     `errors` [cells, members] are the candidates' normalised errors on the
-    validation cells, `groups` the row each cell came from. The blend is kept
+    validation cells, `groups` the row each cell came from, `members` which
+    candidates may blend (`blend_members`; all by default; never one with a
+    non-finite error). The blend is kept
     where its out-of-fold errors beat the chosen candidate's by more than one
     standard error (`simplest_within_one_se`, the chosen one first); its weights
     are then fitted on every cell.
     """
+    usable = np.all(np.isfinite(errors), axis=0) & (True if members is None else members)
+    errors = np.where(usable, errors, np.nan)  # no weight, in any fold, for a member left out or erring without bound
     alone = np.eye(errors.shape[1])[chosen]
     blended = out_of_fold_errors(errors, groups, seed)
     if simplest_within_one_se([errors[:, chosen] ** 2, blended ** 2], groups) == 0:
@@ -244,12 +267,14 @@ def sized(config: Config, train_rows: int) -> Config:
         name: value for name, value in sizes.items() if getattr(config, name) is None})
 
 
-def candidates(config: Config, train_rows: int) -> dict[str, Config]:
+def candidates(config: Config, train_rows: int, positive_columns: bool = False) -> dict[str, Config]:
     """The candidate configs by name, the simplest first: every open architecture setting varied, the given ones
-    pinned."""
+    pinned. `positive_columns`: whether some feature's training values are all positive (the log floor's)."""
     network = (width(train_rows),) * 2
     grid = [
         dict(normalization="whiten", transform="none", decoder_scale="shared", hidden=()),
+        *([dict(normalization="whiten", transform="log", decoder_scale="shared", hidden=())] if positive_columns
+          else []),
         dict(normalization="whiten", transform="yeo_johnson", decoder_scale="shared", hidden=()),
         dict(normalization="standardize", transform="none", decoder_scale="learned", hidden=network),
         dict(normalization="standardize", transform="none", decoder_scale="student_t", hidden=network),

@@ -95,7 +95,7 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
     held_out = leave_one_out(validation, select.FILL_CELLS, config.seed) if select.chooses_by_fills(config) else None
     by_fills = held_out is not None and len(held_out[0]) > 0
     scale = np.where(found.train_moments.stddev > 0, found.train_moments.stddev, 1.0)
-    candidates = select.candidates(config, found.train_rows)
+    candidates = select.candidates(config, found.train_rows, bool(np.any(found.train_moments.minimum > 0)))
     if verbose:
         print(f"choosing the model: {len(candidates)} candidates on {found.train_rows} training rows, scored on "
               f"{len(validation)} validation rows" + (f" (their fills of {len(held_out[0])} observed cells, each "
@@ -126,7 +126,9 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
     for row in table:
         row["chosen"] = row is best
     if by_fills:
-        weights = select.fill_weights(np.stack(errors_by_candidate, axis=1), chosen_index, held_out[2], config.seed)
+        members = select.blend_members([candidate.transform for candidate in candidates.values()], chosen_index)
+        weights = select.fill_weights(np.stack(errors_by_candidate, axis=1), chosen_index, held_out[2], config.seed,
+                                      members)
         for row, weight in zip(table, weights):
             row["fill_weight"] = float(weight)
     chosen = os.path.join(run_dir, runs.CANDIDATES, best["name"])

@@ -1,4 +1,4 @@
-r"""Per-feature monotone transforms of the raw data, before the normaliser: `Identity` and `YeoJohnson`.
+r"""Per-feature monotone transforms of the raw data, before the normaliser: `Identity`, `Log` and `YeoJohnson`.
 
 A skewed column (counts, prices, concentrations) is far from Gaussian however it
 is scaled; a transform `t = T(x)`, one increasing map per feature, can make it
@@ -6,6 +6,18 @@ close to one. The model then works on `t`, and its likelihood stays a density of
 the raw numbers through the change of variables
 
     log p(x) = log p(t) + sum_d log T_d'(x_d)                       (`log_jacobian`)
+
+`Log` takes t = log x of each feature whose training values are all positive
+(prices, concentrations, sizes) and leaves the others as they are. A Gaussian of
+log x is a log-normal of x, so every fill, draw and interval of such a feature
+stays positive, which no transform of the whole real line onto itself can
+promise; and a spread that grows with the value (a price's) becomes one spread.
+It fits nothing but which features to take, so it is the simplest transform after
+none. Its raw mean and standard deviation are the log-normal's, exp(m + sd^2 / 2)
+and that times sqrt(exp(sd^2) - 1). A value at or below 0 in a feature the
+training rows had all positive lies outside the support: it is read as float32's
+smallest normal number (1.2e-38), so its density is negligible (its row's
+log-likelihood far below any other's), never NaN.
 
 `YeoJohnson` is the Yeo-Johnson power transform of each standardised feature,
 s = (x - mean) / scale:
@@ -35,7 +47,7 @@ from tfp_vae._keras import serializable, tf_keras
 from tfp_vae.gaps import in_float64
 from tfp_vae.losses import observed_sum
 from tfp_vae.heads import base_config
-from tfp_vae.normalization import scale_floor
+from tfp_vae.normalization import FLOAT32_TINY, scale_floor
 from tfp_vae.saving import RestorableLayer
 
 tfb, tfd = tfp.bijectors, tfp.distributions
@@ -64,6 +76,23 @@ def yeo_johnson_inverse(t, lam):
 def yeo_johnson_log_derivative(s, lam):
     """log dt/ds, elementwise: (lam - 1) log(1 + s) for s >= 0, (1 - lam) log(1 - s) below."""
     return tf.where(s >= 0, lam - 1.0, 1.0 - lam) * tf.math.log1p(tf.abs(s))
+
+
+def positive_log(x, logged):
+    """log x where `logged` is 1 (a value <= 0 there as `FLOAT32_TINY`), x where it is 0, elementwise."""
+    return tf.where(logged > 0, tf.math.log(tf.maximum(tf.where(logged > 0, x, 1.0), FLOAT32_TINY)), x)
+
+
+def positive_log_derivative(x, logged):
+    """log dt/dx for `positive_log`: -log x where logged, 0 elsewhere."""
+    return -tf.where(logged > 0, positive_log(x, logged), 0.0)
+
+
+def log_normal_moments(mean, stddev):
+    """The mean and standard deviation of exp(t) for t ~ N(mean, stddev): inf past float32's range, never NaN."""
+    variance = tf.square(stddev)
+    log_mean = mean + 0.5 * variance
+    return tf.exp(log_mean), tf.exp(log_mean + 0.5 * tf.math.log(tf.math.expm1(variance)))
 
 
 @in_float64
@@ -138,6 +167,29 @@ class YeoJohnsonBijector(tfb.AutoCompositeTensorBijector):
         return yeo_johnson_log_derivative((x - self._mean) / self._scale, self._lam) - tf.math.log(self._scale)
 
 
+class PositiveLogBijector(tfb.AutoCompositeTensorBijector):
+    """Raw x to transformed t, elementwise: `positive_log(x, logged)`."""
+
+    def __init__(self, logged, name="positive_log"):
+        parameters = dict(locals())
+        with tf.name_scope(name) as name:
+            self._logged = logged
+            super().__init__(forward_min_event_ndims=0, parameters=parameters, name=name)
+
+    @classmethod
+    def _parameter_properties(cls, dtype, num_classes=None):
+        return {"logged": tfp.util.ParameterProperties()}
+
+    def _forward(self, x):
+        return positive_log(x, self._logged)
+
+    def _inverse(self, t):
+        return tf.where(self._logged > 0, tf.exp(t), t)
+
+    def _forward_log_det_jacobian(self, x):
+        return positive_log_derivative(x, self._logged)
+
+
 @serializable
 class Identity(RestorableLayer, tf_keras.layers.Layer):
     """No transform (`transform="none"`): the model works on the raw numbers, through its normaliser alone.
@@ -179,8 +231,73 @@ class Identity(RestorableLayer, tf_keras.layers.Layer):
         return {**base_config(self), "input_size": self.input_size}
 
 
+class FittedTransform(Identity):
+    """A transform fitted to the training rows (`fit`), whose raw distribution is its bijector's image."""
+
+    needs_rows = True
+
+    def fit(self, stats, rows) -> None:
+        """Fits the transform to training rows: their moments `stats` (`tfp_vae.data.RunningMoments`, over every
+        training row) and `rows` (some of them)."""
+        raise NotImplementedError
+
+    def bijector(self) -> tfb.Bijector:
+        """Raw x to transformed t."""
+        raise NotImplementedError
+
+    def raw_distribution(self, distribution):
+        return tfd.TransformedDistribution(distribution, tfb.Invert(self.bijector()))
+
+
 @serializable
-class YeoJohnson(Identity):
+class Log(FittedTransform):
+    """The logarithm of each feature whose training values are all positive (`transform="log"`); the others kept.
+
+    `fit` takes a feature when its least value over the training rows is above 0
+    (`logged`, 1 or 0), and keeps each feature's raw standard deviation (`scale`,
+    the spread reports compare the decoder's with).
+
+    #### Example
+
+    ```python
+    layer = Log(input_size=2)
+    rows = np.array([[1.0, -1.0], [np.e, 2.0]])
+    layer.fit(moments(rows), rows)
+    layer.logged                                 # ==> [1., 0.]: the second column has a negative value
+    layer(tf.constant([[np.e**2, -3.0]]))        # ==> [[2., -3.]]
+    ```
+    """
+
+    def __init__(self, input_size: int, **kwargs):
+        super().__init__(input_size, **kwargs)
+        self.logged = self.add_weight("logged", shape=[input_size], initializer="zeros", trainable=False)
+        self.scale = self.add_weight("scale", shape=[input_size], initializer="ones", trainable=False)
+
+    def fit(self, stats, rows) -> None:
+        self.logged.assign((stats.minimum > 0).astype(np.float32))
+        self.scale.assign(stats.stddev.astype(np.float32))
+
+    def bijector(self) -> PositiveLogBijector:
+        return PositiveLogBijector(self.logged)
+
+    def call(self, x):
+        return positive_log(x, self.logged)
+
+    def inverse(self, t):
+        return tf.where(self.logged > 0, tf.exp(t), t)
+
+    def log_jacobian(self, x, mask=None):
+        return observed_sum(positive_log_derivative(x, self.logged), mask)
+
+    def raw_outputs(self, mean, stddev, half_width):
+        logged = self.logged > 0
+        raw_mean, raw_stddev = log_normal_moments(tf.where(logged, mean, 0.0), tf.where(logged, stddev, 0.0))
+        return (tf.where(logged, raw_mean, mean), tf.where(logged, raw_stddev, stddev),
+                self.inverse(mean - half_width), self.inverse(mean + half_width))
+
+
+@serializable
+class YeoJohnson(FittedTransform):
     """A learned Yeo-Johnson power transform of each standardised feature (`transform="yeo_johnson"`).
 
     `fit` sets each feature's mean and scale and its maximum-likelihood lam from
@@ -191,13 +308,11 @@ class YeoJohnson(Identity):
 
     ```python
     layer = YeoJohnson(input_size=1)
-    layer.fit(mean=[0.0], stddev=[1.0], rows=np.random.lognormal(size=[1000, 1]))
+    rows = np.random.lognormal(size=[1000, 1])
+    layer.fit(moments(rows), rows)
     layer.lam                                   # ==> about 0.2: the long right tail pulled in
-    layer(tf.constant([[0.0], [3.0]]))          # ==> [[0.], [1.5]]
     ```
     """
-
-    needs_rows = True
 
     def __init__(self, input_size: int, **kwargs):
         super().__init__(input_size, **kwargs)
@@ -212,10 +327,10 @@ class YeoJohnson(Identity):
     def lam(self):
         return LAMBDA_BOUND * tf.sigmoid(self.raw_lambda)
 
-    def fit(self, mean, stddev, rows) -> None:
-        """Standardises with `mean` and `stddev`, and sets lam to each feature's maximum-likelihood value on `rows`."""
-        mean = np.asarray(mean, np.float64)
-        scale = np.maximum(np.asarray(stddev, np.float64), scale_floor(mean))
+    def fit(self, stats, rows) -> None:
+        """Standardises with the moments `stats`, and sets lam to each feature's maximum-likelihood value on `rows`."""
+        mean = np.asarray(stats.mean, np.float64)
+        scale = np.maximum(np.asarray(stats.stddev, np.float64), scale_floor(mean))
         lam = fit_yeo_johnson((np.asarray(rows, np.float64) - mean) / scale)
         self.mean.assign(mean.astype(np.float32))
         self.scale.assign(scale.astype(np.float32))
@@ -239,8 +354,5 @@ class YeoJohnson(Identity):
         return (s_mean * self.scale + self.mean, s_stddev * self.scale,
                 self.inverse(mean - half_width), self.inverse(mean + half_width))
 
-    def raw_distribution(self, distribution):
-        return tfd.TransformedDistribution(distribution, tfb.Invert(self.bijector()))
 
-
-TRANSFORMS = {"none": Identity, "yeo_johnson": YeoJohnson}
+TRANSFORMS = {"none": Identity, "log": Log, "yeo_johnson": YeoJohnson}
