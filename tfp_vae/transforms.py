@@ -83,6 +83,11 @@ def positive_log(x, logged):
     return tf.where(logged > 0, tf.math.log(tf.maximum(tf.where(logged > 0, x, 1.0), FLOAT32_TINY)), x)
 
 
+def positive_log_inverse(t, logged):
+    """`x` with `positive_log(x, logged) == t`: exp(t) where logged, t elsewhere."""
+    return tf.where(logged > 0, tf.exp(t), t)
+
+
 def positive_log_derivative(x, logged):
     """log dt/dx for `positive_log`: -log x where logged, 0 elsewhere."""
     return -tf.where(logged > 0, positive_log(x, logged), 0.0)
@@ -184,7 +189,7 @@ class PositiveLogBijector(tfb.AutoCompositeTensorBijector):
         return positive_log(x, self._logged)
 
     def _inverse(self, t):
-        return tf.where(self._logged > 0, tf.exp(t), t)
+        return positive_log_inverse(t, self._logged)
 
     def _forward_log_det_jacobian(self, x):
         return positive_log_derivative(x, self._logged)
@@ -284,7 +289,7 @@ class Log(FittedTransform):
         return positive_log(x, self.logged)
 
     def inverse(self, t):
-        return tf.where(self.logged > 0, tf.exp(t), t)
+        return positive_log_inverse(t, self.logged)
 
     def log_jacobian(self, x, mask=None):
         return observed_sum(positive_log_derivative(x, self.logged), mask)
