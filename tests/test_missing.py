@@ -348,8 +348,9 @@ def test_selection_and_the_command_line_with_gaps(tmp_path, capsys, monkeypatch)
     assert [row["chosen"] for row in table] == [str(number == index) for number in range(len(table))]
     # The run fills with the blend of candidates the same figures call for (or the chosen one alone).
     np.testing.assert_allclose([float(row["fill_weight"]) for row in table],
-                               select.fill_weights(np.stack(errors, 1), index, source, config.seed, select.blend_members(
-                                   [row["transform"] for row in table], index)), atol=1e-3)
+                               select.fill_weights(np.stack(errors, 1), index, source, config.seed,
+                                                   select.blend_members([row["transform"] for row in table], index)),
+                               atol=1e-3)
     # Made to blend the chosen candidate with the first other one, the run's imputer is that blend, and `impute`
     # and the export fill with it.
     other = next(number for number in range(len(table)) if number != index)

@@ -208,7 +208,8 @@ def test_the_untrained_log_gaussian_is_the_log_normal_in_closed_form(log_normal_
     gappy[:, 0] = np.nan
     filled, stddev = model.impute(gappy)
     gain = covariance[0, 1:] @ np.linalg.inv(covariance[1:, 1:])
-    log_mean = t.mean(axis=0)[0] + (np.c_[np.log(gappy[:, 1].astype(np.float64)), gappy[:, 2]] - t.mean(axis=0)[1:]) @ gain
+    observed = np.c_[np.log(gappy[:, 1].astype(np.float64)), gappy[:, 2]]
+    log_mean = t.mean(axis=0)[0] + (observed - t.mean(axis=0)[1:]) @ gain
     log_variance = covariance[0, 0] - gain @ covariance[1:, 0]
     np.testing.assert_allclose(filled[:, 0], np.exp(log_mean + log_variance / 2), rtol=1e-3)
     np.testing.assert_allclose(stddev[:, 0], np.exp(log_mean + log_variance / 2) * np.sqrt(np.expm1(log_variance)),

@@ -33,7 +33,7 @@ from tfp_vae.files import is_new_folder, remove_written
 from tfp_vae.model import GaussianVAE, VariationalAutoencoder
 from tfp_vae.pipeline import as_source, dataset, in_validation, scan
 from tfp_vae.question import QuestionVAE
-from tfp_vae.transforms import FIT_ROWS
+from tfp_vae.transforms import FIT_ROWS, positive_columns
 
 MIN_TRAINING_ROWS = 2
 CHECKPOINT_STEPS = 200  # at least this many steps between checkpoints, where epochs are shorter
@@ -95,7 +95,7 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
     held_out = leave_one_out(validation, select.FILL_CELLS, config.seed) if select.chooses_by_fills(config) else None
     by_fills = held_out is not None and len(held_out[0]) > 0
     scale = np.where(found.train_moments.stddev > 0, found.train_moments.stddev, 1.0)
-    candidates = select.candidates(config, found.train_rows, bool(np.any(found.train_moments.minimum > 0)))
+    candidates = select.candidates(config, found.train_rows, bool(positive_columns(found.train_moments).any()))
     if verbose:
         print(f"choosing the model: {len(candidates)} candidates on {found.train_rows} training rows, scored on "
               f"{len(validation)} validation rows" + (f" (their fills of {len(held_out[0])} observed cells, each "

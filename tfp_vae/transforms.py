@@ -78,6 +78,11 @@ def yeo_johnson_log_derivative(s, lam):
     return tf.where(s >= 0, lam - 1.0, 1.0 - lam) * tf.math.log1p(tf.abs(s))
 
 
+def positive_columns(stats) -> np.ndarray:
+    """Which features `Log` takes: those whose least value over the training rows (`stats.minimum`) is above 0."""
+    return stats.minimum > 0
+
+
 def positive_log(x, logged):
     """log x where `logged` is 1 (a value <= 0 there as `FLOAT32_TINY`), x where it is 0, elementwise."""
     return tf.where(logged > 0, tf.math.log(tf.maximum(tf.where(logged > 0, x, 1.0), FLOAT32_TINY)), x)
@@ -279,7 +284,7 @@ class Log(FittedTransform):
         self.scale = self.add_weight("scale", shape=[input_size], initializer="ones", trainable=False)
 
     def fit(self, stats, rows) -> None:
-        self.logged.assign((stats.minimum > 0).astype(np.float32))
+        self.logged.assign(positive_columns(stats).astype(np.float32))
         self.scale.assign(stats.stddev.astype(np.float32))
 
     def bijector(self) -> PositiveLogBijector:
