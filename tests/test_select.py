@@ -1,13 +1,14 @@
 """Choosing the model from the data: the rules, the candidates, and `train`'s choice by validation likelihood."""
 
 import csv
+import dataclasses
 import json
 import os
 
 import numpy as np
 import pytest
 
-from tfp_vae import Config, evaluate, load_run, read_candidates, runs, select, train
+from tfp_vae import Config, evaluate, load_run, read_candidates, runs, select, train, training  # noqa: F401
 from tfp_vae.evaluation import log_likelihood
 from tfp_vae.errors import TfpVaeError
 from tfp_vae.pipeline import in_validation
@@ -37,7 +38,7 @@ def test_the_last_fit_trains_on_every_row_for_the_best_epochs_steps():
 
 def test_candidates_span_the_open_settings_and_keep_the_given_ones():
     found = select.candidates(Config(input_size=5, validation_split=0.2), 400)
-    assert list(found) == ["whiten-gaussian", "yeo_johnson-whiten-gaussian",  # the simplest first
+    assert list(found) == ["standardize-gaussian", "whiten-gaussian", "yeo_johnson-whiten-gaussian",  # simplest first
                            "whiten-linear-shared-k5", "yeo_johnson-whiten-linear-shared-k5",
                            "standardize-64x64-learned-k5", "standardize-64x64-student_t-k5",
                            "yeo_johnson-whiten-64x64-learned-k5", "yeo_johnson-whiten-64x64-full-k5"]
@@ -56,21 +57,66 @@ def test_candidates_span_the_open_settings_and_keep_the_given_ones():
                             "standardize-8-learned-k3", "standardize-8-student_t-k3",
                             "yeo_johnson-standardize-8-learned-k3", "yeo_johnson-standardize-8-full-k3"]
     untransformed = select.candidates(Config(input_size=5, transform="none"), 400)
-    assert all(c.transform == "none" for c in untransformed.values()) and len(untransformed) == 6
+    assert all(c.transform == "none" for c in untransformed.values()) and len(untransformed) == 7
     heavy = select.candidates(Config(input_size=5, decoder_scale="student_t"), 400)
     assert list(heavy) == ["standardize-linear-student_t-k5", "standardize-64x64-student_t-k5"]
 
 
 def test_a_column_of_positive_values_adds_the_log_floor_before_the_yeo_johnson_one():
     found = select.candidates(Config(input_size=5, validation_split=0.2), 400, positive_columns=True)
-    assert list(found)[:3] == ["whiten-gaussian", "log-whiten-gaussian", "yeo_johnson-whiten-gaussian"]
+    assert list(found)[:4] == ["standardize-gaussian", "whiten-gaussian", "log-whiten-gaussian",
+                               "yeo_johnson-whiten-gaussian"]
     assert [name for name in found if name.startswith("log-")] == ["log-whiten-gaussian",
                                                                    "log-whiten-linear-shared-k5"]
-    assert list(found)[3:6] == ["whiten-linear-shared-k5", "log-whiten-linear-shared-k5",
+    assert list(found)[4:7] == ["whiten-linear-shared-k5", "log-whiten-linear-shared-k5",
                                 "yeo_johnson-whiten-linear-shared-k5"]
     for config in (Config(input_size=5, transform="none"),  # pinned, or refused by the mechanism: no log floor
                    Config(input_size=5, allow_missing=True, missing_mechanism="self-masking")):
         assert not any(c.transform == "log" for c in select.candidates(config, 400, positive_columns=True).values())
+
+
+def test_the_simplest_candidate_is_the_independent_gaussian_which_fills_with_column_means(rng, tmp_path):
+    """On a table too small to estimate how its columns depend on each other, no candidate may be kept that the
+    independent Gaussian (each column its own mean and sd) beats, nor one that beats it by less than the noise."""
+    x = rng.normal(size=(40, 3)) * [1.0, 10.0, 100.0] + [0.0, 5.0, -50.0]
+    gaps = rng.random(x.shape) < 0.3
+    gaps[:, 1] &= ~gaps[:, [0, 2]].all(axis=1)  # every row keeps a cell
+    x[gaps] = np.nan
+    x[0] = [np.nan, 1.0, 2.0]
+    independent = select.candidates(Config(input_size=3, allow_missing=True), 40)["standardize-gaussian"]
+    assert list(select.candidates(Config(input_size=3, allow_missing=True), 40))[0] == "standardize-gaussian"
+    model = train(dataclasses.replace(independent, validation_split=0.0), x.astype(np.float32), tmp_path / "run", verbose=0)
+    filled, _ = model.impute(x[:5].astype(np.float32))
+    np.testing.assert_allclose(filled[0, 0], np.nanmean(x[:, 0]), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(filled[0, 1:], np.float32([1.0, 2.0]))
+    mean, sd = np.nanmean(x, axis=0), np.nanstd(x, axis=0)
+    observed = ~np.isnan(x[:5])
+    by_hand = np.where(observed, -0.5 * np.log(2 * np.pi * sd**2) - 0.5 * ((x[:5] - mean) / sd) ** 2, 0.0).sum(1)
+    np.testing.assert_allclose(log_likelihood(model, x[:5].astype(np.float32), 4)["log_likelihood"], by_hand,
+                               rtol=1e-4)
+
+
+def test_a_candidate_whose_validation_likelihood_is_not_finite_is_neither_chosen_nor_blended(rng, tmp_path,
+                                                                                            monkeypatch):
+    x = rng.normal(size=(200, 3)) @ rng.normal(size=(3, 3))
+    x[rng.random(x.shape) < 0.2] = np.nan
+    x[np.isnan(x).all(axis=1), 0] = 1.0
+    genuine = training.log_likelihood
+
+    def degenerate_when_whitened(model, rows, *args, **kwargs):
+        score = genuine(model, rows, *args, **kwargs)
+        if model.normalization == "whiten":
+            score["log_likelihood"][0] = np.nan
+        return score
+
+    monkeypatch.setattr(training, "log_likelihood", degenerate_when_whitened)
+    with pytest.warns(UserWarning, match="candidate whiten-gaussian: validation log-likelihood nan .*neither chosen"):
+        train(Config(epochs=0, hidden=(), decoder_scale="shared", transform="none", allow_missing=True, seed=0),
+              x.astype(np.float32), tmp_path / "run", verbose=0)
+    table = {row["name"]: row for row in read_candidates(tmp_path / "run")}
+    assert float(table["whiten-gaussian"]["validation_fill_rmse"]) < float(
+        table["standardize-gaussian"]["validation_fill_rmse"])  # its fills were better, and still not taken
+    assert (table["standardize-gaussian"]["chosen"], table["whiten-gaussian"]["fill_weight"]) == ("True", "0.0")
 
 
 def test_a_run_on_positive_columns_fits_the_log_floor_logging_those_alone(rng, tmp_path):

@@ -57,7 +57,8 @@ def log_likelihood(model: VariationalAutoencoder, x, num_samples: int = 1000, se
             eps = rng.standard_normal((count, len(rows), model.noise_size)).astype(np.float32)
             chunk_weights, chunk_log_px = weight_terms(rows, tf.constant(eps))
             chunk_weights = tf.cast(chunk_weights, tf.float64)
-            log_total = np.logaddexp(log_total, losses.iwae_bound(chunk_weights).numpy() + np.log(count))
+            with np.errstate(invalid="ignore"):  # a NaN weight makes the row's figure NaN, for the caller to report
+                log_total = np.logaddexp(log_total, losses.iwae_bound(chunk_weights).numpy() + np.log(count))
             weight_total = weight_total + tf.reduce_sum(chunk_weights, axis=0).numpy()
             log_px_total = log_px_total + tf.reduce_sum(tf.cast(chunk_log_px, tf.float64), axis=0).numpy()
         results["log_likelihood"].append(log_total - np.log(num_samples))

@@ -11,7 +11,7 @@ the simplest whose mean validation figure is within one standard error of the
 best one's (`simplest_within_one_se`; the one-standard-error rule of Breiman et
 al.'s CART and of glmnet's `lambda.1se`). The error is that of the paired
 difference, row by row, so the rows both candidates found hard cancel. On a
-table of a few hundred rows the validation rows are few, the best of eight
+table of a few hundred rows the validation rows are few, the best of ten
 noisy figures is likely a flexible model's lucky draw, and the rule keeps the
 simpler model that the figures cannot tell from it; on a large table the
 standard error is small and the rule keeps the best.
@@ -50,6 +50,11 @@ columns, its members are the candidates that do too (`blend_members`).
 The candidates span the normalisation, the decoder's likelihood and the network,
 in this order:
 
+- the independent Gaussian, untrained: each feature its own mean and standard
+  deviation, whose fills are the column means. A table of a few dozen rows
+  cannot tell how its features depend on each other (a covariance fitted to them
+  is near singular, and its conditional means fill wildly); there the figures
+  cannot tell any candidate from this one, and it is kept;
 - the classical model itself: the full-covariance Gaussian of the training rows
   (by EM where they have gaps), as a linear model left untrained (`epochs=0`,
   `GaussianVAE.to_gaussian`), and the same after each feature's
@@ -273,7 +278,9 @@ def candidates(config: Config, train_rows: int, positive_columns: bool = False) 
     """The candidate configs by name, the simplest first: every open architecture setting varied, the given ones
     pinned. `positive_columns`: whether some feature's training values are all positive (the log floor's)."""
     network = (width(train_rows),) * 2
+    independent = dict(normalization="standardize", transform="none", decoder_scale="shared", hidden=())
     grid = [
+        independent,  # untrained alone: trained, it is the standardised linear floor, which whitening's contains
         dict(normalization="whiten", transform="none", decoder_scale="shared", hidden=()),
         *([dict(normalization="whiten", transform="log", decoder_scale="shared", hidden=())] if positive_columns
           else []),
@@ -289,6 +296,7 @@ def candidates(config: Config, train_rows: int, positive_columns: bool = False) 
     code = config.code_size if config.code_size is not None else code_size(config.input_size)
     gaussians, trained = {}, {}
     for settings in grid:
+        trains = settings is not independent
         settings = {**settings, **pinned}
         for name, fallback in (("normalization", "standardize"), ("transform", "none")):
             if incompatibility(**_pairing(settings, config)) and name not in pinned:
@@ -306,7 +314,8 @@ def candidates(config: Config, train_rows: int, positive_columns: bool = False) 
             gaussian = sized(dataclasses.replace(candidate, epochs=0, kl_warmup_epochs=None,
                                                  early_stopping_patience=None), train_rows)
             gaussians.setdefault(name_of(gaussian), gaussian)
-        trained.setdefault(name_of(candidate), candidate)
+        if trains:
+            trained.setdefault(name_of(candidate), candidate)
     return {**gaussians, **trained}
 
 

@@ -109,11 +109,15 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
         row = {"name": name, **{key: getattr(candidate, key) for key in runs.CANDIDATE_SETTINGS},
                "epochs_run": len(runs.read_history(folder).get("loss", [])),
                "validation_log_likelihood": float(np.mean(score["log_likelihood"]))}
+        degenerate = not np.isfinite(row["validation_log_likelihood"])
+        if degenerate:
+            warn(f"candidate {name}: validation log-likelihood {row['validation_log_likelihood']} (its density "
+                 "degenerated on some validation rows); it is neither chosen nor blended")
         if by_fills:
             errors = fill_errors(model, *held_out[:2], scale, select.SELECTION_SAMPLES, config.seed)
             row["validation_fill_rmse"] = root_mean_square(errors)
-            errors_by_candidate.append(errors)
-        losses.append(errors**2 if by_fills else -score["log_likelihood"])
+            errors_by_candidate.append(np.full_like(errors, np.nan) if degenerate else errors)
+        losses.append(errors_by_candidate[-1] ** 2 if by_fills else -score["log_likelihood"])
         row["validation_rows"] = len(validation)
         row["seconds"] = round(time.perf_counter() - started, 1)
         table.append(row)
