@@ -85,7 +85,8 @@ def test_the_simplest_candidate_is_the_independent_gaussian_which_fills_with_col
     x[0] = [np.nan, 1.0, 2.0]
     independent = select.candidates(Config(input_size=3, allow_missing=True), 40)["standardize-gaussian"]
     assert list(select.candidates(Config(input_size=3, allow_missing=True), 40))[0] == "standardize-gaussian"
-    model = train(dataclasses.replace(independent, validation_split=0.0), x.astype(np.float32), tmp_path / "run", verbose=0)
+    model = train(dataclasses.replace(independent, validation_split=0.0), x.astype(np.float32), tmp_path / "run",
+                  verbose=0)
     filled, _ = model.impute(x[:5].astype(np.float32))
     np.testing.assert_allclose(filled[0, 0], np.nanmean(x[:, 0]), rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(filled[0, 1:], np.float32([1.0, 2.0]))
