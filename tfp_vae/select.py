@@ -51,10 +51,10 @@ The candidates span the normalisation, the decoder's likelihood and the network,
 in this order:
 
 - the independent Gaussian, untrained: each feature its own mean and standard
-  deviation, whose fills are the column means. A table of a few dozen rows
-  cannot tell how its features depend on each other (a covariance fitted to them
-  is near singular, and its conditional means fill wildly); there the figures
-  cannot tell any candidate from this one, and it is kept;
+  deviation, whose fills are the column means. No candidate is kept that it
+  beats, nor one that beats it by less than the figures' noise: on a table of a
+  few dozen rows a covariance fitted to the rows is near singular, and the
+  Gaussians below may fill far worse than the column means;
 - the classical model itself: the full-covariance Gaussian of the training rows
   (by EM where they have gaps), as a linear model left untrained (`epochs=0`,
   `GaussianVAE.to_gaussian`), and the same after each feature's
