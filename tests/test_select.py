@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from tfp_vae import Config, evaluate, load_run, read_candidates, runs, select, train, training  # noqa: F401
+from tfp_vae import Config, evaluate, load_run, read_candidates, runs, select, train, training
 from tfp_vae.evaluation import log_likelihood
 from tfp_vae.errors import TfpVaeError
 from tfp_vae.pipeline import in_validation
@@ -83,8 +83,9 @@ def test_the_simplest_candidate_is_the_independent_gaussian_which_fills_with_col
     gaps[:, 1] &= ~gaps[:, [0, 2]].all(axis=1)  # every row keeps a cell
     x[gaps] = np.nan
     x[0] = [np.nan, 1.0, 2.0]
-    independent = select.candidates(Config(input_size=3, allow_missing=True), 40)["standardize-gaussian"]
-    assert list(select.candidates(Config(input_size=3, allow_missing=True), 40))[0] == "standardize-gaussian"
+    found = select.candidates(Config(input_size=3, allow_missing=True), 40)
+    assert list(found)[0] == "standardize-gaussian"
+    independent = found["standardize-gaussian"]
     model = train(dataclasses.replace(independent, validation_split=0.0), x.astype(np.float32), tmp_path / "run",
                   verbose=0)
     filled, _ = model.impute(x[:5].astype(np.float32))
