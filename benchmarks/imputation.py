@@ -133,7 +133,7 @@ def run_set(name, x, seed, missing, mechanism, workdir, vaes=("defaults",), all_
         fills[label] = (load_imputer(run_dir).impute(gappy_train.astype(np.float32), seed=seed)[0],
                         time.perf_counter() - started)
     started = time.perf_counter()
-    mean, covariance = em_gaussian(gappy_train)
+    mean, covariance = em_gaussian(gappy_train, prior_rows=0.0)
     fills["Gaussian, EM (conditional means)"] = (conditional(gappy_train, mean, covariance)[0],
                                                  time.perf_counter() - started)
     imputers = {

@@ -68,6 +68,39 @@ def test_em_finds_the_covariance_behind_rows_with_gaps_and_is_plain_moments_on_c
     assert np.abs(em_covariance - np.cov(x.T, bias=True)).max() < np.abs(pairwise - np.cov(x.T, bias=True)).max()
 
 
+@pytest.mark.parametrize("prior_rows", [0.0, 1.0, 5.0])
+def test_with_gaps_em_stops_where_an_m_step_with_the_prior_moves_nothing(gaussian, rng, prior_rows):
+    """In standardised units the fit is a fixed point of Sigma = (C + k I) / (n + k), C the expected scatter."""
+    mean, covariance = gaussian
+    holes = rng.multivariate_normal(mean, covariance, size=30)
+    holes[rng.random(holes.shape) < 0.4] = np.nan
+    em_mean, em_covariance = gaps.em_gaussian(holes, prior_rows=prior_rows)
+    centre, spread = np.nanmean(holes, axis=0), np.nanstd(holes, axis=0)
+    mask = ~np.isnan(holes)
+    standardised_mean, standardised_covariance = (em_mean - centre) / spread, em_covariance / np.outer(spread, spread)
+    filled, total = gaps._expectation(np.where(mask, (holes - centre) / spread, 0.0), mask, standardised_mean,
+                                      standardised_covariance)
+    centred = filled - standardised_mean
+    np.testing.assert_allclose(filled.mean(axis=0), standardised_mean, atol=1e-5)
+    np.testing.assert_allclose(standardised_covariance, (centred.T @ centred + total + prior_rows * np.eye(5))
+                               / (len(holes) + prior_rows), atol=1e-5)
+
+
+def test_the_prior_keeps_a_covariance_fitted_to_few_rows_with_many_gaps_away_from_singular(rng):
+    """Six nearly collinear columns, 15 rows, half the cells hidden: the fit by maximum likelihood is near
+    singular, the one with the prior is not."""
+    latent = rng.normal(size=(15, 1))
+    holes = latent @ np.ones((1, 6)) + 0.05 * rng.normal(size=(15, 6))
+    holes[rng.random(holes.shape) < 0.5] = np.nan
+
+    def least_correlation_eigenvalue(covariance):
+        stddev = np.sqrt(np.diag(covariance))
+        return np.linalg.eigvalsh(covariance / np.outer(stddev, stddev))[0]
+
+    assert least_correlation_eigenvalue(gaps.em_gaussian(holes, prior_rows=0.0)[1]) < 1e-4
+    assert least_correlation_eigenvalue(gaps.em_gaussian(holes)[1]) > 1e-2
+
+
 def test_the_expectation_step_is_the_conditional_of_each_rows_observed_cells(rng):
     """E[x_u | x_o] = mu_u + S_uo S_oo^-1 (x_o - mu_o) and the sum of S_uu - S_uo S_oo^-1 S_ou, row by row by
     hand, against the step that works from the precision matrix, chunk by chunk."""
@@ -96,7 +129,7 @@ def test_em_fits_each_table_once_and_hands_out_copies(gaussian, rng, monkeypatch
     holes[rng.random(holes.shape) < 0.3] = np.nan
     fitted = []
     fit = gaps._em_fit
-    monkeypatch.setattr(gaps, "_em_fit", lambda rows: fitted.append(rows.shape) or fit(rows))
+    monkeypatch.setattr(gaps, "_em_fit", lambda rows, prior_rows: fitted.append(rows.shape) or fit(rows, prior_rows))
     first_mean, first_covariance = gaps.em_gaussian(holes)
     first_mean[:] = 0.0  # a caller's change must not reach the next caller
     again_mean, again_covariance = gaps.em_gaussian(holes.astype(np.float64).copy())
@@ -106,4 +139,5 @@ def test_em_fits_each_table_once_and_hands_out_copies(gaussian, rng, monkeypatch
     other = holes.copy()
     other[0, 0] = 0.5 if np.isnan(other[0, 0]) else np.nan
     gaps.em_gaussian(other)
-    assert fitted == [(300, 5), (300, 5)]
+    gaps.em_gaussian(holes, prior_rows=0.0)
+    assert fitted == [(300, 5)] * 3

@@ -17,7 +17,14 @@ x~_u + Sigma_uo Sigma_oo^-1 (x_o - x~_o).
 
 `em_gaussian` fits mu and Sigma to rows with gaps by expectation-maximisation
 (numpy, float64): the full-covariance Gaussian that the linear floor of the
-model choice starts from. The model choice whitens several candidates on the
+model choice starts from. With gaps the maximum-likelihood Sigma overfits: the
+pairs of columns seen together are few, and the fitted Sigma_oo can be near
+singular, so its conditional means swing with noise. EM then finds the
+posterior mode under a prior worth `EM_PRIOR_ROWS` rows of the independent
+Gaussian (Schafer 1997's ridge prior): in each column's standardised units the
+M step is Sigma = (C + k I) / (n + k), C the n rows' expected scatter. Fixed a
+priori, not fitted: on n rows it moves Sigma by k / (n + k), which matters only
+where the data say little. The model choice whitens several candidates on the
 same training rows, so the last few fits are kept, by the rows' bytes, and each
 distinct table is fitted once.
 """
@@ -34,6 +41,7 @@ EM_ITERATIONS = 200
 EM_TOLERANCE = 1e-6
 EM_RIDGE = 1e-6  # added to the diagonal of standardised covariances, so constant or collinear columns stay invertible
 EM_ROWS_PER_CHUNK = 1024
+EM_PRIOR_ROWS = 1.0
 EM_FITS_KEPT = 4
 _em_fits = collections.OrderedDict()
 
@@ -88,25 +96,30 @@ def conditional_draw(residual, factor, mask, seed):
     return draw + mean
 
 
-def em_gaussian(rows) -> tuple[np.ndarray, np.ndarray]:
-    """The maximum-likelihood mean [D] and covariance [D, D] of rows [N, D] with NaN gaps (EM, float64).
+def em_gaussian(rows, prior_rows: float = EM_PRIOR_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """The mean [D] and covariance [D, D] of rows [N, D] with NaN gaps (EM, float64), under a prior of `prior_rows`.
 
     Runs in each column's standardised units, with `EM_RIDGE` on the diagonal,
-    until no mean or covariance entry moves by more than `EM_TOLERANCE`. On
-    complete rows it is the rows' mean and population covariance.
+    until no mean or covariance entry moves by more than `EM_TOLERANCE`; the
+    prior (module docstring) pulls the covariance toward the columns' own
+    variances where the rows have gaps, and `prior_rows=0` gives the maximum-
+    likelihood fit. On complete rows it is the rows' mean and population
+    covariance, whatever the prior.
     """
     rows = np.ascontiguousarray(rows, np.float64)
-    key = (rows.shape, hashlib.blake2b(rows.tobytes(), digest_size=16).digest())
+    prior_rows = prior_rows if np.isnan(rows).any() else 0.0
+    key = (rows.shape, prior_rows, hashlib.blake2b(rows.tobytes(), digest_size=16).digest())
     if key not in _em_fits:
-        _em_fits[key] = _em_fit(rows)
+        _em_fits[key] = _em_fit(rows, prior_rows)
         if len(_em_fits) > EM_FITS_KEPT:
             _em_fits.popitem(last=False)
     _em_fits.move_to_end(key)
     return tuple(array.copy() for array in _em_fits[key])
 
 
-def _em_fit(rows):
+def _em_fit(rows, prior_rows):
     centre, spread = np.nanmean(rows, axis=0), np.nanstd(rows, axis=0)
+    prior = prior_rows * np.diag((spread > 0).astype(np.float64))  # a constant column keeps no variance
     spread = np.where(spread > 0, spread, 1.0)
     x = (rows - centre) / spread
     mask = ~np.isnan(x)
@@ -116,7 +129,7 @@ def _em_fit(rows):
         filled, conditional_covariance = _expectation(x, mask, mean, covariance + EM_RIDGE * np.eye(len(mean)))
         new_mean = filled.mean(axis=0)
         centred = filled - new_mean
-        new_covariance = (centred.T @ centred + conditional_covariance) / len(x)
+        new_covariance = (centred.T @ centred + conditional_covariance + prior) / (len(x) + prior_rows)
         moved = max(np.abs(new_mean - mean).max(), np.abs(new_covariance - covariance).max())
         mean, covariance = new_mean, new_covariance
         if moved < EM_TOLERANCE:
