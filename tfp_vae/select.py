@@ -53,10 +53,10 @@ in this order:
 - the independent Gaussian, untrained: each feature its own mean and standard
   deviation, whose fills are the column means. No candidate is kept that it
   beats, nor one that beats it by less than the figures' noise: on a table of a
-  few dozen rows a covariance fitted to the rows is near singular, and the
-  Gaussians below may fill far worse than the column means;
+  few dozen rows the validation rows are a handful, and cannot tell a fitted
+  covariance from noise;
 - the classical model itself: the full-covariance Gaussian of the training rows
-  (by EM where they have gaps), as a linear model left untrained (`epochs=0`,
+  (by EM where they have gaps, `tfp_vae.gaps.em_gaussian`), as a linear model left untrained (`epochs=0`,
   `GaussianVAE.to_gaussian`), and the same after each feature's
   maximum-likelihood Yeo-Johnson transform (and, where the log floor below
   stands, after its logarithm). The choice then never keeps a model
