@@ -23,8 +23,9 @@ singular, so its conditional means swing with noise. EM then finds the
 posterior mode under a prior worth `EM_PRIOR_ROWS` rows of the independent
 Gaussian (Schafer 1997's ridge prior): in each column's standardised units the
 M step is Sigma = (C + k I) / (n + k), C the n rows' expected scatter. Fixed a
-priori, not fitted: on n rows it moves Sigma by k / (n + k), which matters only
-where the data say little. The model choice whitens several candidates on the
+priori, not fitted: on n rows it moves Sigma by k / (n + k), which still moves
+the conditional means of nearly collinear columns (iris, not at random, fills
+0.73 column sd with it, 0.64 without: README). The model choice whitens several candidates on the
 same training rows, so the last few fits are kept, by the rows' bytes, and each
 distinct table is fitted once.
 """
