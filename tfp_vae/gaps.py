@@ -18,16 +18,16 @@ x~_u + Sigma_uo Sigma_oo^-1 (x_o - x~_o).
 `em_gaussian` fits mu and Sigma to rows with gaps by expectation-maximisation
 (numpy, float64): the full-covariance Gaussian that the linear floor of the
 model choice starts from. With gaps the maximum-likelihood Sigma overfits: the
-pairs of columns seen together are few, and the fitted Sigma_oo can be near
+pairs of columns seen together can be few, and the fitted Sigma_oo near
 singular, so its conditional means swing with noise. EM then finds the
 posterior mode under a prior worth `EM_PRIOR_ROWS` rows of the independent
 Gaussian (Schafer 1997's ridge prior): in each column's standardised units the
 M step is Sigma = (C + k I) / (n + k), C the n rows' expected scatter. Fixed a
 priori, not fitted: on n rows it moves Sigma by k / (n + k), which still moves
 the conditional means of nearly collinear columns (iris, not at random, fills
-0.73 column sd with it, 0.64 without: README). The model choice whitens several candidates on the
-same training rows, so the last few fits are kept, by the rows' bytes, and each
-distinct table is fitted once.
+0.73 column sd with it, 0.64 without: README). The model choice whitens
+several candidates on the same training rows, so the last few fits are kept,
+by the rows' bytes, and each distinct table is fitted once.
 """
 
 import collections

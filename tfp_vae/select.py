@@ -56,8 +56,8 @@ in this order:
   few dozen rows the validation rows are a handful, and cannot tell a fitted
   covariance from noise;
 - the classical model itself: the full-covariance Gaussian of the training rows
-  (by EM where they have gaps, `tfp_vae.gaps.em_gaussian`), as a linear model left untrained (`epochs=0`,
-  `GaussianVAE.to_gaussian`), and the same after each feature's
+  (by EM where they have gaps, `tfp_vae.gaps.em_gaussian`), as a linear model
+  left untrained (`epochs=0`, `GaussianVAE.to_gaussian`), and the same after each feature's
   maximum-likelihood Yeo-Johnson transform (and, where the log floor below
   stands, after its logarithm). The choice then never keeps a model
   whose validation figures are worse than the classical model's, and keeps the
