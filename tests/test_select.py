@@ -175,6 +175,13 @@ def test_simplest_within_one_se_keeps_the_first_candidate_the_figures_cannot_tel
     # sqrt((1 + 1) * 2 / (2 - 1)) / 4 = 0.5 >= 0.1.
     assert select.simplest_within_one_se([alike, best], groups=np.array([7, 7, 9, 9])) == 1
     assert select.simplest_within_one_se([alike, best], groups=np.array([7, 9, 7, 9])) == 0
+    # A candidate that errs with the best cell by cell (differences 0.1, 0.1, 0.1, 0.1: error 0) fails where a noisier
+    # one with a worse mean passes (differences 1.1, -0.9, 1.1, -0.9: mean 0.1 + 0.01 <= 0.5774); the rule keeps the
+    # simpler one, which no later candidate beats on average, not the noisy one.
+    together = best + 0.1
+    noisy = best + [1.11, -0.89, 1.11, -0.89]
+    assert select.simplest_within_one_se([together, noisy, best]) == 0
+    assert select.simplest_within_one_se([together + 0.02, noisy, best]) == 1
     # A candidate with a non-finite loss is never chosen, unless every one has one.
     assert select.simplest_within_one_se([np.array([np.nan, 1.0]), np.array([5.0, 5.0])]) == 1
     assert select.simplest_within_one_se([np.array([np.inf, 1.0]), np.array([np.nan, 5.0])]) == 0

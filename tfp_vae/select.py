@@ -9,7 +9,7 @@ rows are never passed to `train`, so they cannot reach the choice.
 The candidates run from the simplest to the most flexible, and the one kept is
 the simplest whose mean validation figure is within one standard error of the
 best one's (`simplest_within_one_se`; the one-standard-error rule of Breiman et
-al.'s CART and of glmnet's `lambda.1se`). The error is that of the paired
+al.'s CART and of glmnet's `lambda.1se`), or a simpler one whose mean is no worse. The error is that of the paired
 difference, row by row, so the rows both candidates found hard cancel. On a
 table of a few hundred rows the validation rows are few, the best of ten
 noisy figures is likely a flexible model's lucky draw, and the rule keeps the
@@ -134,15 +134,19 @@ def chooses_by_fills(config: Config) -> bool:
 
 
 def simplest_within_one_se(losses: list[np.ndarray], groups: np.ndarray | None = None) -> int:
-    """The index of the first of `losses` whose mean is within one standard error of the least mean.
+    """The index of the simplest of `losses` within one standard error of the least mean, or of a simpler one no worse.
 
     `losses` holds each candidate's validation losses (lower is better), the
     simplest candidate first; all are measured on the same units (rows, or cells),
     so candidate and best are compared unit by unit. The standard error is the
     paired difference's, with units that share a `groups` label (the row a cell
     came from) summed before their spread is taken, since cells of one row err
-    together. A candidate with any non-finite loss is never chosen, unless all
-    have one (then the first).
+    together. A simpler candidate whose mean is no worse than the one found is
+    kept in its place: a candidate that errs with the best cell by cell has a
+    small paired error and can fail where a worse, noisier one passes, and the
+    rule must not keep a candidate that a simpler one beats on average. A
+    candidate with any non-finite loss is never chosen, unless all have one (then
+    the first).
     """
     means = np.array([np.mean(loss) if np.all(np.isfinite(loss)) else np.inf for loss in losses])
     if not np.isfinite(means).any():
@@ -158,7 +162,7 @@ def simplest_within_one_se(losses: list[np.ndarray], groups: np.ndarray | None =
         residual_sums = np.bincount(labels, difference - difference.mean(), minlength=clusters)
         error = math.sqrt(np.sum(residual_sums**2) * clusters / max(clusters - 1, 1)) / units
         if means[index] - means[best] <= error:
-            return index
+            return int(np.argmax(means[: index + 1] <= means[index]))
     return best
 
 
