@@ -578,3 +578,14 @@ def test_importance_samples_reach_the_trained_model(csv_file, tmp_path, capsys):
     assert main(["train", str(csv_file), "--out", str(tmp_path / "run"), *FAST, "--importance-samples", "3"]) == 0
     assert json.loads((tmp_path / "run" / "config.json").read_text())["importance_samples"] == 3
     assert load_run(tmp_path / "run")[1].importance_samples == 3
+
+
+def test_em_prior_rows_reach_the_trained_model(csv_file, tmp_path, capsys):
+    from tfp_vae import load_run
+    fails(capsys, ["train", csv_file, "--out", tmp_path / "negative", "--em-prior-rows", "-1"],
+          "--em-prior-rows must be finite and not negative (0: the maximum-likelihood fit), got -1.0")
+    assert not (tmp_path / "negative").exists()
+    assert main(["train", str(csv_file), "--out", str(tmp_path / "run"), *FAST, "--allow-missing",
+                 "--normalization", "whiten", "--decoder-scale", "shared", "--em-prior-rows", "0"]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["em_prior_rows"] == 0.0
+    assert load_run(tmp_path / "run")[1].em_prior_rows == 0.0

@@ -56,12 +56,12 @@ def test_draws_given_the_observed_cells_have_the_conditional_moments(gaussian):
 def test_em_finds_the_covariance_behind_rows_with_gaps_and_is_plain_moments_on_complete_rows(gaussian, rng):
     mean, covariance = gaussian
     x = rng.multivariate_normal(mean, covariance, size=4000)
-    em_mean, em_covariance = gaps.em_gaussian(x)
+    em_mean, em_covariance = gaps.em_gaussian(x, prior_rows=1.0)
     np.testing.assert_allclose(em_mean, x.mean(axis=0), atol=1e-8)
     np.testing.assert_allclose(em_covariance, np.cov(x.T, bias=True), rtol=1e-4, atol=1e-4)
     holes = x.copy()
     holes[rng.random(x.shape) < 0.3] = np.nan
-    em_mean, em_covariance = gaps.em_gaussian(holes)
+    em_mean, em_covariance = gaps.em_gaussian(holes, prior_rows=1.0)
     np.testing.assert_allclose(em_mean, mean, atol=0.1)
     np.testing.assert_allclose(em_covariance, covariance, atol=0.25 * np.abs(covariance).max() ** 0.5)
     pairwise = np.ma.cov(np.ma.masked_invalid(holes).T, bias=True).data
@@ -98,7 +98,7 @@ def test_the_prior_keeps_a_covariance_fitted_to_few_rows_with_many_gaps_away_fro
         return np.linalg.eigvalsh(covariance / np.outer(stddev, stddev))[0]
 
     assert least_correlation_eigenvalue(gaps.em_gaussian(holes, prior_rows=0.0)[1]) < 1e-4
-    assert least_correlation_eigenvalue(gaps.em_gaussian(holes)[1]) > 1e-2
+    assert least_correlation_eigenvalue(gaps.em_gaussian(holes, prior_rows=1.0)[1]) > 1e-2
 
 
 def test_the_expectation_step_is_the_conditional_of_each_rows_observed_cells(rng):
@@ -130,14 +130,14 @@ def test_em_fits_each_table_once_and_hands_out_copies(gaussian, rng, monkeypatch
     fitted = []
     fit = gaps._em_fit
     monkeypatch.setattr(gaps, "_em_fit", lambda rows, prior_rows: fitted.append(rows.shape) or fit(rows, prior_rows))
-    first_mean, first_covariance = gaps.em_gaussian(holes)
+    first_mean, first_covariance = gaps.em_gaussian(holes, prior_rows=1.0)
     first_mean[:] = 0.0  # a caller's change must not reach the next caller
-    again_mean, again_covariance = gaps.em_gaussian(holes.astype(np.float64).copy())
+    again_mean, again_covariance = gaps.em_gaussian(holes.astype(np.float64).copy(), prior_rows=1.0)
     assert fitted == [(300, 5)]
     np.testing.assert_array_equal(again_covariance, first_covariance)
     assert np.all(again_mean != 0.0)
     other = holes.copy()
     other[0, 0] = 0.5 if np.isnan(other[0, 0]) else np.nan
-    gaps.em_gaussian(other)
+    gaps.em_gaussian(other, prior_rows=1.0)
     gaps.em_gaussian(holes, prior_rows=0.0)
     assert fitted == [(300, 5)] * 3

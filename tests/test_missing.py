@@ -122,13 +122,15 @@ def gaussian_marginal(row, mean, covariance) -> float:
     return -0.5 * (seen.sum() * np.log(2 * np.pi) + np.linalg.slogdet(block)[1] + centred @ np.linalg.solve(block, centred))
 
 
-def test_an_untrained_linear_model_is_the_gaussian_em_fits(rng):
-    """`to_gaussian`: scores are the EM Gaussian's marginals and fills its conditional means and spreads, exactly."""
+@pytest.mark.parametrize("em_prior_rows", [1.0, 0.0])
+def test_an_untrained_linear_model_is_the_gaussian_em_fits(rng, em_prior_rows):
+    """`to_gaussian`: scores are the EM Gaussian's marginals (under the model's prior) and fills its conditional
+    means and spreads, exactly."""
     _, gappy, _, _ = linear_gaussian(rng, n=500)
     rows = gappy.astype(np.float32)
     model = GaussianVAE(6, code_size=2, hidden=(), decoder_scale="shared", normalization="whiten",
-                        allow_missing=True, seed=0).adapt(rows).to_gaussian()
-    mean, covariance = em_gaussian(rows)
+                        allow_missing=True, seed=0, em_prior_rows=em_prior_rows).adapt(rows).to_gaussian()
+    mean, covariance = em_gaussian(rows, em_prior_rows)
     assert model.is_closed_form and model.draws_for(1000) == 1  # every draw gives the same: one is made
     np.testing.assert_allclose(log_likelihood(model, rows[:40], num_samples=5)["log_likelihood"],
                                [gaussian_marginal(row, mean, covariance) for row in rows[:40]], atol=1e-4)

@@ -292,6 +292,23 @@ def test_with_gaps_the_candidates_are_those_without_and_a_standardised_floor_is_
         Config(input_size=12, allow_missing=True, normalization="standardize", code_size=3), 400)
 
 
+def test_with_gaps_each_untrained_whitened_gaussian_comes_with_and_without_the_prior_and_the_rest_take_it():
+    config = Config(input_size=4, allow_missing=True)
+    found = select.candidates(config, 400, positive_columns=True, gaps=True)
+    gaussians = [name for name, candidate in found.items() if candidate.untrained]
+    assert gaussians == ["standardize-gaussian", "whiten-gaussian", "whiten-gaussian-mle", "log-whiten-gaussian",
+                         "log-whiten-gaussian-mle", "yeo_johnson-whiten-gaussian", "yeo_johnson-whiten-gaussian-mle"]
+    assert [found[name].em_prior_rows for name in gaussians] == [1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    assert all(candidate.em_prior_rows == 1.0 for candidate in found.values() if not candidate.untrained)
+    # Complete training rows: EM is the plain moments whatever the prior, so one of each.
+    assert [name for name in found if name.endswith("-mle")] and not [
+        name for name in select.candidates(config, 400, positive_columns=True) if name.endswith("-mle")]
+    pinned = select.candidates(dataclasses.replace(config, em_prior_rows=0.0), 400, gaps=True)
+    assert [name for name, candidate in pinned.items() if candidate.untrained] == [
+        "standardize-gaussian", "whiten-gaussian-mle", "yeo_johnson-whiten-gaussian-mle"]
+    assert {candidate.em_prior_rows for candidate in pinned.values()} == {0.0}
+
+
 def test_simplex_weights_minimise_the_blends_squared_error_by_hand():
     # Uncorrelated errors of mean squares 0.5 and 2.0: w proportional to (1 / 0.5, 1 / 2.0) = (0.8, 0.2).
     first, second = np.array([1.0, -1.0, 0.0, 0.0]), np.array([0.0, 0.0, 2.0, -2.0])

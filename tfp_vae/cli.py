@@ -186,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="draws of the code per row in each step: 1 trains on the ELBO, more on the tighter "
                             "importance-weighted bound (IWAE; MIWAE's with --allow-missing) at S times the "
                             "decoder's cost (gaussian)")
+    train.add_argument("--em-prior-rows", type=float, metavar="K",
+                       help="with --allow-missing, the weight in rows of the independent Gaussian's prior under which "
+                            "EM fits whitening's covariance to rows with gaps (0: maximum likelihood; default: the "
+                            "model choice tries the untrained Gaussian with 1 and 0, and whitens the rest with 1)")
     train.add_argument("--resume", action="store_true", help="continue the interrupted run in RUN_DIR")
     train.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -353,7 +357,7 @@ def _config(args, feature_names=None) -> Config:
                   validation_split=args.validation_split, seed=args.seed, strategy=args.strategy,
                   select=args.select, columns=args.columns, feature_names=feature_names,
                   allow_missing=args.allow_missing, missing_mechanism=args.missing_mechanism,
-                  importance_samples=args.importance_samples)
+                  importance_samples=args.importance_samples, em_prior_rows=args.em_prior_rows)
 
 
 def _preflight(args) -> None:

@@ -28,7 +28,7 @@ MAX_VERSION = 2**63 - 1  # TF Serving reads an export's version folder name as a
 FIXED_DEFAULTS = {"code_size": 2, "hidden": (64, 64), "normalization": "standardize", "decoder_scale": "learned",
                   "transform": "none",
                   "kl_warmup_epochs": 0, "early_stopping_patience": 0, "epochs": 100, "validation_split": 0.1,
-                  "passes_per_epoch": 1}
+                  "passes_per_epoch": 1, "em_prior_rows": 1.0}
 
 
 def incompatibility(normalization: str | None, decoder_scale: str | None, transform: str | None = None,
@@ -93,6 +93,11 @@ class Config:
     validation losses and every reported figure stay the log-likelihood.
     `importance_samples` > 1 trains on the importance-weighted bound with that
     many draws per row (MIWAE's objective with gaps; `GaussianVAE`).
+    `em_prior_rows` weighs, in rows, the prior under which EM fits whitening's
+    covariance to rows with gaps (`tfp_vae.gaps.em_gaussian`); left open, the
+    model choice offers the untrained Gaussian both with the prior (1 row) and
+    without it (the maximum-likelihood fit), and every other candidate whitens
+    with the prior.
     `epochs=0`, for a linear model with a shared scale, trains nothing: the model
     is then exactly the Gaussian its normalisation fits to the training rows
     (`GaussianVAE.to_gaussian`), the full-covariance one where whitened.
@@ -110,6 +115,7 @@ class Config:
     allow_missing: bool = False
     missing_mechanism: str = "at-random"
     importance_samples: int = 1
+    em_prior_rows: float | None = None
     kl_warmup_epochs: int | None = None
     early_stopping_patience: int | None = None
     epochs: int | None = None
@@ -163,6 +169,9 @@ class Config:
             raise TfpVaeError(f"validation_split must be in [0, 1), got {self.validation_split}")
         if not 0 < self.learning_rate < math.inf:
             raise TfpVaeError(f"learning_rate must be positive and finite, got {self.learning_rate}")
+        if self.em_prior_rows is not None and not 0.0 <= self.em_prior_rows < math.inf:
+            raise TfpVaeError(f"em_prior_rows must be finite and not negative (0: the maximum-likelihood fit), "
+                              f"got {self.em_prior_rows}")
         if not 0.0 <= self.nll_beta <= 1.0:
             raise TfpVaeError(f"nll_beta must be in [0, 1] (0: the likelihood; 0.5: beta-NLL's usual), "
                               f"got {self.nll_beta}")

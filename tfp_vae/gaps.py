@@ -19,13 +19,15 @@ x~_u + Sigma_uo Sigma_oo^-1 (x_o - x~_o).
 (numpy, float64): the full-covariance Gaussian that the linear floor of the
 model choice starts from. With gaps the maximum-likelihood Sigma overfits: the
 pairs of columns seen together can be few, and the fitted Sigma_oo near
-singular, so its conditional means swing with noise. EM then finds the
-posterior mode under a prior worth `EM_PRIOR_ROWS` rows of the independent
-Gaussian (Schafer 1997's ridge prior): in each column's standardised units the
-M step is Sigma = (C + k I) / (n + k), C the n rows' expected scatter. Fixed a
-priori, not fitted: on n rows it moves Sigma by k / (n + k), which still moves
-the conditional means of nearly collinear columns (iris, not at random, fills
-0.73 column sd with it, 0.64 without: README). The model choice whitens
+singular, so its conditional means swing with noise. EM can then find the
+posterior mode under a prior worth k rows of the independent Gaussian (Schafer
+1997's ridge prior): in each column's standardised units the M step is
+Sigma = (C + k I) / (n + k), C the n rows' expected scatter. On n rows it moves
+Sigma by k / (n + k), which helps where pairs of columns are rarely seen
+together and hurts where a few columns are nearly collinear (iris), so k is not
+fixed: the model choice offers the untrained Gaussian with k = 1 and k = 0 and
+keeps the one whose validation fills are better (`Config.em_prior_rows`,
+`tfp_vae.select`). The model choice whitens
 several candidates on the same training rows, so the last few fits are kept,
 by the rows' bytes, and each distinct table is fitted once.
 """
@@ -42,7 +44,6 @@ EM_ITERATIONS = 200
 EM_TOLERANCE = 1e-6
 EM_RIDGE = 1e-6  # added to the diagonal of standardised covariances, so constant or collinear columns stay invertible
 EM_ROWS_PER_CHUNK = 1024
-EM_PRIOR_ROWS = 1.0
 EM_FITS_KEPT = 4
 _em_fits = collections.OrderedDict()
 
@@ -97,7 +98,7 @@ def conditional_draw(residual, factor, mask, seed):
     return draw + mean
 
 
-def em_gaussian(rows, prior_rows: float = EM_PRIOR_ROWS) -> tuple[np.ndarray, np.ndarray]:
+def em_gaussian(rows, prior_rows: float) -> tuple[np.ndarray, np.ndarray]:
     """The mean [D] and covariance [D, D] of rows [N, D] with NaN gaps (EM, float64), under a prior of `prior_rows`.
 
     Runs in each column's standardised units, with `EM_RIDGE` on the diagonal,

@@ -34,7 +34,7 @@ import tensorflow_probability as tfp
 
 from tfp_vae import gaps, heads, losses, saving
 from tfp_vae._keras import serializable, tf_keras
-from tfp_vae.config import incompatibility
+from tfp_vae.config import FIXED_DEFAULTS, incompatibility
 from tfp_vae.data import RunningMoments, check_block, features_of, first_rows, moments, require_2d
 from tfp_vae.errors import DataError, TfpVaeError, warn
 from tfp_vae.likelihoods import make_likelihood, unit_raw
@@ -628,7 +628,8 @@ class GaussianVAE(VariationalAutoencoder):
                  decoder_scale: str = "learned", kl_weight: float = 1.0, fixed_scale: float = 1.0,
                  min_scale: float = 1e-3, activation: str = "leaky_relu", normalization: str = "standardize",
                  seed=None, transform: str = "none", nll_beta: float = 0.0, allow_missing: bool = False,
-                 missing_mechanism: str = "at-random", importance_samples: int = 1, **kwargs):
+                 missing_mechanism: str = "at-random", importance_samples: int = 1,
+                 em_prior_rows: float = FIXED_DEFAULTS["em_prior_rows"], **kwargs):
         super().__init__(input_size, code_size, kl_weight, seed, **kwargs)
         require_count(importance_samples, "importance_samples", least=1)
         if not 0 < float(min_scale) < 1:
@@ -657,6 +658,7 @@ class GaussianVAE(VariationalAutoencoder):
         self.allow_missing = bool(allow_missing)
         self.missing_mechanism = missing_mechanism
         self.importance_samples = int(importance_samples)
+        self.em_prior_rows = float(em_prior_rows)
 
         self.marginals = TRANSFORMS[transform](self.input_size, name="marginals")
         self.missingness = MECHANISMS[missing_mechanism](self.input_size, name="missingness")
@@ -682,7 +684,7 @@ class GaussianVAE(VariationalAutoencoder):
                 "normalization": self.normalization, "seed": self.seed, "transform": self.transform,
                 "nll_beta": self.nll_beta, "allow_missing": self.allow_missing,
                 "missing_mechanism": self.missing_mechanism, "importance_samples": self.importance_samples,
-                "name": self.name}
+                "em_prior_rows": self.em_prior_rows, "name": self.name}
 
     @property
     def likelihood_dense(self):
@@ -744,7 +746,7 @@ class GaussianVAE(VariationalAutoencoder):
                 self.marginals.fit(stats, rows)
             rows = self.marginals(np.asarray(rows, np.float32)).numpy()
             if self.allow_missing and self.needs_covariance:
-                mean, covariance = gaps.em_gaussian(rows)
+                mean, covariance = gaps.em_gaussian(rows, self.em_prior_rows)
                 self.normalizer.set_moments(mean, np.sqrt(np.diag(covariance)), len(rows), covariance)
                 return self
             stats = moments(rows, covariance=self.needs_covariance, allow_missing=self.allow_missing)

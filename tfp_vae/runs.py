@@ -39,7 +39,7 @@ THRESHOLD_QUANTILES = (0.001, 0.01, 0.05)
 CANDIDATES_CSV = "candidates.csv"
 REFIT = "refit"  # the chosen candidate's last fit, on training and validation rows together
 CANDIDATE_SETTINGS = ("normalization", "transform", "decoder_scale", "hidden", "code_size", "epochs",
-                      "passes_per_epoch", "kl_warmup_epochs", "early_stopping_patience")
+                      "passes_per_epoch", "kl_warmup_epochs", "early_stopping_patience", "em_prior_rows")
 
 
 def save_config(config: Config, run_dir: str) -> None:

@@ -105,7 +105,7 @@ import math
 
 import numpy as np
 
-from tfp_vae.config import Config, incompatibility
+from tfp_vae.config import FIXED_DEFAULTS, Config, incompatibility
 
 SELECTION_SAMPLES = 100
 MAX_SELECTION_ROWS = 10_000
@@ -278,9 +278,11 @@ def sized(config: Config, train_rows: int) -> Config:
         name: value for name, value in sizes.items() if getattr(config, name) is None})
 
 
-def candidates(config: Config, train_rows: int, positive_columns: bool = False) -> dict[str, Config]:
+def candidates(config: Config, train_rows: int, positive_columns: bool = False,
+               gaps: bool = False) -> dict[str, Config]:
     """The candidate configs by name, the simplest first: every open architecture setting varied, the given ones
-    pinned. `positive_columns`: whether some feature's training values are all positive (the log floor's)."""
+    pinned. `positive_columns`: whether some feature's training values are all positive (the log floor's); `gaps`:
+    whether the training rows have missing cells (EM's prior then matters)."""
     network = (width(train_rows),) * 2
     independent = dict(normalization="standardize", transform="none", decoder_scale="shared", hidden=())
     grid = [
@@ -298,6 +300,7 @@ def candidates(config: Config, train_rows: int, positive_columns: bool = False) 
     pinned = {name: getattr(config, name) for name in ("normalization", "transform", "decoder_scale", "hidden")
               if getattr(config, name) is not None}
     code = config.code_size if config.code_size is not None else code_size(config.input_size)
+    prior = FIXED_DEFAULTS["em_prior_rows"] if config.em_prior_rows is None else config.em_prior_rows
     gaussians, trained = {}, {}
     for settings in grid:
         trains = settings is not independent
@@ -311,13 +314,16 @@ def candidates(config: Config, train_rows: int, positive_columns: bool = False) 
         # Standardised, a linear floor needs a code as wide as the data to hold any covariance (W W^T + sigma^2):
         # with gaps, where whitening is refused, that keeps the full-covariance Gaussian among the candidates.
         candidate = sized(dataclasses.replace(
-            config, **settings, select="none",
+            config, **settings, select="none", em_prior_rows=prior,
             code_size=config.input_size if floor_code and config.code_size is None else code), train_rows)
         if settings["hidden"] == () and settings["decoder_scale"] == "shared" and config.epochs is None \
                 and config.missing_mechanism == "at-random":
-            gaussian = sized(dataclasses.replace(candidate, epochs=0, kl_warmup_epochs=None,
-                                                 early_stopping_patience=None), train_rows)
-            gaussians.setdefault(name_of(gaussian), gaussian)
+            # With gaps the prior shrinks EM's covariance: kept where the validation fills say it helps.
+            both = gaps and config.em_prior_rows is None and settings["normalization"] == "whiten"
+            for rows in (prior, 0.0) if both else (prior,):
+                gaussian = sized(dataclasses.replace(candidate, epochs=0, kl_warmup_epochs=None,
+                                                     early_stopping_patience=None, em_prior_rows=rows), train_rows)
+                gaussians.setdefault(name_of(gaussian), gaussian)
         if trains:
             trained.setdefault(name_of(candidate), candidate)
     return {**gaussians, **trained}
@@ -357,6 +363,7 @@ def name_of(config: Config) -> str:
     """A candidate's folder name: transform, normalisation, network, likelihood and code size."""
     transform = "" if config.transform == "none" else f"{config.transform}-"
     if config.untrained:
-        return f"{transform}{config.normalization}-gaussian"
+        fit = "-mle" if config.normalization == "whiten" and config.em_prior_rows == 0 else ""
+        return f"{transform}{config.normalization}-gaussian{fit}"
     network = "x".join(str(w) for w in config.hidden) if config.hidden else "linear"
     return f"{transform}{config.normalization}-{network}-{config.decoder_scale}-k{config.code_size}"

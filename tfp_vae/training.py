@@ -46,7 +46,8 @@ def build_model(config: Config) -> VariationalAutoencoder:
     return GaussianVAE(config.input_size, config.code_size, config.hidden, config.posterior, config.decoder_scale,
                        config.kl_weight, normalization=config.normalization, seed=config.seed,
                        transform=config.transform, nll_beta=config.nll_beta, allow_missing=config.allow_missing,
-                       missing_mechanism=config.missing_mechanism, importance_samples=config.importance_samples)
+                       missing_mechanism=config.missing_mechanism, importance_samples=config.importance_samples,
+                       em_prior_rows=config.em_prior_rows)
 
 
 def train(config: Config, data, run_dir, resume: bool = False, verbose: int = 1,
@@ -95,7 +96,8 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
     held_out = leave_one_out(validation, select.FILL_CELLS, config.seed) if select.chooses_by_fills(config) else None
     by_fills = held_out is not None and len(held_out[0]) > 0
     scale = np.where(found.train_moments.stddev > 0, found.train_moments.stddev, 1.0)
-    candidates = select.candidates(config, found.train_rows, bool(positive_columns(found.train_moments).any()))
+    candidates = select.candidates(config, found.train_rows, bool(positive_columns(found.train_moments).any()),
+                                   bool((found.train_moments.observed < found.train_moments.count).any()))
     if verbose:
         print(f"choosing the model: {len(candidates)} candidates on {found.train_rows} training rows, scored on "
               f"{len(validation)} validation rows" + (f" (their fills of {len(held_out[0])} observed cells, each "
