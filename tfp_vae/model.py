@@ -605,6 +605,9 @@ class GaussianVAE(VariationalAutoencoder):
         log (1/S) sum_s p(x|z_s) p(z_s) / q(z_s|x) (IWAE; with gaps, MIWAE's
         objective), tighter, at S times a step's decoder cost. A KL warm-up's
         weight then scales log p(z_s) - log q(z_s|x) inside each weight.
+      em_prior_rows: with gaps, the weight in rows of the independent
+        Gaussian's prior under which EM fits whitening's covariance
+        (`tfp_vae.gaps.em_gaussian`); 0 is the maximum-likelihood fit.
 
     #### Example
 
