@@ -9,7 +9,8 @@ rows are never passed to `train`, so they cannot reach the choice.
 The candidates run from the simplest to the most flexible, and the one kept is
 the simplest whose mean validation figure is within one standard error of the
 best one's (`simplest_within_one_se`; the one-standard-error rule of Breiman et
-al.'s CART and of glmnet's `lambda.1se`), or a simpler one whose mean is no worse. The error is that of the paired
+al.'s CART and of glmnet's `lambda.1se`), or a simpler one whose mean is no
+worse. The error is that of the paired
 difference, row by row, so the rows both candidates found hard cancel. On a
 table of a few hundred rows the validation rows are few, the best of ten
 noisy figures is likely a flexible model's lucky draw, and the rule keeps the
@@ -59,7 +60,9 @@ in this order:
   (by EM where they have gaps, `tfp_vae.gaps.em_gaussian`), as a linear model
   left untrained (`epochs=0`, `GaussianVAE.to_gaussian`), and the same after each feature's
   maximum-likelihood Yeo-Johnson transform (and, where the log floor below
-  stands, after its logarithm). The choice then never keeps a model
+  stands, after its logarithm). Where the training rows have gaps each comes
+  twice, EM's covariance first under its prior, then without it (`-mle`),
+  and the fills decide whether the prior helps. The choice then never keeps a model
   whose validation figures are worse than the classical model's, and keeps the
   classical model unless a flexible one is better by more than the figures'
   noise; chosen, its last fit refits the Gaussian on the training and validation
