@@ -176,8 +176,8 @@ def test_simplest_within_one_se_keeps_the_first_candidate_the_figures_cannot_tel
     assert select.simplest_within_one_se([alike, best], groups=np.array([7, 7, 9, 9])) == 1
     assert select.simplest_within_one_se([alike, best], groups=np.array([7, 9, 7, 9])) == 0
     # A candidate that errs with the best cell by cell (differences 0.1, 0.1, 0.1, 0.1: error 0) fails where a noisier
-    # one with a worse mean passes (differences 1.1, -0.9, 1.1, -0.9: mean 0.1 + 0.01 <= 0.5774); the rule keeps the
-    # simpler one, which no later candidate beats on average, not the noisy one.
+    # one with a worse mean passes (differences 1.11, -0.89, 1.11, -0.89: mean 0.11 <= 0.5774); the rule keeps the
+    # simpler one, which no later candidate beats on average, not the noisy one (nor where its mean is 0.12).
     together = best + 0.1
     noisy = best + [1.11, -0.89, 1.11, -0.89]
     assert select.simplest_within_one_se([together, noisy, best]) == 0

@@ -10,8 +10,8 @@ The candidates run from the simplest to the most flexible, and the one kept is
 the simplest whose mean validation figure is within one standard error of the
 best one's (`simplest_within_one_se`; the one-standard-error rule of Breiman et
 al.'s CART and of glmnet's `lambda.1se`), or a simpler one whose mean is no
-worse. The error is that of the paired
-difference, row by row, so the rows both candidates found hard cancel. On a
+worse. The error is that of the paired difference, row by row, so the rows
+both candidates found hard cancel. On a
 table of a few hundred rows the validation rows are few, the best of ten
 noisy figures is likely a flexible model's lucky draw, and the rule keeps the
 simpler model that the figures cannot tell from it; on a large table the
