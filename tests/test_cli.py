@@ -248,12 +248,14 @@ def test_demo_trains_both_models_reports_and_exports(tmp_path, capsys):
 @pytest.mark.own_process
 def test_train_with_no_model_flags_chooses_among_candidates_and_says_which(tmp_path, csv_file, capsys):
     assert main(["train", str(csv_file), "--out", str(tmp_path / "run"), "--epochs", "3", "--kl-warmup-epochs", "1",
-                 "--early-stopping-patience", "1", "--hidden", "8", "--normalization", "whiten", "--quiet"]) == 0
+                 "--early-stopping-patience", "1", "--hidden", "8", "--normalization", "whiten", "--selection-folds", "1",
+                 "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "| name |" in out and "| whiten-8-shared-k3 |" in out
     assert re.search(r"\nchose (yeo_johnson-|log-)?whiten-8-", out)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["select"] == "auto" and config["normalization"] == "whiten" and config["hidden"] == [8]
+    assert (config["selection_folds"], config["validation_split"]) == (1, 0.25)  # 120 rows: else 4 folds
     # header + 6 candidates: the log floor among them, as the column 'offset' is positive
     assert len((tmp_path / "run" / "candidates.csv").read_text().splitlines()) == 7
     assert "\nlog-whiten-8-shared-k3," in (tmp_path / "run" / "candidates.csv").read_text()
@@ -461,6 +463,9 @@ def test_the_library_starts_tensorflow_quietly():
     (["train", "{data}", "--out", "{out}/run", "--columns", ","], "--columns must be a non-empty list of names or indices"),
     (["train", "{data}", "--out", "{out}/run", "--epochs", "3", "--kl-warmup-epochs", "5"],
      "--kl-warmup-epochs must be at most the number of epochs (3), got 5"),
+    (["train", "{data}", "--out", "{out}/run", "--selection-folds", "0"], "--selection-folds must be at least 1, got 0"),
+    (["train", "{data}", "--out", "{out}/run", "--selection-folds", "3", "--validation-split", "0.5"],
+     "3 validation folds of --validation-split 0.5 would overlap"),
     (["evaluate", "{data}", "{data}"], "data.csv: not a tfp-vae run folder"),
     (["evaluate", "{run}", "{data}", "--columns", "huge,offset,tiny"], "columns ['huge', 'offset', 'tiny'] differ from "
      "the ['tiny', 'offset', 'huge'] the model was trained on; pick them in that order with --columns tiny,offset,huge"),

@@ -333,17 +333,24 @@ def test_selection_and_the_command_line_with_gaps(tmp_path, capsys, monkeypatch)
     assert {"whiten-8-shared-k6", "yeo_johnson-whiten-8-full-k6", "standardize-8-student_t-k6"} <= {
         row["name"] for row in table}
     # Chosen by its fills of validation cells, each hidden in turn, not by likelihood: the simplest candidate within
-    # one standard error of the best, the squared errors grouped by the row each cell came from.
+    # one standard error of the best, the squared errors grouped by the row each cell came from. Under 400 rows,
+    # over four folds: each candidate fitted four times, each row a validation row once.
     config, _ = load_run(tmp_path / "run")
     rows = read_table(str(path), allow_missing=True).values
     rows = rows[~np.isnan(rows).all(axis=1)]  # skipped, as training skips them
-    held_out = in_validation(np.arange(len(rows)), config.validation_split, config.seed)
-    gappy_cells, truth, source = leave_one_out(rows[held_out], select.FILL_CELLS, config.seed)
-    scale = np.nanstd(rows[~held_out].astype(np.float64), axis=0)
-    errors = []
-    for row in table:
-        _, candidate = load_run(tmp_path / "run" / "candidates" / row["name"])
-        errors.append(fill_errors(candidate, gappy_cells, truth, scale, select.SELECTION_SAMPLES, config.seed))
+    assert (len(rows), config.selection_folds) == (399, 4)
+    scale = np.nanstd(rows[~in_validation(np.arange(len(rows)), 0.25, config.seed)].astype(np.float64), axis=0)
+    errors, sources, first_row = [[] for _ in table], [], 0
+    for fold in range(4):
+        held_out = in_validation(np.arange(len(rows)), 0.25, config.seed, fold)
+        gappy_cells, truth, source = leave_one_out(rows[held_out], select.FILL_CELLS, config.seed)
+        sources.append(source + first_row)  # the validation rows numbered across the folds
+        first_row += held_out.sum()
+        for number, row in enumerate(table):
+            _, candidate = load_run(runs.candidate_folder(tmp_path / "run", row["name"], fold))
+            errors[number].append(fill_errors(candidate, gappy_cells, truth, scale, select.SELECTION_SAMPLES,
+                                              config.seed))
+    errors, source = [np.concatenate(error) for error in errors], np.concatenate(sources)
     np.testing.assert_allclose([np.sqrt(np.mean(error**2)) for error in errors],
                                [float(row["validation_fill_rmse"]) for row in table], rtol=1e-4)
     index = select.simplest_within_one_se([error**2 for error in errors], source)

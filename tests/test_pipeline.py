@@ -64,6 +64,24 @@ def test_files_with_different_columns_are_refused(tmp_path):
 def test_the_hash_is_the_same_in_numpy_and_tensorflow():
     rows = np.arange(10_000, dtype=np.int64)
     np.testing.assert_array_equal(in_validation(rows, 0.3, 7), in_validation(tf.constant(rows), 0.3, 7).numpy())
+    np.testing.assert_array_equal(in_validation(rows, 0.3, 7, fold=2),
+                                  in_validation(tf.constant(rows), 0.3, 7, fold=2).numpy())
+
+
+def test_folds_of_a_quarter_hold_out_every_row_once_and_the_first_is_the_plain_split(tmp_path):
+    rows = np.arange(1_000)
+    folds = np.stack([in_validation(rows, 0.25, 3, fold) for fold in range(4)])
+    np.testing.assert_array_equal(folds.sum(axis=0), np.ones(1_000))
+    assert all(200 < count < 300 for count in folds.sum(axis=1))
+    np.testing.assert_array_equal(folds[0], in_validation(rows, 0.25, 3))
+    x = np.arange(2_000, dtype=np.float32).reshape(1_000, 2)
+    np.savetxt(tmp_path / "d.csv", x, delimiter=",", header="a,b", comments="")
+    for source in (ArraySource(x), CsvSource(tmp_path / "d.csv")):
+        np.testing.assert_array_equal(rows_of(dataset(source, "validation", 64, 0.25, 3, fold=2)), x[folds[2]])
+        np.testing.assert_array_equal(np.sort(rows_of(dataset(source, "train", 64, 0.25, 3, fold=2)), axis=0),
+                                      x[~folds[2]])
+        found = scan(source, 0.25, 3, fold=2)
+        assert (found.train_rows, found.validation_rows) == ((~folds[2]).sum(), folds[2].sum())
 
 
 CELLS = ["1", " 1", "1 ", "+1", "-1.5e3", ".5", "5.", "1e400", "inf", "-Infinity", "nan", "NaN",

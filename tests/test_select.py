@@ -28,6 +28,44 @@ def test_sizes_are_rules_of_the_row_count():
     assert select.sized(Config(batch_size=64, epochs=7), 256).passes_per_epoch == 1  # the user's epochs
 
 
+def test_tables_under_400_rows_are_cross_validated_in_four_folds_and_given_settings_pin_the_split():
+    def split_and_folds(rows, **given):
+        config = select.held_out(Config(**given), rows)
+        return config.validation_split, config.selection_folds
+
+    assert split_and_folds(150) == (0.25, 4) and split_and_folds(399) == (0.25, 4)
+    assert split_and_folds(400) == (0.25, 1) and split_and_folds(1_000) == (0.1, 1)
+    assert split_and_folds(150, validation_split=0.2) == (0.2, 1)
+    assert split_and_folds(150, selection_folds=1) == (0.25, 1) and split_and_folds(5_000, selection_folds=5) == (0.2, 5)
+    assert split_and_folds(150, validation_split=0.1, selection_folds=3) == (0.1, 3)
+    with pytest.raises(TfpVaeError, match="3 validation folds of validation_split 0.4 would overlap"):
+        Config(validation_split=0.4, selection_folds=3)
+    with pytest.raises(TfpVaeError, match="selection_folds must be at least 1, got 0"):
+        Config(selection_folds=0)
+
+
+def test_cross_validation_scores_each_candidate_on_every_row_with_a_fit_per_fold(rng, tmp_path):
+    x = (rng.normal(size=(120, 3)) @ rng.normal(size=(3, 3)) + 5.0).astype(np.float32)
+    train(Config(epochs=0, hidden=(), decoder_scale="shared", transform="none", seed=0), x, tmp_path / "run",
+          verbose=0)
+    table = read_candidates(tmp_path / "run")
+    assert [(row["name"], row["validation_rows"]) for row in table] == [
+        ("whiten-gaussian", "120"), ("standardize-gaussian", "120")]
+    scores = []
+    for fold in range(4):
+        held = in_validation(np.arange(len(x)), 0.25, 0, fold)
+        config, model = load_run(runs.candidate_folder(tmp_path / "run", "whiten-gaussian", fold))
+        assert (config.validation_split, config.validation_fold) == (0.25, fold)
+        centred = x[held].astype(np.float64) - x[~held].mean(axis=0)  # each fold's Gaussian: the other folds' rows
+        covariance = np.cov(x[~held].T, bias=True)
+        truth = -0.5 * (3 * np.log(2 * np.pi) + np.linalg.slogdet(covariance)[1]
+                        + np.einsum("ij,jk,ik->i", centred, np.linalg.inv(covariance), centred))
+        np.testing.assert_allclose(model.elbo(x[held]).numpy(), truth, atol=1e-4)
+        scores.append(truth)
+    np.testing.assert_allclose(float(table[0]["validation_log_likelihood"]), np.concatenate(scores).mean(), atol=1e-4)
+    assert runs.load_config(tmp_path / "run").selection_folds == 4
+
+
 def test_the_last_fit_trains_on_every_row_for_the_best_epochs_steps():
     candidate = select.sized(Config(batch_size=64, validation_split=0.2, select="none"), 256)  # 12 passes an epoch
     last = select.refit(candidate, [5.0, 3.0, float("nan"), 2.0, 2.5], 256, 64)
@@ -121,10 +159,11 @@ def test_a_candidate_whose_validation_likelihood_is_not_finite_is_neither_chosen
     assert (table["standardize-gaussian"]["chosen"], table["whiten-gaussian"]["fill_weight"]) == ("True", "0.0")
 
 
+@pytest.mark.own_process  # late in the suite, a process that has built hundreds of models can crash TensorFlow
 def test_a_run_on_positive_columns_fits_the_log_floor_logging_those_alone(rng, tmp_path):
     x = np.exp(rng.normal(size=(300, 3)) @ rng.normal(size=(3, 3)) * 0.3).astype(np.float32)
     x[::50, 2] = -1.0  # a few negative values: the third column is not logged
-    train(Config(epochs=1, hidden=(4,), seed=0), x, tmp_path / "run", verbose=0)
+    train(Config(epochs=1, hidden=(4,), seed=0, selection_folds=1), x, tmp_path / "run", verbose=0)
     names = [row["name"] for row in read_candidates(tmp_path / "run")]
     assert names[:3] == ["whiten-4-shared-k3", "log-whiten-4-shared-k3", "yeo_johnson-whiten-4-shared-k3"]
     _, logged = load_run(tmp_path / "run" / "candidates" / "log-whiten-4-shared-k3")

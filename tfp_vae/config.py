@@ -98,6 +98,12 @@ class Config:
     model choice offers the untrained Gaussian both with the prior (1 row) and
     without it (the maximum-likelihood fit), and every other candidate whitens
     with the prior.
+    The validation rows are the `validation_fold`-th window of `validation_split`
+    of the rows (`tfp_vae.pipeline.in_validation`; windows never overlap). With
+    `select="auto"` each candidate is fitted once per fold for `selection_folds`
+    folds and scored on every fold's validation rows: left open, four folds of a
+    quarter each where a quarter of the rows is under `select.MIN_VALIDATION_ROWS`
+    (every row then validates once), else one (`select.held_out`).
     `epochs=0`, for a linear model with a shared scale, trains nothing: the model
     is then exactly the Gaussian its normalisation fits to the training rows
     (`GaussianVAE.to_gaussian`), the full-covariance one where whitened.
@@ -123,6 +129,8 @@ class Config:
     batch_size: int = 64
     learning_rate: float = 1e-3
     validation_split: float | None = None
+    validation_fold: int = 0
+    selection_folds: int | None = None
     seed: int = 0
     strategy: str = "default"
     select: str = "auto"
@@ -167,6 +175,14 @@ class Config:
             raise TfpVaeError(f"seed must be an integer from 0 to {MAX_SEED}, got {self.seed}")
         if self.validation_split is not None and not 0.0 <= self.validation_split < 1.0:
             raise TfpVaeError(f"validation_split must be in [0, 1), got {self.validation_split}")
+        if self.selection_folds is not None and self.selection_folds < 1:
+            raise TfpVaeError(f"selection_folds must be at least 1, got {self.selection_folds}")
+        if self.validation_fold < 0:
+            raise TfpVaeError(f"validation_fold must be at least 0, got {self.validation_fold}")
+        folds = max(self.validation_fold + 1, self.selection_folds or 1)
+        if self.validation_split is not None and folds * self.validation_split > 1.0 + 1e-9:
+            raise TfpVaeError(f"{folds} validation folds of validation_split {self.validation_split} would overlap: "
+                              f"their number times the split must be at most 1")
         if not 0 < self.learning_rate < math.inf:
             raise TfpVaeError(f"learning_rate must be positive and finite, got {self.learning_rate}")
         if self.em_prior_rows is not None and not 0.0 <= self.em_prior_rows < math.inf:

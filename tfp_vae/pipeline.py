@@ -29,13 +29,16 @@ IN_MEMORY_BYTES = 16 * 2**20  # CSV files up to this size are read once, into me
 MISSING_CELL = r"(^|,)[ \t]*(?i:na|n/a|nan|null)[ \t]*(,|$)"
 
 
-def in_validation(row_index, fraction: float, seed: int):
-    """Whether each row (by position) is held out: a multiplicative hash below `fraction`.
+def in_validation(row_index, fraction: float, seed: int, fold: int = 0):
+    """Whether each row (by position) is held out: a multiplicative hash in the `fold`-th window of width `fraction`.
 
-    The same arithmetic serves numpy arrays and int64 tensors.
+    Windows `fold` = 0, 1, ... are disjoint, so with `fraction` = 1 / k the k
+    folds hold out every row once (cross-validation). The same arithmetic serves
+    numpy arrays and int64 tensors.
     """
-    hashed = (row_index * HASH_MULTIPLIER + seed * 40503) % 2**32
-    return hashed < int(fraction * 2**32)
+    width = int(fraction * 2**32)
+    hashed = (row_index * HASH_MULTIPLIER + seed * 40503 - fold * width) % 2**32
+    return hashed < width
 
 
 @dataclass
@@ -77,9 +80,9 @@ class ArraySource:
             values = self.values[start:start + LINES_PER_BLOCK].astype(np.float64)
             yield values, np.arange(start, start + len(values)), self.dropped_rows if start == 0 else 0
 
-    def rows(self, subset: str, validation_fraction: float, seed: int) -> tf.data.Dataset:
+    def rows(self, subset: str, validation_fraction: float, seed: int, fold: int = 0) -> tf.data.Dataset:
         """The subset's rows, one dataset element each, sliced from memory."""
-        mask = _subset_mask(np.arange(len(self.values)), subset, validation_fraction, seed)
+        mask = _subset_mask(np.arange(len(self.values)), subset, validation_fraction, seed, fold)
         return tf.data.Dataset.from_tensor_slices(self.values[mask])
 
 
@@ -108,7 +111,7 @@ class CsvSource:
         for block, dropped in clean_blocks(self.pattern, self.selection, self.drop_nonfinite):
             yield block.values, block.row_index, dropped
 
-    def rows(self, subset: str, validation_fraction: float, seed: int) -> tf.data.Dataset:
+    def rows(self, subset: str, validation_fraction: float, seed: int, fold: int = 0) -> tf.data.Dataset:
         """The subset's rows, one dataset element each, streamed from the files; rows with blank or
         non-finite cells (kept only under `drop_nonfinite`, after the validating pass) are dropped."""
         lines = tf.data.Dataset.from_tensor_slices((self.paths, tf.constant(self.preambles, tf.int64))).flat_map(
@@ -126,7 +129,7 @@ class CsvSource:
 
         def keep(values, row_index):
             mask = tf.reduce_all(tf.math.is_finite(values), axis=1)
-            return tf.boolean_mask(values, mask & _subset_mask(row_index, subset, validation_fraction, seed))
+            return tf.boolean_mask(values, mask & _subset_mask(row_index, subset, validation_fraction, seed, fold))
 
         blocks = lines.batch(LINES_PER_BLOCK).enumerate().map(decode, num_parallel_calls=tf.data.AUTOTUNE)
         return blocks.map(keep, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
@@ -162,12 +165,13 @@ def as_source(data, allow_missing: bool = False):
     return data if isinstance(data, (ArraySource, CsvSource)) else ArraySource(data, allow_missing=allow_missing)
 
 
-def scan(source, validation_fraction: float, seed: int, covariance: bool = False, keep_rows: int = 0) -> Scan:
+def scan(source, validation_fraction: float, seed: int, covariance: bool = False, keep_rows: int = 0,
+         fold: int = 0) -> Scan:
     """One validating pass: float64 moments of the training rows, how many rows each side, and the first `keep_rows`."""
     moments, train_rows, validation_rows, dropped = RunningMoments(covariance), 0, 0, 0
     kept = []
     for values, row_index, dropped_here in source.blocks():
-        held_out = in_validation(row_index, validation_fraction, seed)
+        held_out = in_validation(row_index, validation_fraction, seed, fold)
         moments.update(values[~held_out])
         if train_rows < keep_rows:
             kept.append(values[~held_out][:keep_rows - train_rows])
@@ -178,7 +182,7 @@ def scan(source, validation_fraction: float, seed: int, covariance: bool = False
 
 
 def dataset(source, subset: str, batch_size: int, validation_fraction: float = 0.0, seed: int = 0,
-            shuffle: bool = False, row_count: int | None = None, passes: int = 1) -> tf.data.Dataset:
+            shuffle: bool = False, row_count: int | None = None, passes: int = 1, fold: int = 0) -> tf.data.Dataset:
     """Batches of float32 rows of `subset` ("train", "validation" or "all"), streamed from `source`.
 
     `row_count`, the subset's size when a scan has counted it, lets Keras know the
@@ -188,7 +192,7 @@ def dataset(source, subset: str, batch_size: int, validation_fraction: float = 0
     """
     if subset not in SUBSETS:
         raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
-    rows = source.rows(subset, validation_fraction, seed)
+    rows = source.rows(subset, validation_fraction, seed, fold)
     if shuffle:
         rows = rows.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
     if passes > 1:
@@ -201,8 +205,8 @@ def dataset(source, subset: str, batch_size: int, validation_fraction: float = 0
     return batches.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
-def _subset_mask(row_index, subset: str, validation_fraction: float, seed: int):
+def _subset_mask(row_index, subset: str, validation_fraction: float, seed: int, fold: int):
     if subset == "all":
         return row_index >= 0
-    held_out = in_validation(row_index, validation_fraction, seed)
+    held_out = in_validation(row_index, validation_fraction, seed, fold)
     return held_out if subset == "validation" else ~held_out

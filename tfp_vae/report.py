@@ -106,7 +106,7 @@ def _candidates(plt, run_dir: str, out_dir: str) -> dict:
     table = runs.read_candidates(run_dir)
     figure, (curves, bars) = plt.subplots(1, 2, figsize=(13, 3.8))
     for index, row in enumerate(table):
-        history = runs.read_history(os.path.join(run_dir, runs.CANDIDATES, row["name"]))
+        history = runs.read_history(runs.candidate_folder(run_dir, row["name"]))
         line = dict(color=f"C{index % 10}", lw=2.5 if row["chosen"] == "True" else 1.0)
         if "val_loss" in history:
             curves.plot(np.arange(1, len(history["val_loss"]) + 1), -np.asarray(history["val_loss"]),

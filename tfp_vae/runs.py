@@ -11,6 +11,8 @@
                             gaps its weight in the run's fills (`fill_weight`, `load_imputer`)
     RUN_DIR/candidates/     with select="auto": a run folder per candidate; the chosen one's files
                             are copied up into RUN_DIR
+    RUN_DIR/candidates/folds/<k>/  with several selection folds: each candidate refitted with the k-th fold
+                            of rows held out (k = 1, 2, ...; the candidate's own folder holds fold 0)
 """
 
 import csv
@@ -38,8 +40,16 @@ THRESHOLDS_JSON = "thresholds.json"
 THRESHOLD_QUANTILES = (0.001, 0.01, 0.05)
 CANDIDATES_CSV = "candidates.csv"
 REFIT = "refit"  # the chosen candidate's last fit, on training and validation rows together
+FOLDS = "folds"
 CANDIDATE_SETTINGS = ("normalization", "transform", "decoder_scale", "hidden", "code_size", "epochs",
                       "passes_per_epoch", "kl_warmup_epochs", "early_stopping_patience", "em_prior_rows")
+
+
+def candidate_folder(run_dir: str, name: str, fold: int = 0) -> str:
+    """The run folder of candidate `name` fitted with validation fold `fold` held out (see the module docstring)."""
+    if fold == 0:
+        return os.path.join(run_dir, CANDIDATES, name)
+    return os.path.join(run_dir, CANDIDATES, FOLDS, str(fold), name)
 
 
 def save_config(config: Config, run_dir: str) -> None:
@@ -187,7 +197,7 @@ def adopt_candidate(run_dir: str, name: str, table: list[dict], refitted: bool =
         writer = csv.DictWriter(file, fieldnames=list(table[0]))
         writer.writeheader()
         writer.writerows(table)
-    candidate = os.path.join(run_dir, CANDIDATES, name)
+    candidate = candidate_folder(run_dir, name)
     chosen = os.path.join(run_dir, CANDIDATES, REFIT) if refitted else candidate
     for entry in (HISTORY_CSV, HISTORY_JSON, LOGS, THRESHOLDS_JSON):
         source = os.path.join(candidate if entry == THRESHOLDS_JSON else chosen, entry)
@@ -222,7 +232,7 @@ def load_imputer(run_dir, model=None):
         return model
     from tfp_vae.blend import FillBlend
     chosen = chosen_row(table)["name"]
-    members = [model if name == chosen else load_run(os.path.join(run_dir, CANDIDATES, name))[1] for name in blend]
+    members = [model if name == chosen else load_run(candidate_folder(run_dir, name))[1] for name in blend]
     weights = np.array(list(blend.values()))
     return FillBlend(members, weights / weights.sum())
 

@@ -83,61 +83,75 @@ def train(config: Config, data, run_dir, resume: bool = False, verbose: int = 1,
 
 def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbose: int,
                       watchdog) -> VariationalAutoencoder:
-    """Fits every candidate into RUN_DIR/candidates/<name>/, keeps one by its validation figures
-    (`select.simplest_within_one_se`)."""
+    """Fits every candidate into RUN_DIR/candidates/<name>/ (and, with several folds, once more per fold), keeps one
+    by its validation figures over every fold (`select.simplest_within_one_se`)."""
     runs.check_run_dir(run_dir, resume)
-    if config.validation_split is None:
-        config = dataclasses.replace(config, validation_split=select.validation_fraction(_row_count(source)))
+    config = select.held_out(config, _row_count(source) if config.validation_split is None else 0)
     found = scan(source, config.validation_split, config.seed)
     if not resume:
         os.makedirs(run_dir, exist_ok=True)
         runs.save_config(config, run_dir)
-    validation = _validation_rows(source, config)
-    held_out = leave_one_out(validation, select.FILL_CELLS, config.seed) if select.chooses_by_fills(config) else None
-    by_fills = held_out is not None and len(held_out[0]) > 0
+    validations = [_validation_rows(source, dataclasses.replace(config, validation_fold=fold))
+                   for fold in range(config.selection_folds)]
+    held_outs = [leave_one_out(validation, select.FILL_CELLS, config.seed) for validation in validations] \
+        if select.chooses_by_fills(config) else None
+    by_fills = held_outs is not None and sum(len(gappy) for gappy, _, _ in held_outs) > 0
+    # A cell's group is the validation row it came from, numbered across the folds.
+    first_rows = np.cumsum([0] + [len(validation) for validation in validations])
+    groups = np.concatenate([rows + first for (_, _, rows), first in zip(held_outs, first_rows)]) if by_fills else None
     scale = np.where(found.train_moments.stddev > 0, found.train_moments.stddev, 1.0)
     candidates = select.candidates(config, found.train_rows, bool(positive_columns(found.train_moments).any()),
                                    bool((found.train_moments.observed < found.train_moments.count).any()))
     if verbose:
+        cross = f" ({len(validations)} folds: each row held out once)" if len(validations) > 1 else ""
         print(f"choosing the model: {len(candidates)} candidates on {found.train_rows} training rows, scored on "
-              f"{len(validation)} validation rows" + (f" (their fills of {len(held_out[0])} observed cells, each "
-                                                      "hidden in turn)" if by_fills else ""), flush=True)
+              f"{sum(map(len, validations))} validation rows{cross}" + (
+                  f" (their fills of {len(groups)} observed cells, each hidden in turn)" if by_fills else ""),
+              flush=True)
     table, losses, errors_by_candidate = [], [], []
     for name, candidate in candidates.items():
-        folder = os.path.join(run_dir, runs.CANDIDATES, name)
         started = time.perf_counter()
-        model = _train_or_load(candidate, source, folder, watchdog, validation)
-        score = log_likelihood(model, validation, select.SELECTION_SAMPLES, seed=config.seed)
+        scores, fold_errors = [], []
+        for fold, validation in enumerate(validations):
+            model = _train_or_load(dataclasses.replace(candidate, validation_fold=fold), source,
+                                   runs.candidate_folder(run_dir, name, fold), watchdog, validation)
+            scores.append(log_likelihood(model, validation, select.SELECTION_SAMPLES, seed=config.seed)[
+                "log_likelihood"])
+            if by_fills:
+                gappy, truth, _ = held_outs[fold]
+                fold_errors.append(fill_errors(model, gappy, truth, scale, select.SELECTION_SAMPLES, config.seed)
+                                   if len(gappy) else np.zeros(0))
+        score = np.concatenate(scores)
         row = {"name": name, **{key: getattr(candidate, key) for key in runs.CANDIDATE_SETTINGS},
-               "epochs_run": len(runs.read_history(folder).get("loss", [])),
-               "validation_log_likelihood": float(np.mean(score["log_likelihood"]))}
+               "epochs_run": len(runs.read_history(runs.candidate_folder(run_dir, name, 0)).get("loss", [])),
+               "validation_log_likelihood": float(np.mean(score))}
         degenerate = not np.isfinite(row["validation_log_likelihood"])
         if degenerate:
             warn(f"candidate {name}: validation log-likelihood {row['validation_log_likelihood']} (its density "
                  "degenerated on some validation rows); it is neither chosen nor blended")
         if by_fills:
-            errors = fill_errors(model, *held_out[:2], scale, select.SELECTION_SAMPLES, config.seed)
+            errors = np.concatenate(fold_errors)
             row["validation_fill_rmse"] = root_mean_square(errors)
             errors_by_candidate.append(np.full_like(errors, np.nan) if degenerate else errors)
-        losses.append(errors_by_candidate[-1] ** 2 if by_fills else -score["log_likelihood"])
-        row["validation_rows"] = len(validation)
+        losses.append(errors_by_candidate[-1] ** 2 if by_fills else -score)
+        row["validation_rows"] = len(score)
         row["seconds"] = round(time.perf_counter() - started, 1)
         table.append(row)
         if verbose:
             fills = f", fills {row['validation_fill_rmse']:.3f} column sd" if by_fills else ""
             print(f"candidate {name}: {row['epochs_run']} epochs, validation log-likelihood "
                   f"{row['validation_log_likelihood']:.3f} nats per row{fills} ({row['seconds']:.0f} s)", flush=True)
-    chosen_index = select.simplest_within_one_se(losses, held_out[2] if by_fills else None)
+    chosen_index = select.simplest_within_one_se(losses, groups)
     best = table[chosen_index]
     for row in table:
         row["chosen"] = row is best
     if by_fills:
         members = select.blend_members([candidate.transform for candidate in candidates.values()], chosen_index)
-        weights = select.fill_weights(np.stack(errors_by_candidate, axis=1), chosen_index, held_out[2], config.seed,
+        weights = select.fill_weights(np.stack(errors_by_candidate, axis=1), chosen_index, groups, config.seed,
                                       members)
         for row, weight in zip(table, weights):
             row["fill_weight"] = float(weight)
-    chosen = os.path.join(run_dir, runs.CANDIDATES, best["name"])
+    chosen = runs.candidate_folder(run_dir, best["name"])
     last_fit = select.refit(candidates[best["name"]], runs.read_history(chosen).get("val_loss", []),
                             found.train_rows, found.validation_rows)
     if verbose:
@@ -195,7 +209,7 @@ def _validation_rows(source, config: Config) -> np.ndarray:
     """The validation rows selection scores on (at most `select.MAX_SELECTION_ROWS` of them), in memory."""
     rows = []
     for values, row_index, _ in source.blocks():
-        rows.append(values[in_validation(row_index, config.validation_split, config.seed)])
+        rows.append(values[in_validation(row_index, config.validation_split, config.seed, config.validation_fold)])
         if sum(map(len, rows)) >= select.MAX_SELECTION_ROWS:
             break
     return np.concatenate(rows)[:select.MAX_SELECTION_ROWS].astype(np.float32)
@@ -217,7 +231,7 @@ def _train(config: Config, source, run_dir: str, resume: bool, verbose: int, wat
         model.compile(optimizer=tf_keras.optimizers.Adam(config.learning_rate))
     found = scan(source, config.validation_split, config.seed,
                  covariance=model.needs_covariance and not config.allow_missing,
-                 keep_rows=FIT_ROWS if model.needs_rows else 0)
+                 keep_rows=FIT_ROWS if model.needs_rows else 0, fold=config.validation_fold)
     if found.train_rows < MIN_TRAINING_ROWS or (config.validation_split > 0 and found.validation_rows == 0):
         raise DataError(f"{source.name}: {found.train_rows + found.validation_rows} row(s) is too few to train with "
                         f"validation split "
@@ -285,7 +299,7 @@ def _fit(model: VariationalAutoencoder, config: Config, source, found, write_dir
             "val_loss", patience=config.early_stopping_patience, restore_best_weights=True,
             start_from_epoch=config.kl_warmup_epochs))
     batches = functools.partial(dataset, source, batch_size=config.batch_size,
-                                validation_fraction=config.validation_split, seed=config.seed)
+                                validation_fraction=config.validation_split, seed=config.seed, fold=config.validation_fold)
     model.fit(batches("train", shuffle=True, row_count=found.train_rows, passes=config.passes_per_epoch),
               validation_data=batches("validation", row_count=found.validation_rows) if found.validation_rows else None,
               epochs=config.epochs, verbose=0, callbacks=callbacks)
