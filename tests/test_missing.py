@@ -360,12 +360,15 @@ def test_selection_and_the_command_line_with_gaps(tmp_path, capsys, monkeypatch)
                                select.fill_weights(np.stack(errors, 1), index, source, config.seed,
                                                    select.blend_members([row["transform"] for row in table], index)),
                                atol=1e-3)
+    # The chosen candidate and every other one in the fills had a last fit on every row, which fills in their place.
+    assert sorted(os.listdir(tmp_path / "run" / "candidates" / "refits")) == sorted(
+        row["name"] for number, row in enumerate(table) if number == index or float(row["fill_weight"]) > 0)
     # Made to blend the chosen candidate with the first other one, the run's imputer is that blend, and `impute`
     # and the export fill with it.
     other = next(number for number in range(len(table)) if number != index)
     for number, row in enumerate(table):
         row["fill_weight"] = {index: 0.25, other: 0.75}.get(number, 0.0)
-    runs.adopt_candidate(str(tmp_path / "run"), table[index]["name"], table, refitted=True)
+    runs.adopt_candidate(str(tmp_path / "run"), table[index]["name"], table)
     imputer = load_imputer(tmp_path / "run")
     assert isinstance(imputer, FillBlend) and list(imputer.weights) == (
         [0.25, 0.75] if index < other else [0.75, 0.25])

@@ -68,10 +68,13 @@ def test_cross_validation_scores_each_candidate_on_every_row_with_a_fit_per_fold
 
 def test_the_last_fit_trains_on_every_row_for_the_best_epochs_steps():
     candidate = select.sized(Config(batch_size=64, validation_split=0.2, select="none"), 256)  # 12 passes an epoch
-    last = select.refit(candidate, [5.0, 3.0, float("nan"), 2.0, 2.5], 256, 64)
+    last = select.refit(candidate, [[5.0, 3.0, float("nan"), 2.0, 2.5]], 256, 64)
     assert (last.validation_split, last.early_stopping_patience, last.epochs) == (0.0, 0, 11)  # the warm-up's 11
     # Best at epoch 41 of 48 steps (256 rows x 12 passes / 64); an epoch of all 320 rows is 60 steps: 32.8 epochs.
-    assert select.refit(candidate, [9.0] * 40 + [1.0] + [2.0] * 30, 256, 64).epochs == 33
+    assert select.refit(candidate, [[9.0] * 40 + [1.0] + [2.0] * 30], 256, 64).epochs == 33
+    # Over folds, the median best epoch: of 31, 41, 51 and 71, 46; 46 x 48 / 60 steps is 36.8 epochs.
+    folds = [[9.0] * (best - 1) + [1.0] + [2.0] * 5 for best in (51, 31, 71, 41)]
+    assert select.refit(candidate, folds, 256, 64).epochs == 37
 
 
 def test_candidates_span_the_open_settings_and_keep_the_given_ones():
@@ -85,7 +88,7 @@ def test_candidates_span_the_open_settings_and_keep_the_given_ones():
     # The classical models, untrained: the Gaussian, and the Gaussian after each feature's Yeo-Johnson transform.
     assert all((c.epochs, c.kl_warmup_epochs, c.early_stopping_patience, c.hidden, c.decoder_scale) == (
         0, 0, 0, (), "shared") for name, c in found.items() if name not in trained)
-    assert select.refit(found["whiten-gaussian"], [], 320, 80).epochs == 0
+    assert select.refit(found["whiten-gaussian"], [[]], 320, 80).epochs == 0
     assert not any(name.endswith("gaussian") for name in select.candidates(Config(input_size=5, epochs=7), 400))
     assert not any(name.endswith("gaussian") for name in select.candidates(
         Config(input_size=5, allow_missing=True, missing_mechanism="self-masking"), 400))
@@ -265,11 +268,11 @@ def test_train_keeps_the_simplest_candidate_within_one_standard_error_of_the_bes
     np.testing.assert_allclose(evaluate(candidate, validation, num_samples=100)["log_likelihood"],
                                float(best["validation_log_likelihood"]), atol=0.05)
     # The run's model is the candidate's last fit, on every row, for its best number of epochs.
-    last_fit, _ = load_run(run / "candidates" / "refit")
+    last_fit, last_model = load_run(run / "candidates" / "refits" / best["name"])
     assert last_fit.validation_split == 0.0 and not last_fit.early_stopping_patience
     history = json.loads((run / "history.json").read_text())
     assert len(history["loss"]) == last_fit.epochs and "val_loss" not in history
-    np.testing.assert_array_equal(model.elbo(x[:20]).numpy(), load_run(run / "candidates" / "refit")[1].elbo(x[:20]))
+    np.testing.assert_array_equal(model.elbo(x[:20]).numpy(), last_model.elbo(x[:20]).numpy())
     assert (run / "thresholds.json").read_text() == (run / "candidates" / best["name"] / "thresholds.json").read_text()
 
 

@@ -11,8 +11,10 @@
                             gaps its weight in the run's fills (`fill_weight`, `load_imputer`)
     RUN_DIR/candidates/     with select="auto": a run folder per candidate; the chosen one's files
                             are copied up into RUN_DIR
-    RUN_DIR/candidates/folds/<k>/  with several selection folds: each candidate refitted with the k-th fold
+    RUN_DIR/candidates/folds/<k>/  with several selection folds: each candidate fitted with the k-th fold
                             of rows held out (k = 1, 2, ...; the candidate's own folder holds fold 0)
+    RUN_DIR/candidates/refits/<name>/  the last fit, on every row, of the chosen candidate and of each one
+                            in the run's fills; its model and history are copied up into RUN_DIR
 """
 
 import csv
@@ -39,7 +41,7 @@ CANDIDATES = "candidates"
 THRESHOLDS_JSON = "thresholds.json"
 THRESHOLD_QUANTILES = (0.001, 0.01, 0.05)
 CANDIDATES_CSV = "candidates.csv"
-REFIT = "refit"  # the chosen candidate's last fit, on training and validation rows together
+REFITS = "refits"
 FOLDS = "folds"
 CANDIDATE_SETTINGS = ("normalization", "transform", "decoder_scale", "hidden", "code_size", "epochs",
                       "passes_per_epoch", "kl_warmup_epochs", "early_stopping_patience", "em_prior_rows")
@@ -50,6 +52,17 @@ def candidate_folder(run_dir: str, name: str, fold: int = 0) -> str:
     if fold == 0:
         return os.path.join(run_dir, CANDIDATES, name)
     return os.path.join(run_dir, CANDIDATES, FOLDS, str(fold), name)
+
+
+def refit_folder(run_dir: str, name: str) -> str:
+    """The run folder of candidate `name`'s last fit, on the training and validation rows together."""
+    return os.path.join(run_dir, CANDIDATES, REFITS, name)
+
+
+def fitted_folder(run_dir: str, name: str) -> str:
+    """Where candidate `name`'s final model is: its last fit where that finished, else its fold-0 fit."""
+    refit = refit_folder(run_dir, name)
+    return refit if os.path.exists(os.path.join(refit, MODEL_FILE)) else candidate_folder(run_dir, name)
 
 
 def save_config(config: Config, run_dir: str) -> None:
@@ -186,11 +199,11 @@ def _cell(value) -> str:
         return str(value)
 
 
-def adopt_candidate(run_dir: str, name: str, table: list[dict], refitted: bool = False) -> None:
+def adopt_candidate(run_dir: str, name: str, table: list[dict]) -> None:
     """Writes candidates.csv, and makes the chosen candidate's model, history, logs and config the run's own.
 
-    `refitted`: the model, history and logs come from its last fit on every row
-    (`candidates/refit`); the config (with the validation split selection used)
+    The model, history and logs come from its last fit on every row where there
+    is one (`fitted_folder`); the config (with the validation split selection used)
     and the anomaly thresholds stay the candidate's, which held the validation rows out.
     """
     with open(os.path.join(run_dir, CANDIDATES_CSV), "w", newline="") as file:
@@ -198,7 +211,7 @@ def adopt_candidate(run_dir: str, name: str, table: list[dict], refitted: bool =
         writer.writeheader()
         writer.writerows(table)
     candidate = candidate_folder(run_dir, name)
-    chosen = os.path.join(run_dir, CANDIDATES, REFIT) if refitted else candidate
+    chosen = fitted_folder(run_dir, name)
     for entry in (HISTORY_CSV, HISTORY_JSON, LOGS, THRESHOLDS_JSON):
         source = os.path.join(candidate if entry == THRESHOLDS_JSON else chosen, entry)
         target = os.path.join(run_dir, entry)
@@ -222,7 +235,7 @@ def read_candidates(run_dir) -> list[dict]:
 
 def load_imputer(run_dir, model=None):
     """What fills a finished run's gaps: its blend of candidates (`blend.FillBlend`) where selection kept one, else
-    its model. The chosen candidate's place in a blend goes to the run's model (its last fit on every row);
+    its model. Each member is the candidate's last fit on every row (`fitted_folder`), the chosen one's the run's model;
     `model`, that model where the caller has loaded it already."""
     run_dir = os.fspath(run_dir)
     model = load_run(run_dir)[1] if model is None else model
@@ -232,7 +245,7 @@ def load_imputer(run_dir, model=None):
         return model
     from tfp_vae.blend import FillBlend
     chosen = chosen_row(table)["name"]
-    members = [model if name == chosen else load_run(candidate_folder(run_dir, name))[1] for name in blend]
+    members = [model if name == chosen else load_run(fitted_folder(run_dir, name))[1] for name in blend]
     weights = np.array(list(blend.values()))
     return FillBlend(members, weights / weights.sum())
 

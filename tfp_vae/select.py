@@ -358,7 +358,7 @@ def epoch_steps(rows: int, passes: int, batch_size: int) -> int:
     return max(1, math.ceil(rows * passes / batch_size))
 
 
-def refit(config: Config, validation_losses: list, train_rows: int, validation_rows: int) -> Config:
+def refit(config: Config, fold_validation_losses: list[list], train_rows: int, validation_rows: int) -> Config:
     """The chosen candidate's config for a last fit on its training and validation rows together.
 
     Selection needs the validation rows held out; the model it keeps need not:
@@ -367,10 +367,14 @@ def refit(config: Config, validation_losses: list, train_rows: int, validation_r
     candidate took to its best validation epoch (at least its KL warm-up's
     epochs), with no rows held out. Steps, not epochs: an epoch over more rows is
     more steps, and a flexible model trained further than its validated point
-    overfits.
+    overfits. `fold_validation_losses` holds the candidate's validation losses by
+    epoch in each selection fold; the best epoch is the median of the folds' (one
+    fold's best is a noisy figure).
     """
-    finite = [(loss, epoch) for epoch, loss in enumerate(validation_losses, 1) if math.isfinite(loss)]
-    best_epoch = min(finite)[1] if finite else config.epochs
+    best_epochs = [min(finite)[1] for finite in (
+        [(loss, epoch) for epoch, loss in enumerate(losses, 1) if math.isfinite(loss)]
+        for losses in fold_validation_losses) if finite]
+    best_epoch = float(np.median(best_epochs)) if best_epochs else config.epochs
     steps = best_epoch * epoch_steps(train_rows, config.passes_per_epoch, config.batch_size)
     epochs = round(steps / epoch_steps(train_rows + validation_rows, config.passes_per_epoch, config.batch_size))
     return dataclasses.replace(config, validation_split=0.0, early_stopping_patience=0,

@@ -151,22 +151,33 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
                                       members)
         for row, weight in zip(table, weights):
             row["fill_weight"] = float(weight)
-    chosen = runs.candidate_folder(run_dir, best["name"])
-    last_fit = select.refit(candidates[best["name"]], runs.read_history(chosen).get("val_loss", []),
-                            found.train_rows, found.validation_rows)
+    kept = [row["name"] for row in table if row is best or float(row.get("fill_weight", 0)) > 0]
     if verbose:
-        print(f"refitting {best['name']} on the training and validation rows together: {last_fit.epochs} epochs "
-              "(its best epoch's steps)", flush=True)
-    try:
-        model = _train_or_load(last_fit, source, os.path.join(run_dir, runs.CANDIDATES, runs.REFIT), watchdog,
-                               refuse_divergence=True)
-    except TrainingDiverged as error:
-        warn(f"the last fit of {best['name']} diverged ({error}); kept the candidate as it was")
-        model = None
-    runs.adopt_candidate(run_dir, best["name"], table, refitted=model is not None)
+        print(f"refitting {', '.join(kept)} on the training and validation rows together, for the median of the "
+              "folds' best epochs' steps", flush=True)
+    refitted = {name: _last_fit(candidates[name], name, source, found, run_dir, len(validations), watchdog)
+                for name in kept}
+    runs.adopt_candidate(run_dir, best["name"], table)
     if verbose:
         print(runs.selection_summary(table), flush=True)
-    return runs.load_run(chosen)[1] if model is None else model
+    model = refitted[best["name"]]
+    return runs.load_run(runs.candidate_folder(run_dir, best["name"]))[1] if model is None else model
+
+
+def _last_fit(candidate: Config, name: str, source, found, run_dir: str, folds: int,
+              watchdog) -> VariationalAutoencoder | None:
+    """Candidate `name` fitted once more on the training and validation rows together (`select.refit`), into
+    `runs.refit_folder`; None, and that folder removed, where the fit diverged (the candidate's fold-0 fit stands)."""
+    histories = [runs.read_history(runs.candidate_folder(run_dir, name, fold)).get("val_loss", [])
+                 for fold in range(folds)]
+    folder = runs.refit_folder(run_dir, name)
+    try:
+        return _train_or_load(select.refit(candidate, histories, found.train_rows, found.validation_rows), source,
+                              folder, watchdog, refuse_divergence=True)
+    except TrainingDiverged as error:
+        warn(f"the last fit of {name} diverged ({error}); kept the candidate as it was")
+        shutil.rmtree(folder)
+        return None
 
 
 def _train_or_load(candidate: Config, source, folder: str, watchdog, validation: np.ndarray | None = None,
