@@ -111,7 +111,7 @@ def choice(run_dir) -> str:
     table = read_candidates(run_dir)
     blend = fill_blend(table)
     return f"`{chosen_row(table)['name']}`" + ("" if blend is None else ", filling with " + " + ".join(
-        f"{weight:.2f} `{name}`" for name, weight in blend.items()))
+        f"{weight:.3g} `{name}`" for name, weight in blend.items()))
 
 
 def run_set(name, x, seed, missing, mechanism, workdir, vaes=("defaults",), all_rows=False):

@@ -240,6 +240,8 @@ def test_the_summary_names_the_best_candidate_where_the_rule_kept_a_simpler_one(
     table[0]["fill_weight"], table[1]["fill_weight"] = "0.25", "0.75"
     assert runs.fill_blend(table) == {"simple": 0.25, "flexible": 0.75}
     assert runs.selection_summary(table).endswith("out of fold): simple 0.25, flexible 0.75")
+    table[0]["fill_weight"], table[1]["fill_weight"] = "0.004", "0.996"  # a small weight shows, not as 0.00
+    assert runs.selection_summary(table).endswith("out of fold): simple 0.004, flexible 0.996")
     table[0]["fill_weight"], table[1]["fill_weight"] = "0.0", "1.0"
     assert runs.fill_blend(table) is None and "blend" not in runs.selection_summary(table)
 

@@ -170,7 +170,7 @@ def selection_summary(table: list[dict]) -> str:
     blend = fill_blend(table)
     fills = "" if blend is None else ("\nfills with a blend of the candidates, weighed on the validation cells (it "
                                       "beat the chosen one alone there by more than a standard error, out of fold): "
-                                      + ", ".join(f"{name} {weight:.2f}" for name, weight in blend.items()))
+                                      + ", ".join(f"{name} {weight:.3g}" for name, weight in blend.items()))
     return "\n".join(lines) + f"\nchose {chosen['name']}{rule}: {score}{fills}"
 
 
