@@ -155,13 +155,14 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
     if verbose:
         print(f"refitting {', '.join(kept)} on the training and validation rows together, for the median of the "
               "folds' best epochs' steps", flush=True)
-    refitted = {name: _last_fit(candidates[name], name, source, found, run_dir, len(validations), watchdog)
-                for name in kept}
+    for name in kept:  # the other members' models are not kept: `runs.load_imputer` reads them back
+        if name != best["name"]:
+            _last_fit(candidates[name], name, source, found, run_dir, len(validations), watchdog)
+    model = _last_fit(candidates[best["name"]], best["name"], source, found, run_dir, len(validations), watchdog)
     runs.adopt_candidate(run_dir, best["name"], table)
     if verbose:
         print(runs.selection_summary(table), flush=True)
-    model = refitted[best["name"]]
-    return runs.load_run(runs.candidate_folder(run_dir, best["name"]))[1] if model is None else model
+    return runs.load_run(runs.fitted_folder(run_dir, best["name"]))[1] if model is None else model
 
 
 def _last_fit(candidate: Config, name: str, source, found, run_dir: str, folds: int,
