@@ -3,6 +3,7 @@
 import csv
 import dataclasses
 import json
+import logging
 import os
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from tfp_vae import Config, evaluate, load_run, read_candidates, runs, select, train, training
 from tfp_vae.evaluation import log_likelihood
 from tfp_vae.errors import TfpVaeError
+from tfp_vae.model import GaussianVAE
 from tfp_vae.pipeline import in_validation
 
 
@@ -64,6 +66,22 @@ def test_cross_validation_scores_each_candidate_on_every_row_with_a_fit_per_fold
         scores.append(truth)
     np.testing.assert_allclose(float(table[0]["validation_log_likelihood"]), np.concatenate(scores).mean(), atol=1e-4)
     assert runs.load_config(tmp_path / "run").selection_folds == 4
+
+
+@pytest.mark.own_process  # TensorFlow stops warning of a function's retracing after a few warnings per process
+def test_scoring_many_models_and_fitting_the_candidates_give_no_retracing_warning(rng, tmp_path, caplog):
+    # Each model traces its own graphs once. TensorFlow counts traces by a function's code, which every model's
+    # scoring closure shared (now a partial of its own) and Keras's training step shares (filtered while choosing).
+    x = rng.normal(size=(120, 3)).astype(np.float32)
+    x[:, 1:][rng.random((120, 2)) < 0.2] = np.nan
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        for seed in range(8):
+            model = GaussianVAE(3, code_size=2, hidden=(4,), allow_missing=True, seed=seed).adapt(x)
+            assert np.isfinite(log_likelihood(model, x[:10], 10)["log_likelihood"]).all()
+        train(Config(epochs=1, hidden=(4,), decoder_scale="learned", transform="none", allow_missing=True, seed=0),
+              x, tmp_path / "run", verbose=0)
+    assert len(read_candidates(tmp_path / "run")) == 2  # standardised and whitened, four folds each, and a last fit
+    assert not [record.getMessage() for record in caplog.records if "retracing" in record.getMessage()]
 
 
 def test_the_last_fit_trains_on_every_row_for_the_best_epochs_steps():

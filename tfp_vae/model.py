@@ -25,6 +25,7 @@ one, so features at scales 1e-3 and 1e6 train side by side.
 and the tensor-in, tensor-out methods that the SavedModel export calls.
 """
 
+import functools
 import weakref
 from typing import NamedTuple
 
@@ -61,12 +62,16 @@ def traced(model: "VariationalAutoencoder", method: str):
     per call. Python arguments are part of the trace; pass varying numbers (seeds) as tensors."""
     functions = _TRACED.setdefault(model, {})
     if method not in functions:
-        model_ref = weakref.ref(model)  # the function must not keep its model alive (it is this dict's key)
-
-        def call(*args):
-            return getattr(model_ref(), method)(*args)
-        functions[method] = tf.function(call, reduce_retracing=True)
+        # A weak reference: the function must not keep its model alive (it is this dict's key). A partial, not a
+        # closure: TensorFlow counts a function's traces by its code, which every model's closure would share, and
+        # warns of retracing when many models (the candidates of a model choice) each trace their own graph once.
+        functions[method] = tf.function(functools.partial(_call_method, weakref.ref(model), method),
+                                        reduce_retracing=True)
     return functions[method]
+
+
+def _call_method(model_ref, method: str, *args):
+    return getattr(model_ref(), method)(*args)
 
 
 def reparameterize(qz, eps):

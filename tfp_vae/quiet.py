@@ -1,6 +1,10 @@
-"""Starting TensorFlow without its start-up noise."""
+"""Starting TensorFlow without its start-up noise, and fitting many models without its retracing warning."""
 
+import contextlib
+import logging
 import os
+
+RETRACING = "triggered tf.function retracing"
 
 
 def start_tensorflow_quietly(initialize_devices: bool = True) -> None:
@@ -24,3 +28,26 @@ def start_tensorflow_quietly(initialize_devices: bool = True) -> None:
         os.dup2(saved, 2)
         os.close(saved)
     tf.get_logger().setLevel("ERROR")
+
+
+class _NoRetracingWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return RETRACING not in record.getMessage()
+
+
+@contextlib.contextmanager
+def fitting_many_models():
+    """TensorFlow's warning of frequent retracing left out of its log while the block runs.
+
+    Keras makes each model's training step from one closure, and TensorFlow
+    counts a function's traces by its code: fitting the candidates of a model
+    choice one after another, each tracing its own step once, reads to it as one
+    function retracing, and it warns of a cost that is not there.
+    """
+    no_retracing = _NoRetracingWarning()
+    logger = logging.getLogger("tensorflow")
+    logger.addFilter(no_retracing)
+    try:
+        yield
+    finally:
+        logger.removeFilter(no_retracing)

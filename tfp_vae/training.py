@@ -33,6 +33,7 @@ from tfp_vae.files import is_new_folder, remove_written
 from tfp_vae.model import GaussianVAE, VariationalAutoencoder
 from tfp_vae.pipeline import as_source, dataset, in_validation, scan
 from tfp_vae.question import QuestionVAE
+from tfp_vae.quiet import fitting_many_models
 from tfp_vae.transforms import FIT_ROWS, positive_columns
 
 MIN_TRAINING_ROWS = 2
@@ -70,7 +71,8 @@ def train(config: Config, data, run_dir, resume: bool = False, verbose: int = 1,
     watchdog = JoinWatchdog(worker_timeout, read_tf_config()) if config.strategy == "multiworker" else None
     try:
         if config.selects:
-            return _train_candidates(config, source, run_dir, resume, verbose, watchdog)
+            with fitting_many_models():
+                return _train_candidates(config, source, run_dir, resume, verbose, watchdog)
         return _train(config.with_fixed_defaults(), source, run_dir, resume, verbose, watchdog)
     except DataError:
         if new_folder:  # input that fails would fail a resume too: leave no half-written run
