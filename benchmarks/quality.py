@@ -24,7 +24,6 @@ import platform
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from sklearn import datasets
@@ -251,10 +250,11 @@ def main(argv=None):
     names = args.sets.split(",") if args.sets else list(sizes)
     run = functools.partial(run_set, seeds=args.seeds, epochs=args.epochs, samples=args.samples, started=started,
                             defaults_only=args.defaults_only)
-    # A process per data set, largest first: a small model's training keeps about one core busy.
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {name: pool.submit(run, name) for name in sorted(names, key=sizes.get, reverse=True)}
-        sections = [futures[name].result() for name in names]
+    # A fresh process per data set, largest first: a small model's training keeps about one core busy, and a
+    # process that has built hundreds of models can run out of memory compiling the next (LLVM, then a crash).
+    with multiprocessing.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
+        results = {name: pool.apply_async(run, (name,)) for name in sorted(names, key=sizes.get, reverse=True)}
+        sections = [results[name].get() for name in names]
     write_report(["\n\n".join([header(args, time.time() - started), *sections])], args.out)
 
 
