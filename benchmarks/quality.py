@@ -19,6 +19,8 @@ the distance to the flow, and the selection's wall time against one of its candi
 import argparse
 import functools
 import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 import os
 import platform
 import sys
@@ -250,11 +252,19 @@ def main(argv=None):
     names = args.sets.split(",") if args.sets else list(sizes)
     run = functools.partial(run_set, seeds=args.seeds, epochs=args.epochs, samples=args.samples, started=started,
                             defaults_only=args.defaults_only)
-    # A fresh process per data set, largest first: a small model's training keeps about one core busy, and a
-    # process that has built hundreds of models can run out of memory compiling the next (LLVM, then a crash).
-    with multiprocessing.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
-        results = {name: pool.apply_async(run, (name,)) for name in sorted(names, key=sizes.get, reverse=True)}
-        sections = [results[name].get() for name in names]
+    # A fresh process per data set (Python 3.11 on), largest first: a small model's training keeps about one core
+    # busy, and a process that has built hundreds of models can run out of memory compiling the next (LLVM, then
+    # a crash). A crashed worker breaks the executor, which then fails every set still running (a
+    # multiprocessing.Pool would wait for it forever).
+    per_process = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"), **per_process) as pool:
+        results = {name: pool.submit(run, name) for name in sorted(names, key=sizes.get, reverse=True)}
+        try:
+            sections = [results[name].result() for name in names]
+        except BrokenProcessPool:
+            unfinished = [name for name in names if results[name].exception() is not None]
+            sys.exit(f"error: a worker process died abruptly; no report written. Unfinished: {', '.join(unfinished)} "
+                     "(the sets that finished printed their sections above)")
     write_report(["\n\n".join([header(args, time.time() - started), *sections])], args.out)
 
 

@@ -13,6 +13,8 @@ def test_running_moments_match_numpy_over_uneven_blocks(rng):
     assert running.count == 1001
     np.testing.assert_allclose(running.mean, x.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(running.stddev, x.std(axis=0), rtol=1e-9)
+    np.testing.assert_array_equal(running.minimum, x.min(axis=0))
+    np.testing.assert_array_equal(running.maximum, x.max(axis=0))
     assert running.covariance is None
 
 

@@ -10,7 +10,8 @@ from tfp_vae._keras import tf_keras
 from tfp_vae.data import moments
 from tfp_vae.errors import TfpVaeError
 from tfp_vae.normalization import FLOAT32_TINY
-from tfp_vae.transforms import (QUADRATURE_NODES, Identity, Log, YeoJohnson, fit_yeo_johnson, yeo_johnson,
+from tfp_vae.transforms import (QUADRATURE_NODES, Identity, Log, YeoJohnson, fit_yeo_johnson, tailed_yeo_johnson,
+                                tailed_yeo_johnson_inverse, tailed_yeo_johnson_log_derivative, yeo_johnson,
                                 yeo_johnson_inverse, yeo_johnson_log_derivative)
 
 
@@ -40,6 +41,34 @@ def test_log_derivative_matches_finite_differences(lam):
     numeric = (numpy_yeo_johnson(S + step, lam) - numpy_yeo_johnson(S - step, lam)) / (2 * step)
     analytic = yeo_johnson_log_derivative(tf.constant(S, tf.float64), tf.constant(lam, tf.float64)).numpy()
     np.testing.assert_allclose(analytic, np.log(numeric), atol=1e-6)
+
+
+@pytest.mark.parametrize("lam", [0.05, 1.0, 1.7])
+def test_tails_continue_the_transform_by_its_tangent_and_invert(lam):
+    low, high = -2.0, 3.0
+    args = [tf.constant(v, tf.float64) for v in (lam, low, high)]
+    t = tailed_yeo_johnson(tf.constant(S, tf.float64), *args).numpy()
+    inside = (S >= low) & (S <= high)
+    np.testing.assert_allclose(t[inside], numpy_yeo_johnson(S[inside], lam), rtol=1e-12)
+    for edge, beyond in [(low, S < low), (high, S > high)]:
+        slope = (numpy_yeo_johnson(edge + 1e-6, lam) - numpy_yeo_johnson(edge - 1e-6, lam)) / 2e-6
+        np.testing.assert_allclose(t[beyond], numpy_yeo_johnson(edge, lam) + slope * (S[beyond] - edge), rtol=1e-6)
+        log_derivative = tailed_yeo_johnson_log_derivative(tf.constant(S[beyond], tf.float64), *args).numpy()
+        np.testing.assert_allclose(log_derivative, np.log(slope), atol=1e-6)
+    np.testing.assert_allclose(tailed_yeo_johnson_inverse(tf.constant(t), *args).numpy(), S, rtol=1e-10)
+
+
+def test_an_infinite_range_is_the_plain_transform_with_finite_gradients():
+    s, lam = tf.constant(S, tf.float64), tf.constant(0.3, tf.float64)
+    low, high = tf.constant(-np.inf, tf.float64), tf.constant(np.inf, tf.float64)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([s, lam])
+        t = tailed_yeo_johnson(s, lam, low, high)
+        back = tailed_yeo_johnson_inverse(yeo_johnson(s, lam), lam, low, high)
+    np.testing.assert_array_equal(t.numpy(), yeo_johnson(s, lam).numpy())
+    np.testing.assert_allclose(back.numpy(), S, rtol=1e-10)
+    for gradient in tape.gradient(t, [s, lam]) + tape.gradient(back, [s, lam]):
+        assert np.all(np.isfinite(gradient.numpy()))
 
 
 def test_fit_finds_the_most_gaussian_power(rng):
@@ -131,6 +160,40 @@ def test_moments_whose_far_nodes_pass_float32_stay_finite_and_past_it_are_inf():
     expected_stddev = np.sqrt(np.sum(weights * (s - expected_mean) ** 2) / np.sqrt(np.pi))
     np.testing.assert_allclose([mean[0], stddev[0]], [expected_mean, expected_stddev], rtol=1e-5)
     assert mean[1] == np.inf and stddev[1] == np.inf
+
+
+def test_fills_past_the_training_range_grow_linearly_not_exponentially():
+    """Right-skewed rows fit a small lam, near log(1 + s), whose inverse grows exponentially. Past the rows' range
+    the tails keep raw and transformed units linear to each other."""
+    rows = np.random.default_rng(0).lognormal(sigma=0.8, size=[200, 1]).astype(np.float32)
+    layer = YeoJohnson(1)
+    layer.fit(moments(rows), rows)
+    s_range = (rows.min(), rows.max())
+    assert layer.lam.numpy()[0] < 0.5
+    np.testing.assert_allclose(layer.inverse(layer(rows)).numpy(), rows, rtol=1e-5)
+    np.testing.assert_allclose([layer.low.numpy()[0], layer.high.numpy()[0]],
+                               (np.array(s_range) - layer.mean.numpy()[0]) / layer.scale.numpy()[0], rtol=1e-5)
+    t_high = layer(np.float32([[rows.max()]])).numpy()[0, 0]
+    raw = layer.inverse(tf.constant([[t_high + 1.0], [t_high + 2.0], [t_high + 3.0]])).numpy()[:, 0]
+    np.testing.assert_allclose(np.diff(raw), np.diff(raw)[0], rtol=1e-4)
+    plain = YeoJohnson(1)
+    plain.fit(moments(rows), rows)
+    plain.high.assign([np.inf])
+    assert plain.inverse(tf.constant([[t_high + 3.0]])).numpy()[0, 0] > 2 * raw[-1]
+    mean, stddev, _, _ = (value.numpy()[0, 0] for value in layer.raw_outputs(
+        tf.constant([[t_high + 40.0]]), tf.constant([[40.0]]), tf.ones([1, 1])))
+    assert np.isfinite(mean) and np.isfinite(stddev)
+
+
+def test_a_file_written_before_the_range_was_kept_loads_without_tails():
+    layer = YeoJohnson(2)
+    layer.load_own_variables({"0": np.float32([0.5, -0.5]), "1": np.float32([1.0, 2.0]), "2": np.float32([3.0, 4.0])})
+    np.testing.assert_array_equal(layer.raw_lambda.numpy(), [0.5, -0.5])
+    np.testing.assert_array_equal(layer.scale.numpy(), [3.0, 4.0])
+    assert np.all(layer.low.numpy() == -np.inf) and np.all(layer.high.numpy() == np.inf)
+    x = tf.constant([[100.0, -100.0]])
+    s = (x - layer.mean) / layer.scale
+    np.testing.assert_array_equal(layer(x).numpy(), yeo_johnson(s, layer.lam).numpy())
 
 
 def test_identity_changes_nothing():

@@ -93,9 +93,9 @@ def check_block(block: np.ndarray, first_row: int, input_size: int | None, sourc
 
 
 class RunningMoments:
-    """Per-feature count, mean, variance and least value, merged block by block in float64.
+    """Per-feature count, mean, variance, least and greatest value, merged block by block in float64.
 
-    A NaN cell is missing: each feature's mean, variance and `minimum` are over its
+    A NaN cell is missing: each feature's mean, variance, `minimum` and `maximum` are over its
     observed cells (`observed` counts them); `count` counts rows. With `covariance=True` it
     also keeps the D x D covariance (what whitening needs), at D^2 memory and work
     per row, from complete rows only.
@@ -106,7 +106,7 @@ class RunningMoments:
         self.count = 0
         self.observed = None
         self.mean = None
-        self.minimum = None
+        self.minimum = self.maximum = None
         self._sum_squares = None
         self._sum_products = None
 
@@ -124,8 +124,10 @@ class RunningMoments:
         block_sum_squares = (centred**2).sum(axis=0)
         block_sum_products = centred.T @ centred if self.tracks_covariance else None
         block_minimum = np.fmin.reduce(block, axis=0)  # NaN only where a column has no observed cell
+        block_maximum = np.fmax.reduce(block, axis=0)
         if self.count == 0:
-            self.count, self.observed, self.mean, self.minimum = len(block), n, block_mean, block_minimum
+            self.count, self.observed, self.mean = len(block), n, block_mean
+            self.minimum, self.maximum = block_minimum, block_maximum
             self._sum_squares, self._sum_products = block_sum_squares, block_sum_products
             return
         total = self.observed + n
@@ -133,6 +135,7 @@ class RunningMoments:
         weight = self.observed * n / np.maximum(total, 1)
         self.mean = self.mean + delta * (n / np.maximum(total, 1))
         self.minimum = np.fmin(self.minimum, block_minimum)
+        self.maximum = np.fmax(self.maximum, block_maximum)
         self._sum_squares = self._sum_squares + block_sum_squares + delta**2 * weight
         if self.tracks_covariance:
             self._sum_products = (self._sum_products + block_sum_products

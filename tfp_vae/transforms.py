@@ -33,6 +33,14 @@ rows (`fit_yeo_johnson`: the lam whose transformed feature is most Gaussian) and
 is then trained with the rest of the model, which learns the marginals and the
 dependence between features together.
 
+Past the range of its training rows each feature's transform is continued by its
+tangent at the nearer end (`tailed_yeo_johnson`; linear tails, as neural spline
+flows have). A power learned on one side of the data says nothing of the values
+beyond it, and followed there it can run away: with lam near 0 the transform is
+nearly log(1 + s), whose inverse is exponential, so a fill of a value above
+every training value could land tens of standard deviations out. With the tails,
+raw and transformed units are linear to each other there, as in the plain model.
+
 Raw-unit outputs come from the decoder's Gaussian marginal of each feature in
 transformed units, N(m, sd): the central interval maps exactly (`T^-1(m +- q sd)`),
 and the mean and standard deviation are `E[T^-1(m + sd Z)]` and its spread by
@@ -78,6 +86,30 @@ def yeo_johnson_log_derivative(s, lam):
     return tf.where(s >= 0, lam - 1.0, 1.0 - lam) * tf.math.log1p(tf.abs(s))
 
 
+def transformed_end(end, lam):
+    """`yeo_johnson` of one end of a range; an infinite end stays infinite, and passes no NaN gradient to lam."""
+    finite = tf.math.is_finite(end)
+    return tf.where(finite, yeo_johnson(tf.where(finite, end, 0.0), lam), end)
+
+
+def tailed_yeo_johnson(s, lam, low, high):
+    """`yeo_johnson` inside [low, high], continued beyond by its tangent at the nearer end, elementwise."""
+    edge = tf.clip_by_value(s, low, high)
+    return yeo_johnson(edge, lam) + tf.exp(yeo_johnson_log_derivative(edge, lam)) * (s - edge)
+
+
+def tailed_yeo_johnson_inverse(t, lam, low, high):
+    """`s` with `tailed_yeo_johnson(s, lam, low, high) == t`."""
+    edge = tf.clip_by_value(t, transformed_end(low, lam), transformed_end(high, lam))
+    s_edge = yeo_johnson_inverse(edge, lam)
+    return s_edge + (t - edge) / tf.exp(yeo_johnson_log_derivative(s_edge, lam))
+
+
+def tailed_yeo_johnson_log_derivative(s, lam, low, high):
+    """log dt/ds of `tailed_yeo_johnson`: constant beyond [low, high]."""
+    return yeo_johnson_log_derivative(tf.clip_by_value(s, low, high), lam)
+
+
 def positive_columns(stats) -> np.ndarray:
     """Which features `Log` takes: those whose least value over the training rows (`stats.minimum`) is above 0."""
     return stats.minimum > 0
@@ -106,14 +138,17 @@ def log_normal_moments(mean, stddev):
 
 
 @in_float64
-def quadrature_moments(mean, stddev, lam, nodes, weights):
-    """E[s] and sd[s] of s = `yeo_johnson_inverse`(t, lam) for t ~ N(mean, stddev) [..., D], by Gauss-Hermite.
+def quadrature_moments(mean, stddev, lam, low, high, nodes, weights):
+    """E[s] and sd[s] of s = `tailed_yeo_johnson_inverse`(t, lam, low, high) for t ~ N(mean, stddev) [..., D], by
+    Gauss-Hermite.
 
-    In standardised units, whatever the feature's offset, and in float64: with a
-    small lam the far nodes' s passes float32's range long before the mean does.
-    A mean beyond float64's is inf, and its standard deviation inf, never NaN.
+    In standardised units, whatever the feature's offset, and in float64: without
+    tails (an infinite range) and with a small lam the far nodes' s passes float32's
+    range long before the mean does. A mean beyond float64's is inf, and its
+    standard deviation inf, never NaN.
     """
-    s = yeo_johnson_inverse(mean[..., tf.newaxis] + stddev[..., tf.newaxis] * nodes, lam[:, tf.newaxis])
+    s = tailed_yeo_johnson_inverse(mean[..., tf.newaxis] + stddev[..., tf.newaxis] * nodes, lam[:, tf.newaxis],
+                                   low[:, tf.newaxis], high[:, tf.newaxis])
     s_mean = tf.reduce_sum(weights * s, axis=-1)
     s_variance = tf.reduce_sum(weights * tf.square(s - s_mean[..., tf.newaxis]), axis=-1)
     return s_mean, tf.where(tf.math.is_finite(s_mean), tf.sqrt(s_variance), np.inf)
@@ -155,26 +190,27 @@ def fit_yeo_johnson(s: np.ndarray) -> np.ndarray:
 
 
 class YeoJohnsonBijector(tfb.AutoCompositeTensorBijector):
-    """Raw x to transformed t, elementwise: `yeo_johnson((x - mean) / scale, lam)`."""
+    """Raw x to transformed t, elementwise: `tailed_yeo_johnson((x - mean) / scale, lam, low, high)`."""
 
-    def __init__(self, mean, scale, lam, name="yeo_johnson"):
+    def __init__(self, mean, scale, lam, low, high, name="yeo_johnson"):
         parameters = dict(locals())
         with tf.name_scope(name) as name:
-            self._mean, self._scale, self._lam = mean, scale, lam
+            self._mean, self._scale, self._lam, self._low, self._high = mean, scale, lam, low, high
             super().__init__(forward_min_event_ndims=0, parameters=parameters, name=name)
 
     @classmethod
     def _parameter_properties(cls, dtype, num_classes=None):
-        return {name: tfp.util.ParameterProperties() for name in ("mean", "scale", "lam")}
+        return {name: tfp.util.ParameterProperties() for name in ("mean", "scale", "lam", "low", "high")}
 
     def _forward(self, x):
-        return yeo_johnson((x - self._mean) / self._scale, self._lam)
+        return tailed_yeo_johnson((x - self._mean) / self._scale, self._lam, self._low, self._high)
 
     def _inverse(self, t):
-        return yeo_johnson_inverse(t, self._lam) * self._scale + self._mean
+        return tailed_yeo_johnson_inverse(t, self._lam, self._low, self._high) * self._scale + self._mean
 
     def _forward_log_det_jacobian(self, x):
-        return yeo_johnson_log_derivative((x - self._mean) / self._scale, self._lam) - tf.math.log(self._scale)
+        return (tailed_yeo_johnson_log_derivative((x - self._mean) / self._scale, self._lam, self._low, self._high)
+                - tf.math.log(self._scale))
 
 
 class PositiveLogBijector(tfb.AutoCompositeTensorBijector):
@@ -310,9 +346,12 @@ class Log(FittedTransform):
 class YeoJohnson(FittedTransform):
     """A learned Yeo-Johnson power transform of each standardised feature (`transform="yeo_johnson"`).
 
-    `fit` sets each feature's mean and scale and its maximum-likelihood lam from
-    training rows; lam then trains with the model (a weight, `2 sigmoid(raw_lambda)`).
-    The marginal in transformed units must be Gaussian for `raw_outputs`' quadrature.
+    `fit` sets each feature's mean and scale, its range over the training rows
+    (`low`, `high`, standardised: the transform's tangent continues it beyond) and
+    its maximum-likelihood lam; lam then trains with the model (a weight,
+    `2 sigmoid(raw_lambda)`). The marginal in transformed units must be Gaussian
+    for `raw_outputs`' quadrature. Unfitted, or read from a file written before the
+    range was kept, the range is the whole line: no tails.
 
     #### Example
 
@@ -329,6 +368,10 @@ class YeoJohnson(FittedTransform):
         self.mean = self.add_weight("mean", shape=[input_size], initializer="zeros", trainable=False)
         self.scale = self.add_weight("scale", shape=[input_size], initializer="ones", trainable=False)
         self.raw_lambda = self.add_weight("raw_lambda", shape=[input_size], initializer="zeros")
+        self.low = self.add_weight("low", shape=[input_size], initializer=tf_keras.initializers.Constant(-np.inf),
+                                   trainable=False)
+        self.high = self.add_weight("high", shape=[input_size], initializer=tf_keras.initializers.Constant(np.inf),
+                                    trainable=False)
         nodes, weights = np.polynomial.hermite.hermgauss(QUADRATURE_NODES)
         self.quadrature_nodes = tf.constant(np.sqrt(2.0) * nodes, tf.float64)
         self.quadrature_weights = tf.constant(weights / np.sqrt(np.pi), tf.float64)
@@ -338,29 +381,42 @@ class YeoJohnson(FittedTransform):
         return LAMBDA_BOUND * tf.sigmoid(self.raw_lambda)
 
     def fit(self, stats, rows) -> None:
-        """Standardises with the moments `stats`, and sets lam to each feature's maximum-likelihood value on `rows`."""
+        """Standardises with the moments `stats`, takes each feature's range from them, and sets lam to its
+        maximum-likelihood value on `rows`."""
         mean = np.asarray(stats.mean, np.float64)
         scale = np.maximum(np.asarray(stats.stddev, np.float64), scale_floor(mean))
         lam = fit_yeo_johnson((np.asarray(rows, np.float64) - mean) / scale)
         self.mean.assign(mean.astype(np.float32))
         self.scale.assign(scale.astype(np.float32))
+        self.low.assign(((stats.minimum - mean) / scale).astype(np.float32))
+        self.high.assign(((stats.maximum - mean) / scale).astype(np.float32))
         self.raw_lambda.assign(np.log(lam / (LAMBDA_BOUND - lam)).astype(np.float32))
 
+    def load_own_variables(self, store):
+        """Reads a file written before the range was kept (raw_lambda, mean, scale) with no tails, as it was."""
+        if len(store.keys()) == 3:
+            for variable, key in zip([self.raw_lambda, self.mean, self.scale], ["0", "1", "2"]):
+                variable.assign(store[key])
+            return
+        super().load_own_variables(store)
+
     def bijector(self) -> YeoJohnsonBijector:
-        return YeoJohnsonBijector(self.mean, self.scale, self.lam)
+        return YeoJohnsonBijector(self.mean, self.scale, self.lam, self.low, self.high)
 
     def call(self, x):
-        return yeo_johnson((x - self.mean) / self.scale, self.lam)
+        return tailed_yeo_johnson((x - self.mean) / self.scale, self.lam, self.low, self.high)
 
     def inverse(self, t):
-        return yeo_johnson_inverse(t, self.lam) * self.scale + self.mean
+        return tailed_yeo_johnson_inverse(t, self.lam, self.low, self.high) * self.scale + self.mean
 
     def log_jacobian(self, x, mask=None):
         s = (x - self.mean) / self.scale
-        return observed_sum(yeo_johnson_log_derivative(s, self.lam) - tf.math.log(self.scale), mask)
+        return observed_sum(tailed_yeo_johnson_log_derivative(s, self.lam, self.low, self.high)
+                            - tf.math.log(self.scale), mask)
 
     def raw_outputs(self, mean, stddev, half_width):
-        s_mean, s_stddev = quadrature_moments(mean, stddev, self.lam, self.quadrature_nodes, self.quadrature_weights)
+        s_mean, s_stddev = quadrature_moments(mean, stddev, self.lam, self.low, self.high, self.quadrature_nodes,
+                                              self.quadrature_weights)
         return (s_mean * self.scale + self.mean, s_stddev * self.scale,
                 self.inverse(mean - half_width), self.inverse(mean + half_width))
 
