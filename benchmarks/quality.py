@@ -18,14 +18,13 @@ the distance to the flow, and the selection's wall time against one of its candi
 
 import argparse
 import functools
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from sklearn import datasets
@@ -214,8 +213,9 @@ def data_sets():
     return sets
 
 
-def run_set(name, seeds, epochs, samples, started, defaults_only=False):
+def run_set(name, seeds, epochs, samples, defaults_only=False):
     """One data set's section of the report: every model, every seed."""
+    started = time.time()
     x, log_density = data_sets()[name]
     x = np.asarray(x, np.float64)
     x_train, x_test = train_test_split(x, test_size=0.25, random_state=SPLIT_SEED)
@@ -231,9 +231,7 @@ def run_set(name, seeds, epochs, samples, started, defaults_only=False):
             for model, value in results.items():
                 per_seed.setdefault(model, []).append(float(value))
             print(f"{name}, seed {seed}: done ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
-    text = section(name, x, x_test, per_seed, log_density)
-    print(text, file=sys.stderr, flush=True)  # each set's figures as soon as they exist
-    return text
+    return section(name, x, x_test, per_seed, log_density)
 
 
 def main(argv=None):
@@ -246,25 +244,30 @@ def main(argv=None):
     parser.add_argument("--defaults-only", action="store_true",
                         help="train only what no flags give (select=auto), beside the classical models")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "quality.md"))
+    parser.add_argument("--one-set", help=argparse.SUPPRESS)  # a child process: this set's section, to --out
     args = parser.parse_args(argv)
+    if args.one_set:
+        write_report([run_set(args.one_set, args.seeds, args.epochs, args.samples, args.defaults_only)], args.out)
+        return
     started = time.time()
     sizes = {name: np.size(x) for name, (x, _) in data_sets().items()}
     names = args.sets.split(",") if args.sets else list(sizes)
-    run = functools.partial(run_set, seeds=args.seeds, epochs=args.epochs, samples=args.samples, started=started,
-                            defaults_only=args.defaults_only)
-    # A fresh process per data set (Python 3.11 on), largest first: a small model's training keeps about one core
-    # busy, and a process that has built hundreds of models can run out of memory compiling the next (LLVM, then
-    # a crash). A crashed worker breaks the executor, which then fails every set still running (a
-    # multiprocessing.Pool would wait for it forever).
-    per_process = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"), **per_process) as pool:
-        results = {name: pool.submit(run, name) for name in sorted(names, key=sizes.get, reverse=True)}
-        try:
-            sections = [results[name].result() for name in names]
-        except BrokenProcessPool:
-            unfinished = [name for name in names if results[name].exception() is not None]
-            sys.exit(f"error: a worker process died abruptly; no report written. Unfinished: {', '.join(unfinished)} "
-                     "(the sets that finished printed their sections above)")
+    flags = [f"--seeds={args.seeds}", f"--epochs={args.epochs}", f"--samples={args.samples}"] + (
+        ["--defaults-only"] if args.defaults_only else [])
+    # Each data set in a process of its own, largest first, `--jobs` at a time: a small model's training keeps
+    # about one core busy, a process that has built hundreds of models can run out of memory compiling the next
+    # (LLVM, then a crash), and a crash then fails its own set, named, not the whole run silently.
+    largest_first = sorted(names, key=sizes.get, reverse=True)
+    with tempfile.TemporaryDirectory() as sections_dir, ThreadPoolExecutor(args.jobs) as pool:
+        paths = {name: os.path.join(sections_dir, f"{index}.md") for index, name in enumerate(names)}
+        codes = dict(zip(largest_first, pool.map(lambda name: subprocess.run(
+            [sys.executable, __file__, *flags, f"--one-set={name}", f"--out={paths[name]}"]).returncode,
+            largest_first)))
+        failed = [f"{name} (exit code {code})" for name, code in codes.items() if code != 0]
+        if failed:
+            sys.exit(f"error: {', '.join(failed)} failed; no report written (each finished set printed its "
+                     "section above)")
+        sections = [open(paths[name]).read().strip() for name in names]
     write_report(["\n\n".join([header(args, time.time() - started), *sections])], args.out)
 
 
