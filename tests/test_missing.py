@@ -217,22 +217,22 @@ def test_filling_wide_rows_bounds_the_numbers_its_draws_take():
 
 
 def test_a_fill_past_float32_is_inf_and_the_command_line_refuses_it(tmp_path, capsys):
-    """Near a log transform, an observed value at float32's edge sends another column's fill past its range: inf
-    with an inf stddev, never NaN; `tfp-vae impute` names the data row and column and writes nothing."""
+    """Under the log transform, an observed value at float32's edge sends another column's fill past its range (an
+    exponent): inf with an inf stddev, never NaN; `tfp-vae impute` names the data row and column and writes
+    nothing."""
     rng = np.random.default_rng(5)
-    x = np.exp(rng.normal(size=(600, 1)) @ [[1.0, 1.0, 0.5]] + 0.3 * rng.normal(size=(600, 3)))
+    x = np.exp(rng.normal(size=(600, 1)) @ [[1.0, 1.0, 3.0]] + 0.1 * rng.normal(size=(600, 3)))
     gappy = np.where(rng.random(x.shape) < 0.2, np.nan, x).astype(np.float32)
-    model = GaussianVAE(3, code_size=1, hidden=(8,), transform="yeo_johnson", allow_missing=True, seed=0)
+    model = GaussianVAE(3, code_size=1, hidden=(8,), transform="log", allow_missing=True, seed=0)
     model.compile()
-    model.fit(gappy, epochs=1, batch_size=100, verbose=0)
-    model.marginals.raw_lambda.assign(np.log(np.full(3, 0.01) / 1.99).astype(np.float32))
+    model.fit(gappy, epochs=20, batch_size=100, verbose=0)
     rows = np.array([[1.0, np.nan, 2.0], [3e38, np.nan, np.nan]], np.float32)
     filled, stddev, draws = model.impute(rows, draws=3)
     assert not np.isnan(filled).any() and not np.isnan(stddev).any() and not np.isnan(draws).any()
     assert np.isinf(filled[1]).any() and np.all(stddev[np.isinf(filled)] == np.inf) and np.isfinite(filled[0]).all()
     run = tmp_path / "run"
     run.mkdir()
-    runs.save_config(Config(hidden=(8,), code_size=1, transform="yeo_johnson", allow_missing=True, select="none",
+    runs.save_config(Config(hidden=(8,), code_size=1, transform="log", allow_missing=True, select="none",
                             input_size=3, feature_names=["a", "b", "c"]), str(run))
     model.save(run / "model.keras")
     path = tmp_path / "hostile.csv"
@@ -242,6 +242,22 @@ def test_a_fill_past_float32_is_inf_and_the_command_line_refuses_it(tmp_path, ca
     column = "abc"[np.flatnonzero(np.isinf(filled[1]))[0]]
     assert len(err) == 1 and f"hostile.csv: data row 2, column '{column}': the fill passes float32's range" in err[0]
     assert not (tmp_path / "filled.csv").exists()
+
+
+def test_an_observed_value_far_past_the_training_rows_scores_minus_inf_and_fills_without_nan(rng):
+    """Standardised 1e30 overflows the network's terms (inf / inf in the Gaussian): the row scores -inf, and its
+    draws, weighing nothing, still mix and resample, where they made NaN and an out-of-range gather before."""
+    x = rng.normal(size=(300, 3)) @ [[1.0, 0.5, 0.2], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]]
+    gappy = np.where(rng.random(x.shape) < 0.2, np.nan, x).astype(np.float32)
+    model = GaussianVAE(3, code_size=1, hidden=(8,), allow_missing=True, seed=0)
+    model.compile()
+    model.fit(gappy, epochs=1, batch_size=100, verbose=0)
+    rows = np.array([[1.0, np.nan, 2.0], [1e30, np.nan, np.nan]], np.float32)
+    elbo = model.elbo(rows).numpy()
+    assert np.isfinite(elbo[0]) and elbo[1] == -np.inf
+    assert evaluate(model, rows, num_samples=10)["log_likelihood"] == -np.inf
+    filled, stddev, draws = model.impute(rows, draws=3)
+    assert not np.isnan(filled).any() and not np.isnan(stddev).any() and not np.isnan(draws).any()
 
 
 @pytest.fixture

@@ -95,6 +95,8 @@ class LogWeights(NamedTuple):
     and log q(z|x) at the same z; `rate` [B]: the analytic KL(q(z|x) || p(z));
     `loc` [S, B, D]: the decoder's mean in model units; `z` [S, B, K]: the codes.
     The importance weight of a draw is `log_px + log_pz - log_qz` (`log_weight`).
+    Where an observed value lies so far beyond the training rows' that the
+    draw's terms overflow, `log_px` is -inf, never NaN: the draw weighs nothing.
     A model whose cells are missing not at random (`tfp_vae.missingness`) also
     draws the missing cells: `log_px` is then log p(x_observed, s | z, x_missing)
     and `completed` [S, B, D] the rows in raw units with those draws in their gaps.
@@ -111,6 +113,13 @@ class LogWeights(NamedTuple):
     @property
     def log_weight(self) -> tf.Tensor:
         return self.log_px + self.log_pz - self.log_qz
+
+    @property
+    def draw_logits(self) -> tf.Tensor:
+        """`log_weight`, with equal weights for a row whose every draw weighs nothing, so that its draws still
+        mix (into an inf fill, never NaN) and can be resampled."""
+        weightless = tf.reduce_all(self.log_weight == -np.inf, axis=0)
+        return tf.where(weightless, 0.0, self.log_weight)
 
 
 class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
@@ -278,6 +287,7 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         if mask is not None:
             log_ps, completed = self.missing_values(x, u, mask, loc, scale, eps[..., self.code_size:])
             log_px += log_ps
+        log_px = tf.where(tf.math.is_nan(log_px), -np.inf, log_px)  # inf / inf in a Gaussian's terms
         log_qz = losses.standard_normal_log_prob(code_noise) - tf.reduce_sum(log_scale, axis=-1)
         return LogWeights(log_px, losses.standard_normal_log_prob(z), log_qz, rate, loc, z, completed)
 
@@ -528,7 +538,7 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         eps = tf.random.stateless_normal([self.draws_for(num_samples), tf.shape(x)[0], self.noise_size],
                                          seed=[seed, self.noise_seed_])
         weights = self.log_weights(x, eps)
-        probability = tf.nn.softmax(weights.log_weight, axis=0)[..., tf.newaxis]  # [S, B, 1]
+        probability = tf.nn.softmax(weights.draw_logits, axis=0)[..., tf.newaxis]  # [S, B, 1]
         if weights.completed is not None:  # each draw's own values, weighted with the mask they explain
             mean, stddev = weights.completed, tf.zeros_like(weights.completed)
         else:
@@ -543,7 +553,7 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         if not draws:
             return filled, stddev
         mask = tf.math.is_finite(x)
-        chosen = tf.random.stateless_categorical(tf.transpose(weights.log_weight), draws, seed=[seed, 1])  # [B, draws]
+        chosen = tf.random.stateless_categorical(tf.transpose(weights.draw_logits), draws, seed=[seed, 1])  # [B, draws]
         if weights.completed is not None:  # the chosen draws' own values
             rows = tf.transpose(tf.gather(tf.transpose(weights.completed, [1, 0, 2]), chosen, batch_dims=1), [1, 0, 2])
         else:
