@@ -260,9 +260,12 @@ def main(argv=None):
     largest_first = sorted(names, key=sizes.get, reverse=True)
     with tempfile.TemporaryDirectory() as sections_dir, ThreadPoolExecutor(args.jobs) as pool:
         paths = {name: os.path.join(sections_dir, f"{index}.md") for index, name in enumerate(names)}
-        codes = dict(zip(largest_first, pool.map(lambda name: subprocess.run(
-            [sys.executable, __file__, *flags, f"--one-set={name}", f"--out={paths[name]}"]).returncode,
-            largest_first)))
+
+        def exit_code(name):
+            return subprocess.run([sys.executable, __file__, *flags, f"--one-set={name}", f"--out={paths[name]}"]
+                                  ).returncode
+
+        codes = dict(zip(largest_first, pool.map(exit_code, largest_first)))
         failed = [f"{name} (exit code {code})" for name, code in codes.items() if code != 0]
         if failed:
             sys.exit(f"error: {', '.join(failed)} failed; no report written (each finished set printed its "

@@ -118,8 +118,8 @@ class LogWeights(NamedTuple):
     def draw_logits(self) -> tf.Tensor:
         """`log_weight`, with equal weights for a row whose every draw weighs nothing, so that its draws still
         mix (into an inf fill, never NaN) and can be resampled."""
-        weightless = tf.reduce_all(self.log_weight == -np.inf, axis=0)
-        return tf.where(weightless, 0.0, self.log_weight)
+        log_weight = self.log_weight
+        return tf.where(tf.reduce_all(log_weight == -np.inf, axis=0), 0.0, log_weight)
 
 
 class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
@@ -532,28 +532,30 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
             raise TfpVaeError("this model needs complete rows: train it with allow_missing=True to fill gaps")
 
     def imputation(self, x, num_samples: int = IMPUTE_SAMPLES, seed: int = 0):
-        """Tensors in and out: `(filled, stddev, weights)` for rows `x` [B, D] with NaN gaps (see `impute`)."""
+        """Tensors in and out: `(filled, stddev, weights, logits)` for rows `x` [B, D] with NaN gaps (see `impute`),
+        `logits` [S, B] the draws' `weights.draw_logits`."""
         self.require_fills()
         mask = tf.math.is_finite(x)
         eps = tf.random.stateless_normal([self.draws_for(num_samples), tf.shape(x)[0], self.noise_size],
                                          seed=[seed, self.noise_seed_])
         weights = self.log_weights(x, eps)
-        probability = tf.nn.softmax(weights.draw_logits, axis=0)[..., tf.newaxis]  # [S, B, 1]
+        logits = weights.draw_logits
+        probability = tf.nn.softmax(logits, axis=0)[..., tf.newaxis]  # [S, B, 1]
         if weights.completed is not None:  # each draw's own values, weighted with the mask they explain
             mean, stddev = weights.completed, tf.zeros_like(weights.completed)
         else:
             mean, stddev = self.missing_outputs(x, tf.cast(mask, x.dtype), *self.decoder_params(weights.z))
         fill, spread = mixture_moments(probability, mean, stddev)
-        return tf.where(mask, x, fill), tf.where(mask, 0.0, spread), weights
+        return tf.where(mask, x, fill), tf.where(mask, 0.0, spread), weights, logits
 
     def fill_rows(self, x, seed, num_samples: int, draws: int):
         """Tensors in and out, `impute`'s traced step: `(filled, stddev)` for rows `x` [B, D], and with `draws` > 0
         the rows drawn [draws, B, D]; `seed` a scalar tensor."""
-        filled, stddev, weights = self.imputation(x, num_samples, seed)
+        filled, stddev, weights, logits = self.imputation(x, num_samples, seed)
         if not draws:
             return filled, stddev
         mask = tf.math.is_finite(x)
-        chosen = tf.random.stateless_categorical(tf.transpose(weights.draw_logits), draws, seed=[seed, 1])  # [B, draws]
+        chosen = tf.random.stateless_categorical(tf.transpose(logits), draws, seed=[seed, 1])  # [B, draws]
         if weights.completed is not None:  # the chosen draws' own values
             rows = tf.transpose(tf.gather(tf.transpose(weights.completed, [1, 0, 2]), chosen, batch_dims=1), [1, 0, 2])
         else:

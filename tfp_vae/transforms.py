@@ -291,6 +291,15 @@ class FittedTransform(Identity):
         """Raw x to transformed t."""
         raise NotImplementedError
 
+    def call(self, x):
+        return self.bijector().forward(x)
+
+    def inverse(self, t):
+        return self.bijector().inverse(t)
+
+    def log_jacobian(self, x, mask=None):
+        return observed_sum(self.bijector().forward_log_det_jacobian(x, event_ndims=0), mask)
+
     def raw_distribution(self, distribution):
         return tfd.TransformedDistribution(distribution, tfb.Invert(self.bijector()))
 
@@ -325,15 +334,6 @@ class Log(FittedTransform):
 
     def bijector(self) -> PositiveLogBijector:
         return PositiveLogBijector(self.logged)
-
-    def call(self, x):
-        return positive_log(x, self.logged)
-
-    def inverse(self, t):
-        return positive_log_inverse(t, self.logged)
-
-    def log_jacobian(self, x, mask=None):
-        return observed_sum(positive_log_derivative(x, self.logged), mask)
 
     def raw_outputs(self, mean, stddev, half_width):
         logged = self.logged > 0
@@ -402,17 +402,6 @@ class YeoJohnson(FittedTransform):
 
     def bijector(self) -> YeoJohnsonBijector:
         return YeoJohnsonBijector(self.mean, self.scale, self.lam, self.low, self.high)
-
-    def call(self, x):
-        return tailed_yeo_johnson((x - self.mean) / self.scale, self.lam, self.low, self.high)
-
-    def inverse(self, t):
-        return tailed_yeo_johnson_inverse(t, self.lam, self.low, self.high) * self.scale + self.mean
-
-    def log_jacobian(self, x, mask=None):
-        s = (x - self.mean) / self.scale
-        return observed_sum(tailed_yeo_johnson_log_derivative(s, self.lam, self.low, self.high)
-                            - tf.math.log(self.scale), mask)
 
     def raw_outputs(self, mean, stddev, half_width):
         s_mean, s_stddev = quadrature_moments(mean, stddev, self.lam, self.low, self.high, self.quadrature_nodes,
