@@ -1,10 +1,13 @@
+import io
 import re
+import warnings
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tfp_vae import GaussianVAE, config, heads, losses
+from tfp_vae import model as model_module
 from tfp_vae._keras import tf_keras
 from tfp_vae.callbacks import KLWarmup
 from tfp_vae.model import mixture_moments
@@ -446,3 +449,18 @@ def test_mixture_moments_by_hand():
     past = tf.constant([[np.inf], [2.0]]), tf.constant([[np.inf], [1.0]])
     assert [value.numpy()[0] for value in mixture_moments(tf.constant([[0.0], [1.0]]), *past)] == [2.0, 1.0]
     assert [value.numpy()[0] for value in mixture_moments(tf.constant([[0.5], [0.5]]), *past)] == [np.inf, np.inf]
+
+
+@pytest.mark.parametrize("maps, room", [(49, True), (50, False)])
+def test_models_stop_using_xla_past_half_the_memory_maps_linux_allows(monkeypatch, maps, room):
+    """XLA never frees a model's compiled code: past half of `vm.max_map_count` (100 here) compile leaves it off, once
+    warned, rather than let LLVM crash the process at the limit."""
+    files = {"/proc/sys/vm/max_map_count": "100\n", "/proc/self/maps": "a map\n" * maps}
+    monkeypatch.setattr(model_module, "open", lambda path: io.StringIO(files[path]), raising=False)
+    model = GaussianVAE(2, code_size=1, hidden=(4,), seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.compile()
+    assert model._jit_compile is room
+    assert [str(w.message).startswith("this process has compiled many models with XLA") for w in caught] == (
+        [] if room else [True])

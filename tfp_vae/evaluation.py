@@ -35,7 +35,7 @@ PIT_BINS = 10
 
 def log_likelihood(model: VariationalAutoencoder, x, num_samples: int = 1000, seed: int = 0,
                    rows_per_chunk: int = 256, cells_per_chunk: int = DRAW_NUMBERS) -> dict:
-    """Per-example IWAE log-likelihood, ELBO and reconstruction log-probability, in nats.
+    """Per-example IWAE log-likelihood, ELBO, reconstruction log-probability and KL(q(z|x) || p(z)), in nats.
 
     Draws are made `cells_per_chunk` decoder numbers at a time and summed as they
     come, so memory stays bounded for any number of samples; the bound itself is
@@ -46,24 +46,26 @@ def log_likelihood(model: VariationalAutoencoder, x, num_samples: int = 1000, se
     weight_terms = traced(model, "weight_terms")
     rng = np.random.default_rng(seed)
     width = max(model.chunk_width, model.code_size)
-    results = {"log_likelihood": [], "elbo": [], "reconstruction_log_prob": []}
+    results = {"log_likelihood": [], "elbo": [], "reconstruction_log_prob": [], "kl": []}
     for start in range(0, len(x), rows_per_chunk):
         rows = tf.constant(x[start:start + rows_per_chunk])
         samples_per_chunk = max(1, cells_per_chunk // (len(rows) * width))
-        # Running sums over the draws: log sum exp of the weights, the weights, log p(x|z).
-        log_total, weight_total, log_px_total = np.full(len(rows), -np.inf), 0.0, 0.0
+        # Running sums over the draws: log sum exp of the weights, the weights, log p(x|z), log q(z|x) / p(z).
+        log_total, weight_total, log_px_total, kl_total = np.full(len(rows), -np.inf), 0.0, 0.0, 0.0
         for first in range(0, num_samples, samples_per_chunk):
             count = min(samples_per_chunk, num_samples - first)
             eps = rng.standard_normal((count, len(rows), model.noise_size)).astype(np.float32)
-            chunk_weights, chunk_log_px = weight_terms(rows, tf.constant(eps))
+            chunk_weights, chunk_log_px, chunk_log_ratio = weight_terms(rows, tf.constant(eps))
             chunk_weights = tf.cast(chunk_weights, tf.float64)
             with np.errstate(invalid="ignore"):  # a NaN weight makes the row's figure NaN, for the caller to report
                 log_total = np.logaddexp(log_total, losses.iwae_bound(chunk_weights).numpy() + np.log(count))
             weight_total = weight_total + tf.reduce_sum(chunk_weights, axis=0).numpy()
             log_px_total = log_px_total + tf.reduce_sum(tf.cast(chunk_log_px, tf.float64), axis=0).numpy()
+            kl_total = kl_total + tf.reduce_sum(tf.cast(chunk_log_ratio, tf.float64), axis=0).numpy()
         results["log_likelihood"].append(log_total - np.log(num_samples))
         results["elbo"].append(weight_total / num_samples)
         results["reconstruction_log_prob"].append(log_px_total / num_samples)
+        results["kl"].append(kl_total / num_samples)
     return {name: np.concatenate(values) for name, values in results.items()}
 
 
@@ -140,7 +142,7 @@ def evaluate(model: VariationalAutoencoder, data, num_samples: int = 1000, seed:
         outputs = {name: value.numpy().astype(np.float64) for name, value in model(x).items()}
         ll = per_example["log_likelihood"]
         sums += [ll.sum(), (ll**2).sum(), per_example["elbo"].sum(), per_example["reconstruction_log_prob"].sum(),
-                 (per_example["reconstruction_log_prob"] - per_example["elbo"]).sum(),
+                 per_example["kl"].sum(),
                  np.nanmean((x.astype(np.float64) - outputs["mean"]) ** 2, axis=1).sum()]
         counts += calibration_counts(x, outputs["mean"], outputs["stddev"])
         codes.update(outputs["code_mean"].astype(np.float64))
@@ -150,7 +152,9 @@ def evaluate(model: VariationalAutoencoder, data, num_samples: int = 1000, seed:
         raise DataError("no rows to evaluate")
     ll_sum, ll_squares, elbo_sum, log_px_sum, kl_sum, mse_sum = sums
     log_likelihood_mean = ll_sum / n
-    variance = max(ll_squares / n - log_likelihood_mean**2, 0.0) * n / max(n - 1, 1)
+    # A row scoring -inf (a value far past the training rows') leaves the mean -inf and its spread unbounded.
+    variance = (max(ll_squares / n - log_likelihood_mean**2, 0.0) * n / max(n - 1, 1)
+                if np.isfinite(log_likelihood_mean) else np.inf)
     return {
         "elbo": elbo_sum / n,
         "log_likelihood": log_likelihood_mean,

@@ -74,6 +74,25 @@ def _call_method(model_ref, method: str, *args):
     return getattr(model_ref(), method)(*args)
 
 
+def xla_has_room() -> bool:
+    """Whether this process may compile one more model with XLA: below half the memory maps Linux allows it.
+
+    XLA never unmaps a model's compiled code (about 240 maps per model fitted, on
+    TensorFlow 2.21's CPU), and at `vm.max_map_count` LLVM cannot allocate and the
+    process dies: after about 270 models, three model choices in one notebook.
+    Past half of it, models train without XLA (slower, no maps) and say so once.
+    """
+    try:
+        with open("/proc/sys/vm/max_map_count") as limit, open("/proc/self/maps") as maps:
+            room = sum(1 for _ in maps) < int(limit.read()) // 2
+    except (OSError, ValueError):
+        return True  # not Linux: nothing to count
+    if not room:
+        warn("this process has compiled many models with XLA, whose code is never freed; the next ones train "
+             "without it (slower): start a new process to compile again")
+    return room
+
+
 def reparameterize(qz, eps):
     """z = loc + L eps: a draw from q(z|x) that gradients pass through."""
     return qz.loc + tf.linalg.matvec(qz.scale.to_dense(), eps)
@@ -267,9 +286,10 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
 
     # The one seam: every loss, score and bound.
     def weight_terms(self, x, eps):
-        """`log_weights`' importance weights and log p(x|z) [S, B] alone: what a likelihood estimate needs."""
+        """`log_weights`' importance weights, log p(x|z) and log q(z|x) - log p(z) [S, B] alone: what a likelihood
+        estimate needs."""
         weights = self.log_weights(x, eps)
-        return weights.log_weight, weights.log_px
+        return weights.log_weight, weights.log_px, weights.log_qz - weights.log_pz
 
     def log_weights(self, x, eps, training: bool = False) -> LogWeights:
         """log p(x|z), log p(z), log q(z|x) for z = loc + L eps, eps [S, B, `noise_size`], with the rate and the
@@ -299,14 +319,15 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         scope (XLA cannot place a mirrored step's variables) or rows with gaps
         are scored through a Cholesky factor each (`correlated_gaps`: XLA's
         Cholesky and its gradient made such a step with 61 features 3-9x
-        slower on CPU, `benchmarks/gaps_speed.py`), and 16 steps run per
+        slower on CPU, `benchmarks/gaps_speed.py`) or the process has compiled
+        too many models already (`xla_has_room`), and 16 steps run per
         call into TensorFlow: on a model this size both matter more than the maths
         (about 1.4x each, `benchmarks/speed.py`). Per-batch callbacks then see every
         16th batch.
         """
         refuse_keras_3([optimizer], "optimizer")
         if jit_compile is None:
-            jit_compile = not tf.distribute.has_strategy() and not self.correlated_gaps
+            jit_compile = not tf.distribute.has_strategy() and not self.correlated_gaps and xla_has_room()
         super().compile(optimizer=optimizer or tf_keras.optimizers.Adam(1e-3), jit_compile=jit_compile,
                         steps_per_execution=steps_per_execution, **kwargs)
 
