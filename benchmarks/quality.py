@@ -255,8 +255,8 @@ def main(argv=None):
     flags = [f"--seeds={args.seeds}", f"--epochs={args.epochs}", f"--samples={args.samples}"] + (
         ["--defaults-only"] if args.defaults_only else [])
     # Each data set in a process of its own, largest first, `--jobs` at a time: a small model's training keeps
-    # about one core busy, a process that has built hundreds of models can run out of memory compiling the next
-    # (LLVM, then a crash), and a crash then fails its own set, named, not the whole run silently.
+    # about one core busy, each process starts with its own room for XLA's never-freed code
+    # (`tfp_vae.model.xla_has_room`), and a crash fails its own set, named, not the whole run silently.
     largest_first = sorted(names, key=sizes.get, reverse=True)
     with tempfile.TemporaryDirectory() as sections_dir, ThreadPoolExecutor(args.jobs) as pool:
         paths = {name: os.path.join(sections_dir, f"{index}.md") for index, name in enumerate(names)}
