@@ -385,7 +385,12 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         with tf.GradientTape() as tape:
             terms = self.loss_terms(x, eps, training=True)
             loss = tf.nn.compute_average_loss(terms["loss"])
-        self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
+        gradients = tape.gradient(loss, self.trainable_variables)
+        # Outside tf.distribute there is one replica, nothing to sum; the optimizer's sum would trace a
+        # tf.custom_gradient, which TensorFlow keeps in a global registry with the whole train graph: 25 MB a model,
+        # never freed (`benchmarks/process_memory.py`).
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables),
+                                       experimental_aggregate_gradients=tf.distribute.has_strategy())
         return self.update_metrics(terms)
 
     def test_step(self, data):
