@@ -29,8 +29,9 @@ ISOLATED = "TFP_VAE_TEST_IN_OWN_PROCESS"
 def pytest_pyfunc_call(pyfuncitem):
     """Runs an `own_process` test as `python -m pytest NODEID` in a child process, and reports its result.
 
-    A suite process that has built hundreds of models holds gigabytes of graphs and compiled kernels;
-    late in such a process, selection's many fits once crashed TensorFlow (a segmentation fault).
+    A suite process that has built hundreds of models holds XLA's compiled code for each of them (never
+    freed); late in such a process, selection's many fits once crashed TensorFlow at the memory-map limit
+    (a segmentation fault; `compile` now leaves XLA off past half of it: `tfp_vae.model.xla_has_room`).
     """
     if pyfuncitem.get_closest_marker("own_process") is None or os.environ.get(ISOLATED):
         return None
