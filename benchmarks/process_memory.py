@@ -24,14 +24,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from report import write_report  # noqa: E402
+from tfp_vae.model import memory_maps  # noqa: E402
 
 SETTINGS = {"xla": "GaussianVAE, XLA (`jit_compile=True`)", "plain": "GaussianVAE, no XLA (`jit_compile=False`)",
             "keras": "a plain tf_keras network (Dense 16, Dense 10, MSE), no XLA: the floor"}
-
-
-def map_count() -> int:
-    with open("/proc/self/maps") as maps:
-        return sum(1 for _ in maps)
 
 
 def resident_mb() -> float:
@@ -57,7 +53,7 @@ def fit_models(models: int, setting: str) -> list[tuple[int, int, float]]:
         del model
         gc.collect()
         if (index + 1) % 10 == 0:
-            readings.append((index + 1, map_count(), resident_mb()))
+            readings.append((index + 1, memory_maps()[0], resident_mb()))
     return readings
 
 
@@ -72,8 +68,7 @@ def main(argv=None):
     if args.one:
         print(json.dumps(fit_models(args.models, args.one)))
         return
-    with open("/proc/sys/vm/max_map_count") as limit:
-        max_maps = int(limit.read())
+    max_maps = memory_maps()[1]
     rows = []
     for setting, name in SETTINGS.items():
         child = subprocess.run([sys.executable, __file__, f"--models={args.models}", f"--one={setting}"],

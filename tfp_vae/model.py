@@ -74,6 +74,12 @@ def _call_method(model_ref, method: str, *args):
     return getattr(model_ref(), method)(*args)
 
 
+def memory_maps() -> tuple[int, int]:
+    """(memory maps this process holds, `vm.max_map_count`): Linux's count and its limit; OSError elsewhere."""
+    with open("/proc/sys/vm/max_map_count") as limit, open("/proc/self/maps") as maps:
+        return sum(1 for _ in maps), int(limit.read())
+
+
 def xla_has_room() -> bool:
     """Whether this process may compile one more model with XLA: below half the memory maps Linux allows it.
 
@@ -83,10 +89,10 @@ def xla_has_room() -> bool:
     Past half of it, models train without XLA (slower, no maps) and say so once.
     """
     try:
-        with open("/proc/sys/vm/max_map_count") as limit, open("/proc/self/maps") as maps:
-            room = sum(1 for _ in maps) < int(limit.read()) // 2
+        held, limit = memory_maps()
     except (OSError, ValueError):
         return True  # not Linux: nothing to count
+    room = held < limit // 2
     if not room:
         warn("this process has compiled many models with XLA, whose code is never freed; the next ones train "
              "without it (slower): start a new process to compile again")
