@@ -32,7 +32,9 @@ def test_sizes_are_rules_of_the_row_count():
 
 def test_tables_under_400_rows_are_cross_validated_in_four_folds_and_given_settings_pin_the_split():
     def split_and_folds(rows, **given):
-        config = select.held_out(Config(**given), rows)
+        counted = []
+        config = select.held_out(Config(**given), lambda: counted.append(rows) or rows)
+        assert counted == ([rows] if "validation_split" not in given else [])  # a given split needs no count
         return config.validation_split, config.selection_folds
 
     assert split_and_folds(150) == (0.25, 4) and split_and_folds(399) == (0.25, 4)

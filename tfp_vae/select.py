@@ -108,6 +108,7 @@ amount of optimisation.
 import dataclasses
 import itertools
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -134,18 +135,20 @@ def validation_fraction(rows: int) -> float:
     return min(high, max(low, MIN_VALIDATION_ROWS / max(rows, 1)))
 
 
-def held_out(config: Config, rows: int) -> Config:
-    """`config` with its open validation settings sized to `rows`: `validation_split` and `selection_folds`.
+def held_out(config: Config, count_rows: Callable[[], int]) -> Config:
+    """`config` with its open validation settings sized to the rows: `validation_split` and `selection_folds`.
 
     Where `validation_fraction` leaves fewer than `MIN_VALIDATION_ROWS` validation
     rows (a table under 400 rows), the candidates are cross-validated: four folds
     of a quarter of the rows each, so every row is a validation row once and the
     choice rests on four times the rows (iris's 150 rows give 150, not 38). Else
-    one fold. A split the user gives keeps one fold; folds the user gives split
-    the rows evenly.
+    one fold. A split the user gives keeps one fold, and the rows are not counted
+    (`count_rows` may pass over a large file); folds the user gives split the rows
+    evenly.
     """
     folds, split = config.selection_folds, config.validation_split
     if split is None:
+        rows = count_rows()
         split = validation_fraction(rows) if (folds or 1) == 1 else 1 / folds
         if folds is None and rows * split < MIN_VALIDATION_ROWS:
             folds = round(1 / split)

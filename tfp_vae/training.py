@@ -88,7 +88,7 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
     """Fits every candidate into RUN_DIR/candidates/<name>/ (and, with several folds, once more per fold), keeps one
     by its validation figures over every fold (`select.simplest_within_one_se`)."""
     runs.check_run_dir(run_dir, resume)
-    config = select.held_out(config, _row_count(source) if config.validation_split is None else 0)
+    config = select.held_out(config, lambda: _row_count(source))
     found = scan(source, config.validation_split, config.seed)
     if not resume:
         os.makedirs(run_dir, exist_ok=True)
