@@ -39,6 +39,8 @@ def test_notebook_executes(path, monkeypatch):
     monkeypatch.setenv("TFP_VAE_FAST", "1")
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
     notebook = read(path)
-    NotebookClient(notebook, timeout=600, kernel_name="python3",
+    # The timeout only catches a hung kernel: a model choice in one cell took over 600 s with the cores shared
+    # three ways, and the suite must not fail on a busy machine.
+    NotebookClient(notebook, timeout=1800, kernel_name="python3",
                    resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}}).execute()
     assert all(cell.execution_count for cell in notebook.cells if cell.cell_type == "code")
