@@ -1,0 +1,75 @@
+"""Filling gaps from the nearest reference rows (`tfp_vae.neighbours`)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn.impute import KNNImputer
+
+from tfp_vae.blend import FillBlend
+from tfp_vae.errors import DataError
+from tfp_vae.neighbours import NeighbourFill
+
+
+@pytest.fixture(scope="module")
+def tables():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(90, 2)) @ rng.normal(size=(2, 4)) * [1.0, 10.0, 0.1, 3.0] + [0.0, 50.0, -2.0, 7.0]
+    gappy = np.where(rng.random(x.shape) < 0.25, np.nan, x).astype(np.float32)
+    return gappy[:70], gappy[70:]
+
+
+def test_the_fills_are_scikit_learns_on_standardised_columns(tables):
+    reference, rows = tables
+    fill = NeighbourFill(reference, neighbours=3)
+    centre, scale = np.nanmean(reference, axis=0), np.nanstd(reference, axis=0)
+    expected = KNNImputer(n_neighbors=3).fit((reference - centre) / scale).transform((rows - centre) / scale)
+    filled, stddev = fill.impute(rows)
+    np.testing.assert_allclose((filled - centre) / scale, expected, atol=1e-4)
+    observed = ~np.isnan(rows)
+    assert np.array_equal(filled[observed], rows[observed]) and np.all(stddev[observed] == 0)
+    assert np.all(stddev[~observed] > 0)
+
+
+def test_the_spread_and_the_draws_are_the_donors_values():
+    reference = np.array([[0.0, 1.0], [0.1, 3.0], [5.0, 100.0], [np.nan, 7.0]], np.float32)
+    fill = NeighbourFill(reference, neighbours=2)
+    filled, stddev, draws = fill.impute(np.array([[0.05, np.nan]], np.float32), draws=200, seed=1)
+    # The two nearest rows observing column 1 are the first two (distance over column 0 alone).
+    np.testing.assert_allclose([filled[0, 1], stddev[0, 1]], [2.0, 1.0], rtol=1e-6)
+    assert set(np.unique(draws[:, 0, 1])) == {1.0, 3.0} and np.all(draws[:, 0, 0] == np.float32(0.05))
+    again = fill.impute(np.array([[0.05, np.nan]], np.float32), draws=200, seed=1)[2]
+    assert np.array_equal(draws, again)
+
+
+def test_a_row_with_no_donor_gets_the_columns_mean_and_spread():
+    reference = np.array([[0.0, np.nan], [np.nan, 2.0], [np.nan, 4.0]], np.float32)
+    filled, stddev = NeighbourFill(reference).impute(np.array([[1.0, np.nan]], np.float32))
+    # No reference row observes column 1 together with column 0, the row's one observed cell.
+    np.testing.assert_allclose([filled[0, 1], stddev[0, 1]], [3.0, 1.0])
+
+
+def test_the_tensor_path_is_the_arrays(tables):
+    reference, rows = tables
+    fill = NeighbourFill(reference)
+    filled, stddev = fill.impute(rows)
+    tensors = fill.imputation(tf.constant(rows))
+    np.testing.assert_array_equal(tensors[0].numpy(), filled)
+    np.testing.assert_array_equal(tensors[1].numpy(), stddev)
+
+
+def test_a_blend_takes_it_as_a_member(tables):
+    reference, rows = tables
+    near, wide = NeighbourFill(reference, neighbours=1), NeighbourFill(reference, neighbours=10)
+    filled = FillBlend([near, wide], [0.25, 0.75]).impute(rows)[0]
+    expected = 0.25 * near.impute(rows)[0] + 0.75 * wide.impute(rows)[0]
+    np.testing.assert_allclose(filled, expected, rtol=1e-5)
+
+
+def test_bad_rows_are_refused(tables):
+    reference, rows = tables
+    with pytest.raises(DataError, match="expected 4 features"):
+        NeighbourFill(reference).impute(rows[:, :3])
+    with pytest.raises(DataError, match="non-finite value inf at row 0, column 2"):
+        NeighbourFill(reference).impute(np.array([[1.0, 2.0, np.inf, 0.0]], np.float32))
+    with pytest.raises(ValueError, match="at least one observed value in every column"):
+        NeighbourFill(np.array([[1.0, np.nan], [2.0, np.nan]], np.float32))
