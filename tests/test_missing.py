@@ -19,6 +19,7 @@ from tfp_vae.errors import DataError, TfpVaeError
 from tfp_vae.evaluation import fill_errors, leave_one_out, log_likelihood
 from tfp_vae.gaps import em_gaussian
 from tfp_vae.model import DRAW_NUMBERS, IMPUTE_ROWS
+from tfp_vae.neighbours import NAME, NeighbourFill
 from tfp_vae.pipeline import clean_line, in_validation
 
 
@@ -363,25 +364,28 @@ def test_selection_and_the_command_line_with_gaps(tmp_path, capsys, monkeypatch)
     rows = rows[~np.isnan(rows).all(axis=1)]  # skipped, as training skips them
     assert (len(rows), config.selection_folds) == (399, 4)
     scale = np.nanstd(rows[~in_validation(np.arange(len(rows)), 0.25, config.seed)].astype(np.float64), axis=0)
+    # The last row is no model: the nearest training rows' fills, a blend member alone.
+    assert table[-1]["name"] == NAME and table[-1]["validation_log_likelihood"] == "nan"
     errors, sources, first_row = [[] for _ in table], [], 0
     for fold in range(4):
         held_out = in_validation(np.arange(len(rows)), 0.25, config.seed, fold)
         gappy_cells, truth, source = leave_one_out(rows[held_out], select.FILL_CELLS, config.seed)
         sources.append(source + first_row)  # the validation rows numbered across the folds
         first_row += held_out.sum()
-        for number, row in enumerate(table):
+        for number, row in enumerate(table[:-1]):
             _, candidate = load_run(runs.candidate_folder(tmp_path / "run", row["name"], fold))
             errors[number].append(fill_errors(candidate, gappy_cells, truth, scale, select.SELECTION_SAMPLES,
                                               config.seed))
+        errors[-1].append(fill_errors(NeighbourFill(rows[~held_out]), gappy_cells, truth, scale))
     errors, source = [np.concatenate(error) for error in errors], np.concatenate(sources)
     np.testing.assert_allclose([np.sqrt(np.mean(error**2)) for error in errors],
                                [float(row["validation_fill_rmse"]) for row in table], rtol=1e-4)
-    index = select.simplest_within_one_se([error**2 for error in errors], source)
+    index = select.simplest_within_one_se([error**2 for error in errors[:-1]], source)
     assert [row["chosen"] for row in table] == [str(number == index) for number in range(len(table))]
     # The run fills with the blend of candidates the same figures call for (or the chosen one alone).
+    members = np.append(select.blend_members([row["transform"] for row in table[:-1]], index), True)
     np.testing.assert_allclose([float(row["fill_weight"]) for row in table],
-                               select.fill_weights(np.stack(errors, 1), index, source, config.seed,
-                                                   select.blend_members([row["transform"] for row in table], index)),
+                               select.fill_weights(np.stack(errors, 1), index, source, config.seed, members),
                                atol=1e-3)
     # The chosen candidate and every other one in the fills had a last fit on every row, which fills in their place.
     assert sorted(os.listdir(tmp_path / "run" / "candidates" / "refits")) == sorted(

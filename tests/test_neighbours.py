@@ -5,9 +5,10 @@ import pytest
 import tensorflow as tf
 from sklearn.impute import KNNImputer
 
+from tfp_vae import Config, export_saved_model, load_imputer, load_run, read_candidates, train
 from tfp_vae.blend import FillBlend
 from tfp_vae.errors import DataError
-from tfp_vae.neighbours import NeighbourFill
+from tfp_vae.neighbours import NAME, NeighbourFill
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +74,26 @@ def test_bad_rows_are_refused(tables):
         NeighbourFill(reference).impute(np.array([[1.0, 2.0, np.inf, 0.0]], np.float32))
     with pytest.raises(ValueError, match="at least one observed value in every column"):
         NeighbourFill(np.array([[1.0, np.nan], [2.0, np.nan]], np.float32))
+
+
+@pytest.mark.own_process
+def test_selection_blends_the_nearest_rows_where_they_fill_best_and_the_run_and_its_export_keep_them(tmp_path):
+    rng = np.random.default_rng(0)
+    angle = rng.uniform(0, 2 * np.pi, 300)
+    x = np.stack([np.cos(angle), np.sin(angle), np.cos(2 * angle), np.sin(2 * angle)], axis=1) * [1, 1, 5, 5]
+    gappy = np.where(rng.random(x.shape) < 0.2, np.nan, x + 0.01 * rng.normal(size=x.shape)).astype(np.float32)
+    gappy[np.isnan(gappy).all(axis=1), 0] = 1.0
+    # A curve no Gaussian follows (its columns are uncorrelated): only untrained Gaussians compete, and the
+    # nearest rows fill better.
+    train(Config(epochs=0, hidden=(), decoder_scale="shared", transform="none", allow_missing=True, seed=0),
+          gappy, tmp_path / "run", verbose=0)
+    table = {row["name"]: row for row in read_candidates(tmp_path / "run")}
+    assert table[NAME]["chosen"] == "False" and float(table[NAME]["fill_weight"]) > 0.5
+    assert float(table[NAME]["validation_fill_rmse"]) < 0.9 * min(
+        float(row["validation_fill_rmse"]) for name, row in table.items() if name != NAME)
+    imputer = load_imputer(tmp_path / "run")
+    near = [member for member in imputer.members if isinstance(member, NeighbourFill)]
+    assert len(near) == 1 and np.array_equal(near[0].rows, gappy, equal_nan=True)  # every row, in order
+    assert export_saved_model(load_run(tmp_path / "run")[1], str(tmp_path / "exports"), imputer=imputer)
+    served = tf.saved_model.load(str(tmp_path / "exports" / "1")).signatures["impute"](x=tf.constant(gappy[:20]))
+    np.testing.assert_allclose(served["x"].numpy(), imputer.impute(gappy[:20])[0], rtol=1e-5, atol=1e-5)

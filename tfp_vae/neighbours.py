@@ -16,13 +16,41 @@ rows among those that observe j; its predictive standard deviation is their
 values' spread, and a draw is one of their values, picked at random. A row that
 shares no observed cell with any reference row observing j gets the column's
 mean and standard deviation, as `KNNImputer` does.
+
+Selection with gaps (`tfp_vae.select`) scores it on the validation cells beside
+the candidates, as a blend member only (it has no density): its reference rows
+are the training rows of each fold, at most `MAX_REFERENCE_ROWS` of them drawn at
+random (`reference_rows`), and where the blend keeps it, every row's, saved in
+the run (`save`, `load`) and inside the SavedModel as constants.
 """
+
+import os
 
 import numpy as np
 import tensorflow as tf
 
 from tfp_vae.data import check_block, require_2d
-from tfp_vae.model import IMPUTE_ROWS, IMPUTE_SAMPLES, require_count
+from tfp_vae.model import DRAW_NUMBERS, IMPUTE_ROWS, IMPUTE_SAMPLES, require_count
+
+NEIGHBOURS = 5  # scikit-learn's KNNImputer's default
+NAME = f"neighbours-k{NEIGHBOURS}"  # its row in candidates.csv
+MAX_REFERENCE_ROWS = 5000  # distances to a batch's rows take batch x columns x reference rows numbers
+REFERENCE_FILE = "neighbours.npz"
+
+
+def reference_rows(blocks, limit: int = MAX_REFERENCE_ROWS, seed: int = 0) -> np.ndarray:
+    """At most `limit` rows of `blocks` (arrays [rows, D]), drawn uniformly at random in one pass, in their order."""
+    rng = np.random.default_rng(seed)
+    kept, keys = [], []
+    for block in blocks:
+        kept.append(np.asarray(block, np.float32))
+        keys.append(rng.random(len(block)))
+        rows, order = np.concatenate(kept), np.concatenate(keys)
+        if len(rows) > limit:
+            smallest = np.sort(np.argpartition(order, limit)[:limit])
+            rows, order = rows[smallest], order[smallest]
+        kept, keys = [rows], [order]
+    return kept[0] if kept else np.zeros([0, 0], np.float32)
 
 
 class NeighbourFill:
@@ -40,7 +68,7 @@ class NeighbourFill:
     ```
     """
 
-    def __init__(self, rows, neighbours: int = 5):
+    def __init__(self, rows, neighbours: int = NEIGHBOURS):
         require_count(neighbours, "neighbours", least=1)
         self.rows = np.asarray(require_2d(np.asarray(rows, np.float32), "rows"), np.float32)
         self.neighbours = neighbours
@@ -55,19 +83,35 @@ class NeighbourFill:
         self._seen = seen.astype(np.float32)
         self._donors = tf.function(self._donor_values, reduce_retracing=True)
 
+    def save(self, folder: str) -> None:
+        os.makedirs(folder, exist_ok=True)
+        np.savez(os.path.join(folder, REFERENCE_FILE), rows=self.rows, neighbours=self.neighbours)
+
+    @classmethod
+    def load(cls, folder: str) -> "NeighbourFill":
+        with np.load(os.path.join(folder, REFERENCE_FILE)) as saved:
+            return cls(saved["rows"], int(saved["neighbours"]))
+
+    @property
+    def constant_bytes(self) -> int:
+        """What its reference rows take inside an exported graph (raw, standardised and the mask)."""
+        return 3 * self.rows.nbytes
+
     def check_input(self, x, source: str = "x") -> None:
         check_block(require_2d(np.asarray(x), source), 0, self.input_size, source, allow_missing=True)
 
     def impute(self, x, draws: int | None = None, num_samples: int = IMPUTE_SAMPLES, seed: int = 0,
                batch_size: int = IMPUTE_ROWS):
         """As `VariationalAutoencoder.impute`: `(filled, stddev)`, and with `draws`, rows whose gaps hold one
-        neighbour's value each, picked at random (`num_samples` is unused: the fills are exact)."""
+        neighbour's value each, picked at random (`num_samples` is unused: the fills are exact). Rows are filled
+        `batch_size` at a time, fewer where their distances would take more than `DRAW_NUMBERS` numbers."""
         self.check_input(x)
         x = np.asarray(x, np.float32)
         filled, stddev, rows = [], [], []
         rng = np.random.default_rng(seed)
-        for start in range(0, len(x), batch_size):
-            batch = x[start:start + batch_size]
+        rows_at_once = max(1, min(batch_size, DRAW_NUMBERS // (self.input_size * len(self.rows))))
+        for start in range(0, len(x), rows_at_once):
+            batch = x[start:start + rows_at_once]
             values, valid = (part.numpy() for part in self._donors(tf.constant(batch)))
             fill, spread = (part.numpy() for part in self._moments(batch, values, valid))
             filled.append(fill)

@@ -15,6 +15,8 @@
                             of rows held out (k = 1, 2, ...; the candidate's own folder holds fold 0)
     RUN_DIR/candidates/refits/<name>/  the last fit, on every row, of the chosen candidate and of each one
                             in the run's fills; its model and history are copied up into RUN_DIR
+    RUN_DIR/candidates/refits/neighbours-k5/  where the run's fills keep the nearest rows (`tfp_vae.neighbours`):
+                            their reference rows, drawn from every row
 """
 
 import csv
@@ -186,10 +188,11 @@ def fill_blend(table: list[dict]) -> dict | None:
 
 
 def _merit(row: dict) -> float:
-    """A candidate's validation figure, higher better: minus its fills' RMSE where measured, else its likelihood."""
+    """A candidate's validation figure, higher better: minus its fills' RMSE where measured, else its likelihood;
+    -inf for a row with no finite likelihood (a degenerate candidate, or a blend member that is no model)."""
     merit = -float(row["validation_fill_rmse"]) if "validation_fill_rmse" in row \
         else float(row["validation_log_likelihood"])
-    return merit if math.isfinite(merit) else -math.inf
+    return merit if math.isfinite(merit) and math.isfinite(float(row["validation_log_likelihood"])) else -math.inf
 
 
 def _cell(value) -> str:
@@ -244,8 +247,10 @@ def load_imputer(run_dir, model=None):
     if blend is None:
         return model
     from tfp_vae.blend import FillBlend
+    from tfp_vae.neighbours import NAME, NeighbourFill
     chosen = chosen_row(table)["name"]
-    members = [model if name == chosen else load_run(fitted_folder(run_dir, name))[1] for name in blend]
+    members = [model if name == chosen else NeighbourFill.load(refit_folder(run_dir, name)) if name == NAME
+               else load_run(fitted_folder(run_dir, name))[1] for name in blend]
     weights = np.array(list(blend.values()))
     return FillBlend(members, weights / weights.sum())
 

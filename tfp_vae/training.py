@@ -15,6 +15,7 @@ candidate) and ends with the number of epochs first asked for.
 
 import dataclasses
 import functools
+import math
 import os
 import shutil
 import tempfile
@@ -22,7 +23,7 @@ import time
 
 import numpy as np
 
-from tfp_vae import runs, select
+from tfp_vae import neighbours, runs, select
 from tfp_vae._keras import tf_keras
 from tfp_vae.callbacks import EpochLines, EpochScalars, KeepLastGoodWeights, KLWarmup, PeriodicBackupAndRestore
 from tfp_vae.config import Config
@@ -148,7 +149,11 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
     for row in table:
         row["chosen"] = row is best
     if by_fills:
-        members = select.blend_members([candidate.transform for candidate in candidates.values()], chosen_index)
+        table.append(_neighbours_row(source, config, held_outs, scale, sum(map(len, validations)), verbose))
+        errors_by_candidate.append(table[-1].pop("errors"))
+        # The neighbours' fills are means of observed values, inside every candidate's support.
+        members = np.append(select.blend_members([candidate.transform for candidate in candidates.values()],
+                                                 chosen_index), True)
         weights = select.fill_weights(np.stack(errors_by_candidate, axis=1), chosen_index, groups, config.seed,
                                       members)
         for row, weight in zip(table, weights):
@@ -158,13 +163,39 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
         print(f"refitting {', '.join(kept)} on the training and validation rows together, for the median of the "
               "folds' best epochs' steps", flush=True)
     for name in kept:  # the other members' models are not kept: `runs.load_imputer` reads them back
-        if name != best["name"]:
+        if name == neighbours.NAME:
+            neighbours.NeighbourFill(neighbours.reference_rows(
+                (values for values, _, _ in source.blocks()), seed=config.seed)).save(
+                runs.refit_folder(run_dir, name))
+        elif name != best["name"]:
             _last_fit(candidates[name], name, source, found, run_dir, len(validations), watchdog)
     model = _last_fit(candidates[best["name"]], best["name"], source, found, run_dir, len(validations), watchdog)
     runs.adopt_candidate(run_dir, best["name"], table)
     if verbose:
         print(runs.selection_summary(table), flush=True)
     return runs.load_run(runs.fitted_folder(run_dir, best["name"]))[1] if model is None else model
+
+
+def _neighbours_row(source, config: Config, held_outs, scale: np.ndarray, validation_rows: int,
+                    verbose: int) -> dict:
+    """The nearest rows' row of the selection table, a blend member only (`tfp_vae.neighbours`): their fills of
+    each fold's held-out validation cells (`errors`, popped by the caller) from that fold's training rows."""
+    started, errors = time.perf_counter(), []
+    for fold, (gappy, truth, _) in enumerate(held_outs):
+        reference = neighbours.reference_rows(
+            (values[~in_validation(row_index, config.validation_split, config.seed, fold)]
+             for values, row_index, _ in source.blocks()), seed=config.seed) if len(gappy) else None
+        errors.append(fill_errors(neighbours.NeighbourFill(reference), gappy, truth, scale, seed=config.seed)
+                      if len(gappy) else np.zeros(0))
+    errors = np.concatenate(errors)
+    row = {"name": neighbours.NAME, **{key: "" for key in runs.CANDIDATE_SETTINGS}, "epochs_run": 0,
+           "validation_log_likelihood": math.nan, "validation_fill_rmse": root_mean_square(errors),
+           "validation_rows": validation_rows,
+           "seconds": round(time.perf_counter() - started, 1), "chosen": False, "errors": errors}
+    if verbose:
+        print(f"blend member {neighbours.NAME}: fills {row['validation_fill_rmse']:.3f} column sd, from the "
+              f"{neighbours.NEIGHBOURS} nearest training rows ({row['seconds']:.0f} s)", flush=True)
+    return row
 
 
 def _last_fit(candidate: Config, name: str, source, found, run_dir: str, folds: int,
