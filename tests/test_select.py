@@ -82,7 +82,8 @@ def test_scoring_many_models_and_fitting_the_candidates_give_no_retracing_warnin
             assert np.isfinite(log_likelihood(model, x[:10], 10)["log_likelihood"]).all()
         train(Config(epochs=1, hidden=(4,), decoder_scale="learned", transform="none", allow_missing=True, seed=0),
               x, tmp_path / "run", verbose=0)
-    assert len(read_candidates(tmp_path / "run")) == 2  # standardised and whitened, four folds each, and a last fit
+    # Standardised and whitened, four folds each, and a last fit; then the nearest rows, a blend member.
+    assert [row["name"] for row in read_candidates(tmp_path / "run")][2:] == ["neighbours-k5"]
     assert not [record.getMessage() for record in caplog.records if "retracing" in record.getMessage()]
 
 

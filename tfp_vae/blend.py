@@ -17,7 +17,8 @@ from tfp_vae.model import IMPUTE_ROWS, IMPUTE_SAMPLES, VariationalAutoencoder, m
 class FillBlend:
     """Fills gaps with the weighted blend of several models trained with `allow_missing`; see the module docstring.
 
-    `members`, the models; `weights`, theirs (non-negative, summing to one). It
+    `members`, the models (and the nearest rows, `tfp_vae.neighbours.NeighbourFill`,
+    where selection kept them); `weights`, theirs (non-negative, summing to one). It
     fills as a model does (`impute`, `imputation`), so the command line and the
     SavedModel's `impute` signature take either.
 
@@ -29,7 +30,7 @@ class FillBlend:
     ```
     """
 
-    def __init__(self, members: list[VariationalAutoencoder], weights):
+    def __init__(self, members: list, weights):
         weights = np.asarray(weights, np.float64)
         if len(members) != len(weights) or not len(members) or np.any(weights < 0) \
                 or not np.isclose(weights.sum(), 1.0):

@@ -47,9 +47,12 @@ them, so the blend is judged out of fold (`out_of_fold_errors`: weights fitted
 on the other folds' rows, applied to each fold's cells) and kept only where
 that beats the chosen candidate by more than one standard error, the rule the
 choice itself follows (`fill_weights`). Its weights are then fitted on every
-validation cell, and the run fills with the blend (`tfp_vae.blend`). A blend
-never leaves the chosen model's support: where it takes the log of positive
-columns, its members are the candidates that do too (`blend_members`).
+validation cell, and the run fills with the blend (`tfp_vae.blend`). Besides the
+candidates, the nearest training rows' fills (`tfp_vae.neighbours`) are a column
+of E: no model (they have no density, and are never chosen), they err where a
+global model does not. A blend never leaves the chosen model's support: where it
+takes the log of positive columns, its members are the candidates that do too
+(`blend_members`), and the nearest rows, whose fills are means of observed values.
 
 The candidates span the normalisation, the decoder's likelihood and the network,
 in this order:
