@@ -11,7 +11,7 @@ and `runs.load_imputer` gives it back.
 import numpy as np
 import tensorflow as tf
 
-from tfp_vae.model import IMPUTE_ROWS, IMPUTE_SAMPLES, VariationalAutoencoder, mixture_moments
+from tfp_vae.model import IMPUTE_ROWS, IMPUTE_SAMPLES, mixture_moments
 
 
 class FillBlend:
