@@ -182,11 +182,13 @@ def _neighbours_row(source, config: Config, held_outs, scale: np.ndarray, valida
     each fold's held-out validation cells (`errors`, popped by the caller) from that fold's training rows."""
     started, errors = time.perf_counter(), []
     for fold, (gappy, truth, _) in enumerate(held_outs):
+        if not len(gappy):
+            errors.append(np.zeros(0))
+            continue
         reference = neighbours.reference_rows(
             (values[~in_validation(row_index, config.validation_split, config.seed, fold)]
-             for values, row_index, _ in source.blocks()), seed=config.seed) if len(gappy) else None
-        errors.append(fill_errors(neighbours.NeighbourFill(reference), gappy, truth, scale, seed=config.seed)
-                      if len(gappy) else np.zeros(0))
+             for values, row_index, _ in source.blocks()), seed=config.seed)
+        errors.append(fill_errors(neighbours.NeighbourFill(reference), gappy, truth, scale, seed=config.seed))
     errors = np.concatenate(errors)
     row = {"name": neighbours.NAME, **{key: "" for key in runs.CANDIDATE_SETTINGS}, "epochs_run": 0,
            "validation_log_likelihood": math.nan, "validation_fill_rmse": root_mean_square(errors),
