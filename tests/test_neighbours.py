@@ -8,7 +8,7 @@ from sklearn.impute import KNNImputer
 from tfp_vae import Config, export_saved_model, load_imputer, load_run, read_candidates, train
 from tfp_vae.blend import FillBlend
 from tfp_vae.errors import DataError
-from tfp_vae.neighbours import NAME, NeighbourFill
+from tfp_vae.neighbours import NAME, NeighbourFill, reference_rows
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +75,20 @@ def test_bad_rows_are_refused(tables):
     with pytest.raises(ValueError, match="at least one observed value in every column"):
         NeighbourFill(np.array([[1.0, np.nan], [2.0, np.nan]], np.float32))
 
+
+
+def test_reference_rows_are_every_row_or_a_uniform_draw_of_them_in_order():
+    rows = np.arange(300, dtype=np.float32)[:, np.newaxis]
+    blocks = lambda: (rows[start:start + 70] for start in range(0, 300, 70))  # noqa: E731
+    np.testing.assert_array_equal(reference_rows(blocks(), limit=300), rows)
+    drawn = reference_rows(blocks(), limit=100, seed=3)
+    assert len(drawn) == len(np.unique(drawn)) == 100 and np.all(np.diff(drawn[:, 0]) > 0)
+    np.testing.assert_array_equal(drawn, reference_rows(blocks(), limit=100, seed=3))
+    # Uniform over the rows: the last block's rows are drawn as often as the first's.
+    counts = np.zeros(300)
+    for seed in range(200):
+        counts[reference_rows(blocks(), limit=100, seed=seed)[:, 0].astype(int)] += 1
+    assert abs(counts[:70].mean() - counts[210:].mean()) < 0.1 * 200 / 3
 
 @pytest.mark.own_process
 def test_selection_blends_the_nearest_rows_where_they_fill_best_and_the_run_and_its_export_keep_them(tmp_path):
