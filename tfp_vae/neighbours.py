@@ -34,7 +34,7 @@ from tfp_vae.model import DRAW_NUMBERS, IMPUTE_ROWS, IMPUTE_SAMPLES, require_cou
 
 NEIGHBOURS = 5  # scikit-learn's KNNImputer's default
 NAME = f"neighbours-k{NEIGHBOURS}"  # its row in candidates.csv
-MAX_REFERENCE_ROWS = 5000  # distances to a batch's rows take batch x columns x reference rows numbers
+MAX_REFERENCE_ROWS = 5000  # each row filled takes as many distances, and the SavedModel holds them all
 REFERENCE_FILE = "neighbours.npz"
 
 
@@ -109,7 +109,7 @@ class NeighbourFill:
         x = np.asarray(x, np.float32)
         filled, stddev, rows = [], [], []
         rng = np.random.default_rng(seed)
-        rows_at_once = max(1, min(batch_size, DRAW_NUMBERS // (self.input_size * len(self.rows))))
+        rows_at_once = max(1, min(batch_size, DRAW_NUMBERS // len(self.rows)))
         for start in range(0, len(x), rows_at_once):
             batch = x[start:start + rows_at_once]
             values, valid = (part.numpy() for part in self._donors(tf.constant(batch)))
@@ -139,12 +139,16 @@ class NeighbourFill:
                    - 2.0 * tf.matmul(standardized, reference, transpose_b=True))
         distance = tf.where(common > 0, tf.maximum(squared, 0.0) * self.input_size / tf.maximum(common, 1.0),
                             np.inf)
-        by_column = tf.where(tf.transpose(reference_seen)[tf.newaxis] > 0, distance[:, tf.newaxis, :], np.inf)
         count = min(self.neighbours, len(self.rows))
-        negative, index = tf.math.top_k(-by_column, k=count)  # [B, D, K]: nearest first
         columns = tf.constant(np.nan_to_num(self.rows).T)  # [D, N]
-        values = tf.transpose(tf.gather(columns, tf.transpose(index, [1, 0, 2]), batch_dims=1), [1, 0, 2])
-        return values, tf.math.is_finite(negative)
+
+        def donors(column):
+            # One column at a time: a batch's distances to every reference row, [B, N], never [B, D, N].
+            negative, index = tf.math.top_k(-tf.where(reference_seen[:, column] > 0, distance, np.inf), k=count)
+            return tf.gather(columns[column], index), tf.math.is_finite(negative)
+
+        values, valid = tf.map_fn(donors, tf.range(self.input_size), fn_output_signature=(tf.float32, tf.bool))
+        return tf.transpose(values, [1, 0, 2]), tf.transpose(valid, [1, 0, 2])
 
     def _moments(self, x, values, valid):
         """`(filled, stddev)`: the donors' mean and spread in the gaps (the column's where none), x elsewhere."""
