@@ -111,3 +111,9 @@ def test_selection_blends_the_nearest_rows_where_they_fill_best_and_the_run_and_
     assert export_saved_model(load_run(tmp_path / "run")[1], str(tmp_path / "exports"), imputer=imputer)
     served = tf.saved_model.load(str(tmp_path / "exports" / "1")).signatures["impute"](x=tf.constant(gappy[:20]))
     np.testing.assert_allclose(served["x"].numpy(), imputer.impute(gappy[:20])[0], rtol=1e-5, atol=1e-5)
+
+
+def test_no_rows_give_empty_fills_and_draws(tables):
+    reference, _ = tables
+    filled, stddev, draws = NeighbourFill(reference).impute(np.zeros([0, 4], np.float32), draws=3)
+    assert filled.shape == stddev.shape == (0, 4) and draws.shape == (3, 0, 4)

@@ -70,7 +70,7 @@ class NeighbourFill:
 
     def __init__(self, rows, neighbours: int = NEIGHBOURS):
         require_count(neighbours, "neighbours", least=1)
-        self.rows = np.asarray(require_2d(np.asarray(rows, np.float32), "rows"), np.float32)
+        self.rows = require_2d(np.asarray(rows, np.float32), "rows")
         self.neighbours = neighbours
         self.input_size = self.rows.shape[1]
         seen = ~np.isnan(self.rows)
@@ -107,6 +107,9 @@ class NeighbourFill:
         `batch_size` at a time, fewer where their distances would take more than `DRAW_NUMBERS` numbers."""
         self.check_input(x)
         x = np.asarray(x, np.float32)
+        if not len(x):
+            empty = np.zeros([0, self.input_size], np.float32)
+            return (empty, empty) + ((np.zeros([draws, 0, self.input_size], np.float32),) if draws else ())
         filled, stddev, rows = [], [], []
         rng = np.random.default_rng(seed)
         rows_at_once = max(1, min(batch_size, DRAW_NUMBERS // len(self.rows)))
@@ -118,9 +121,6 @@ class NeighbourFill:
             stddev.append(spread)
             if draws:
                 rows.append(self._draws(batch, fill, values, valid, draws, rng))
-        if not len(x):
-            empty = np.zeros([0, self.input_size], np.float32)
-            return (empty, empty) + ((np.zeros([draws, 0, self.input_size], np.float32),) if draws else ())
         outputs = (np.concatenate(filled), np.concatenate(stddev))
         return outputs + (np.concatenate(rows, axis=1),) if draws else outputs
 
