@@ -160,8 +160,10 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
             row["fill_weight"] = float(weight)
     kept = [row["name"] for row in table if row is best or float(row.get("fill_weight", 0)) > 0]
     if verbose:
-        print(f"refitting {', '.join(kept)} on the training and validation rows together, for the median of the "
-              "folds' best epochs' steps", flush=True)
+        models = [name for name in kept if name != neighbours.NAME]
+        print(f"refitting {', '.join(models)} on the training and validation rows together, for the median of the "
+              "folds' best epochs' steps" + (f"; {neighbours.NAME} takes every row as its reference"
+                                             if len(models) < len(kept) else ""), flush=True)
     for name in kept:  # the other members' models are not kept: `runs.load_imputer` reads them back
         if name == neighbours.NAME:
             neighbours.NeighbourFill(neighbours.reference_rows(
