@@ -77,10 +77,11 @@ class NeighbourFill:
         if np.any(np.isinf(self.rows)) or not seen.any(axis=0).all():
             raise ValueError("reference rows need finite values and at least one observed value in every column")
         self.centre = np.nanmean(self.rows, axis=0)
-        spread = np.nanstd(self.rows, axis=0)
-        self.scale = np.where(spread > 0, spread, 1.0).astype(np.float32)
+        self.stddev = np.nanstd(self.rows, axis=0)
+        self.scale = np.where(self.stddev > 0, self.stddev, 1.0).astype(np.float32)
         self._standardized = np.where(seen, (self.rows - self.centre) / self.scale, 0.0).astype(np.float32)
         self._seen = seen.astype(np.float32)
+        self._columns = np.nan_to_num(self.rows).T  # [D, N], the donors' values column by column
         self._donors = tf.function(self._donor_values, reduce_retracing=True)
 
     def save(self, folder: str) -> None:
@@ -140,7 +141,7 @@ class NeighbourFill:
         distance = tf.where(common > 0, tf.maximum(squared, 0.0) * self.input_size / tf.maximum(common, 1.0),
                             np.inf)
         count = min(self.neighbours, len(self.rows))
-        columns = tf.constant(np.nan_to_num(self.rows).T)  # [D, N]
+        columns = tf.constant(self._columns)
 
         def donors(column):
             # One column at a time: a batch's distances to every reference row, [B, N], never [B, D, N].
@@ -158,7 +159,7 @@ class NeighbourFill:
         spread = tf.sqrt(tf.reduce_sum(valid * (values - mean[..., tf.newaxis]) ** 2, axis=-1) / tf.maximum(count, 1.0))
         any_donor = count > 0
         mean = tf.where(any_donor, mean, self.centre)
-        spread = tf.where(any_donor, spread, np.nanstd(self.rows, axis=0).astype(np.float32))
+        spread = tf.where(any_donor, spread, self.stddev)
         gaps = tf.math.is_nan(x)
         return tf.where(gaps, mean, x), tf.where(gaps, spread, 0.0)
 

@@ -149,8 +149,9 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
     for row in table:
         row["chosen"] = row is best
     if by_fills:
-        table.append(_neighbours_row(source, config, held_outs, scale, sum(map(len, validations)), verbose))
-        errors_by_candidate.append(table[-1].pop("errors"))
+        row, errors = _neighbours_row(source, config, held_outs, scale, sum(map(len, validations)), verbose)
+        table.append(row)
+        errors_by_candidate.append(errors)
         # The neighbours' fills are means of observed values, inside every candidate's support.
         members = np.append(select.blend_members([candidate.transform for candidate in candidates.values()],
                                                  chosen_index), True)
@@ -179,9 +180,9 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
 
 
 def _neighbours_row(source, config: Config, held_outs, scale: np.ndarray, validation_rows: int,
-                    verbose: int) -> dict:
-    """The nearest rows' row of the selection table, a blend member only (`tfp_vae.neighbours`): their fills of
-    each fold's held-out validation cells (`errors`, popped by the caller) from that fold's training rows."""
+                    verbose: int) -> tuple[dict, np.ndarray]:
+    """The nearest rows' row of the selection table, a blend member only (`tfp_vae.neighbours`), and the errors of
+    their fills of each fold's held-out validation cells from that fold's training rows."""
     started, errors = time.perf_counter(), []
     for fold, (gappy, truth, _) in enumerate(held_outs):
         if not len(gappy):
@@ -195,11 +196,11 @@ def _neighbours_row(source, config: Config, held_outs, scale: np.ndarray, valida
     row = {"name": neighbours.NAME, **{key: "" for key in runs.CANDIDATE_SETTINGS}, "epochs_run": 0,
            "validation_log_likelihood": math.nan, "validation_fill_rmse": root_mean_square(errors),
            "validation_rows": validation_rows,
-           "seconds": round(time.perf_counter() - started, 1), "chosen": False, "errors": errors}
+           "seconds": round(time.perf_counter() - started, 1), "chosen": False}
     if verbose:
         print(f"blend member {neighbours.NAME}: fills {row['validation_fill_rmse']:.3f} column sd, from the "
               f"{neighbours.NEIGHBOURS} nearest training rows ({row['seconds']:.0f} s)", flush=True)
-    return row
+    return row, errors
 
 
 def _last_fit(candidate: Config, name: str, source, found, run_dir: str, folds: int,
