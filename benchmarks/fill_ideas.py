@@ -104,13 +104,12 @@ def rmse(fill, truth, gaps) -> float:
     return float(np.sqrt(np.mean((fill - truth)[gaps] ** 2)))
 
 
-def vae_fill(name, fit, validation, sees_mask, choose, seed):
+def trained_fill(model, fit, validation, epochs: int, choose, seed: int):
     """The validation rows filled at the epoch whose fills of the `choose` rows' gaps err least."""
-    model = Miwae(fit.shape[1], HIDDEN[name], sees_mask, seed)
     rows, mask = np.nan_to_num(fit).astype(np.float32), (~np.isnan(fit)).astype(np.float32)
     inputs = np.nan_to_num(validation).astype(np.float32), (~np.isnan(validation)).astype(np.float32)
     rng, best = np.random.default_rng(seed), (np.inf, None)
-    for epoch in range(1, EPOCHS[name] + 1):
+    for epoch in range(1, epochs + 1):
         order = rng.permutation(len(rows))
         for start in range(0, len(rows), BATCH):
             model.train_step(rows[order[start:start + BATCH]], mask[order[start:start + BATCH]])
@@ -120,7 +119,23 @@ def vae_fill(name, fit, validation, sees_mask, choose, seed):
     return best[2], best[1]
 
 
-def probe(name, x, seed, missing):
+def vae_fill(name, fit, validation, sees_mask, choose, seed):
+    return trained_fill(Miwae(fit.shape[1], HIDDEN[name], sees_mask, seed), fit, validation, EPOCHS[name],
+                        choose, seed)
+
+
+def blend_fills(fills: dict, members: list, truth, choose):
+    """The members' fills weighted to err least on the `choose` cells, and the weights."""
+    weights = simplex_weights(np.stack([(fills[member] - truth)[choose] for member in members], axis=1))
+    return sum(weight * fills[member] for weight, member in zip(weights, members)), weights
+
+
+def probe_rows(x, seed: int, missing: float):
+    """`imputation.py`'s training rows with cells hidden, split into fitting rows and validation rows.
+
+    Returns the standardised fitting rows, the standardised validation rows with their gaps, the truth
+    and the unit (each column's standard deviation, in standardised units) that fills are divided by,
+    and the masks of the validation gaps that choose (epochs, weights) and that score."""
     x_train = train_test_split(np.asarray(x, np.float64), test_size=0.25, random_state=SPLIT_SEED)[0]
     rng = np.random.default_rng(seed)
     gappy = np.where(rng.random(x_train.shape) < missing, np.nan, x_train)
@@ -129,34 +144,44 @@ def probe(name, x, seed, missing):
     centre, scale = np.nanmean(gappy[fit_rows], 0), np.nanstd(gappy[fit_rows], 0)
     scale[scale == 0] = 1.0
     standardised, truth = (gappy - centre) / scale, (x_train - centre) / scale
-    unit = x_train.std(0) / scale  # errors in each column's standard deviation
-    truth, validation = truth[validation_rows] / unit, standardised[validation_rows]
+    unit = x_train.std(0) / scale
+    validation = standardised[validation_rows]
     gaps = np.isnan(validation)
     choose_rows = np.arange(len(validation)) < len(validation) // 2
-    choose, score = gaps & choose_rows[:, None], gaps & ~choose_rows[:, None]
-    mean, covariance = em_gaussian(standardised[fit_rows], prior_rows=0.0)
-    fills = {KNN: KNNImputer().fit(standardised[fit_rows]).transform(validation) / unit,
-             EM: conditional(validation, mean, covariance)[0] / unit}
-    result = {}
+    return (standardised[fit_rows], validation, truth[validation_rows] / unit, unit,
+            gaps & choose_rows[:, None], gaps & ~choose_rows[:, None])
+
+
+def classical_fills(fit, validation, unit) -> dict:
+    """The validation rows' gaps filled by `KNNImputer` and by EM's Gaussian, both fitted on `fit`."""
+    mean, covariance = em_gaussian(fit, prior_rows=0.0)
+    return {KNN: KNNImputer().fit(fit).transform(validation) / unit,
+            EM: conditional(validation, mean, covariance)[0] / unit}
+
+
+def probe(name, x, seed, missing):
+    fit, validation, truth, unit, choose, score = probe_rows(x, seed, missing)
+    fills, result = classical_fills(fit, validation, unit), {}
     for sees_mask in (False, True):
         label = MASK if sees_mask else MIWAE
-        fill, result[label + ": epoch"] = vae_fill(name, standardised[fit_rows], validation, sees_mask,
+        fill, result[label + ": epoch"] = vae_fill(name, fit, validation, sees_mask,
                                                    lambda fill: rmse(fill / unit, truth, choose), seed)
         fills[label] = fill / unit
     for blend in BLENDS:
         members = blend.split(" + ")
-        weights = simplex_weights(np.stack([(fills[member] - truth)[choose] for member in members], axis=1))
-        fills[blend] = sum(weight * fills[member] for weight, member in zip(weights, members))
+        fills[blend], weights = blend_fills(fills, members, truth, choose)
         result[blend + ": weights"] = " / ".join(f"{weight:.2f}" for weight in weights)
     return {**{label: rmse(fill, truth, score) for label, fill in fills.items()}, **result}
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def probe_report(probe, comparisons, title: str, script: str, argv=None):
+    """Runs `probe` per set and seed, and writes its figures as a table per set with `comparisons`' changes."""
+    parser = argparse.ArgumentParser(description=title)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--missing", type=float, default=0.2)
     parser.add_argument("--sets", default="digits,wine,breast cancer")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "fill_ideas.md"))
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
+                                                      os.path.basename(script).replace(".py", ".md")))
     args = parser.parse_args(argv)
     started, sets, sections = time.time(), data_sets(), []
     for name in args.sets.split(","):
@@ -168,17 +193,17 @@ def main(argv=None):
             if isinstance(values[0], str):
                 lines.append(f"| {key} | " + " | ".join(values) + " | |")
             else:
-                form = "{:.0f}" if key.endswith("epoch") else "{:.3f}"
+                form = "{:.0f}" if key.endswith(("epoch", "seconds")) else "{:.3f}"
                 lines.append(f"| {key} | " + " | ".join(map(form.format, values))
                              + f" | {form.format(np.mean(values))} |")
-        for idea, without in COMPARISONS if args.seeds > 1 else ():
+        for idea, without in comparisons if args.seeds > 1 else ():
             change = np.array([result[idea] - result[without] for result in results])
             lines.append(f"\n{idea} minus {without}: {change.mean():+.3f} +- "
                          f"{change.std(ddof=1) / np.sqrt(len(change)):.3f} (the mean over seeds +- its standard error)")
         sections.append("\n".join(lines))
         print(sections[-1], file=sys.stderr, flush=True)
-    header = (f"# Fill ideas: an encoder that sees the mask, nearest neighbours as a blend member\n\n"
-              f"`python benchmarks/fill_ideas.py --seeds {args.seeds} --missing {args.missing} --sets "
+    header = (f"# {title}\n\n"
+              f"`python benchmarks/{os.path.basename(script)} --seeds {args.seeds} --missing {args.missing} --sets "
               f"'{args.sets}'`: {os.cpu_count()} CPU cores, Python {platform.python_version()}, TensorFlow "
               f"{tf.__version__}, {(time.time() - started) / 60:.0f} minutes. RMSE of the fills of the scored "
               "validation cells, in column standard deviations (lower is better); the epochs and the blends' "
@@ -187,4 +212,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    probe_report(probe, COMPARISONS, "Fill ideas: an encoder that sees the mask, nearest neighbours as a blend member",
+                 __file__)
