@@ -170,10 +170,15 @@ def test_filling_keeps_observed_cells_and_is_deterministic(gappy_model):
     again = model.impute(rows, draws=4, num_samples=100, seed=3)
     np.testing.assert_array_equal(again[0], filled)
     np.testing.assert_array_equal(again[2], draws)
-    # A row fills the same whatever the length of its table (the last batch is padded to one traced shape).
+    # A row's draws are the same whatever the length of its table (the last batch is padded to one traced shape).
     fewer = model.impute(rows[:7], draws=4, num_samples=100, seed=3)
     np.testing.assert_array_equal(fewer[0], filled[:7])
     np.testing.assert_array_equal(fewer[2], draws[:, :7])
+    # Its fill is the same whatever its place and batch: every row is weighted over the same draws of the noise.
+    order = np.random.default_rng(0).permutation(50)
+    shuffled = model.impute(rows[order], num_samples=100, seed=3, batch_size=16)[0]
+    np.testing.assert_allclose(shuffled, filled[order], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(model.impute(rows, num_samples=100, seed=4)[0], filled, rtol=1e-3, atol=0)
 
 
 def test_scores_are_of_the_observed_cells(gappy_model):
@@ -446,9 +451,9 @@ def test_the_saved_model_fills_gaps_and_scores_incomplete_rows(gappy_model, tmp_
     assert sum(b"impute" in record.numpy() for record in warmup) == 1  # warmed up with the rest
     rows = gappy[:20]
     served = loaded.signatures["impute"](x=tf.constant(rows))
-    filled, stddev = model.imputation(tf.constant(rows))[:2]
-    np.testing.assert_allclose(served["x"].numpy(), filled.numpy(), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(served["stddev"].numpy(), stddev.numpy(), rtol=1e-4, atol=1e-5)
+    filled, stddev = model.impute(gappy[:100])  # a row fills as in any other batch: the command line's fills
+    np.testing.assert_allclose(served["x"].numpy(), filled[:20], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(served["stddev"].numpy(), stddev[:20], rtol=1e-4, atol=1e-5)
     seen = ~np.isnan(rows)
     np.testing.assert_array_equal(served["x"].numpy()[seen], rows[seen])
     again = loaded.signatures["impute"](x=tf.constant(rows))["x"].numpy()

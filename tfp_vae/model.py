@@ -381,9 +381,10 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
             [self.importance_samples, batch_size * replicas, self.noise_size], seed=tf.stack([self.noise_seed_, step]))
         return eps[:, replica * batch_size:(replica + 1) * batch_size]
 
-    def fixed_noise(self, num_samples: int):
-        """The same `num_samples` draws for every call: deterministic, batch-independent scores."""
-        return tf.random.stateless_normal([num_samples, 1, self.noise_size], seed=[0, self.noise_seed_])
+    def fixed_noise(self, num_samples: int, seed=0):
+        """eps [S, 1, K]: the same `num_samples` draws for every row and call with this `seed`, so a row scores and
+        fills the same whatever batch it comes in (Python, the command line or the SavedModel)."""
+        return tf.random.stateless_normal([num_samples, 1, self.noise_size], seed=[seed, self.noise_seed_])
 
     def train_step(self, data):
         x = features_of(data)
@@ -527,8 +528,11 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         far beyond the training rows', is inf with an inf stddev, never NaN); with
         `draws`, a third array [draws, B, D] of rows drawn from p(x_missing |
         x_observed) by sampling importance resampling, for multiple imputation.
-        Deterministic for a given `seed`; one draw where all give the same
-        (`is_closed_form`). Rows are filled
+        Deterministic for a given `seed`: every row is weighted over the same
+        `num_samples` draws of the noise (`fixed_noise`), so a row fills the same
+        whatever table or batch it comes in, as the SavedModel's `impute` (seed 0)
+        fills it; its `draws` depend on its place in the table. One draw where all
+        give the same (`is_closed_form`). Rows are filled
         `batch_size` at a time, fewer where their draws would take more than
         `DRAW_NUMBERS` numbers per tensor (`chunk_width`).
         """
@@ -547,10 +551,11 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         results = []
         for start in range(0, len(x), rows):
             # Every batch is `rows` rows, the last padded with copies of its first, so one graph (traced for one
-            # shape) fills all of them and a row fills the same whatever the length of its table.
+            # shape) fills all of them and a row's draws are the same whatever the length of its table.
             batch = x[start:start + rows]
             padded = np.concatenate([batch, np.repeat(batch[:1], rows - len(batch), axis=0)])
-            parts = fill_rows(tf.constant(padded), tf.constant(seed + start, tf.int32), num_samples, draws or 0)
+            parts = fill_rows(tf.constant(padded), tf.constant(seed, tf.int32), tf.constant(seed + start, tf.int32),
+                              num_samples, draws or 0)
             results.append([part.numpy()[..., :len(batch), :] for part in parts])
         return tuple(np.concatenate([part[i] for part in results], axis=-2) for i in range(len(results[0])))
 
@@ -568,9 +573,7 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         `logits` [S, B] the draws' `weights.draw_logits`."""
         self.require_fills()
         mask = tf.math.is_finite(x)
-        eps = tf.random.stateless_normal([self.draws_for(num_samples), tf.shape(x)[0], self.noise_size],
-                                         seed=[seed, self.noise_seed_])
-        weights = self.log_weights(x, eps)
+        weights = self.log_weights(x, self.fixed_noise(self.draws_for(num_samples), seed))
         logits = weights.draw_logits
         probability = tf.nn.softmax(logits, axis=0)[..., tf.newaxis]  # [S, B, 1]
         if weights.completed is not None:  # each draw's own values, weighted with the mask they explain
@@ -580,20 +583,21 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         fill, spread = mixture_moments(probability, mean, stddev)
         return tf.where(mask, x, fill), tf.where(mask, 0.0, spread), weights, logits
 
-    def fill_rows(self, x, seed, num_samples: int, draws: int):
+    def fill_rows(self, x, seed, batch_seed, num_samples: int, draws: int):
         """Tensors in and out, `impute`'s traced step: `(filled, stddev)` for rows `x` [B, D], and with `draws` > 0
-        the rows drawn [draws, B, D]; `seed` a scalar tensor."""
+        the rows drawn [draws, B, D]; `seed` (the fills') and `batch_seed` (the draws', one per batch of a table)
+        scalar tensors."""
         filled, stddev, weights, logits = self.imputation(x, num_samples, seed)
         if not draws:
             return filled, stddev
         mask = tf.math.is_finite(x)
-        chosen = tf.random.stateless_categorical(tf.transpose(logits), draws, seed=[seed, 1])  # [B, draws]
+        chosen = tf.random.stateless_categorical(tf.transpose(logits), draws, seed=[batch_seed, 1])  # [B, draws]
         if weights.completed is not None:  # the chosen draws' own values
             rows = tf.transpose(tf.gather(tf.transpose(weights.completed, [1, 0, 2]), chosen, batch_dims=1), [1, 0, 2])
         else:
             z = tf.gather(tf.transpose(weights.z, [1, 0, 2]), chosen, batch_dims=1)  # [B, draws, K]
             rows = self.missing_draws(x, tf.cast(mask, x.dtype), *self.decoder_params(tf.transpose(z, [1, 0, 2])),
-                                      seed=[seed, 2])
+                                      seed=[batch_seed, 2])
         return filled, stddev, tf.where(mask, x, rows)
 
     def sample(self, num_samples: int, seed=None):
