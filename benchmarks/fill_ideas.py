@@ -130,6 +130,14 @@ def blend_fills(fills: dict, members: list, truth, choose):
     return sum(weight * fills[member] for weight, member in zip(weights, members)), weights
 
 
+def scored(fills: dict, blends, truth, choose, score, result: dict) -> dict:
+    """Each fill's RMSE over the `score` cells, `blends` ("a + b") included, and `result` with the blends' weights."""
+    for blend in blends:
+        fills[blend], weights = blend_fills(fills, blend.split(" + "), truth, choose)
+        result[blend + ": weights"] = " / ".join(f"{weight:.2f}" for weight in weights)
+    return {**{label: rmse(fill, truth, score) for label, fill in fills.items()}, **result}
+
+
 def probe_rows(x, seed: int, missing: float):
     """`imputation.py`'s training rows with cells hidden, split into fitting rows and validation rows.
 
@@ -167,11 +175,7 @@ def probe(name, x, seed, missing):
         fill, result[label + ": epoch"] = vae_fill(name, fit, validation, sees_mask,
                                                    lambda fill: rmse(fill / unit, truth, choose), seed)
         fills[label] = fill / unit
-    for blend in BLENDS:
-        members = blend.split(" + ")
-        fills[blend], weights = blend_fills(fills, members, truth, choose)
-        result[blend + ": weights"] = " / ".join(f"{weight:.2f}" for weight in weights)
-    return {**{label: rmse(fill, truth, score) for label, fill in fills.items()}, **result}
+    return scored(fills, BLENDS, truth, choose, score, result)
 
 
 def probe_report(probe, comparisons, title: str, script: str, argv=None):

@@ -30,8 +30,8 @@ from sklearn.ensemble import ExtraTreesRegressor
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from fill_ideas import (EM, EPOCHS, HIDDEN, KNN, LEARNING_RATE, MIWAE, blend_fills,  # noqa: E402
-                        classical_fills, mlp, probe_report, probe_rows, rmse, trained_fill, vae_fill)
+from fill_ideas import (EM, EPOCHS, HIDDEN, KNN, LEARNING_RATE, MIWAE, classical_fills, mlp,  # noqa: E402
+                        probe_report, probe_rows, rmse, scored, trained_fill, vae_fill)
 from tfp_vae._keras import tf_keras  # noqa: E402
 
 importlib.import_module("sklearn.experimental.enable_iterative_imputer")  # IterativeImputer is experimental
@@ -68,21 +68,19 @@ class MaskedRegression:
 
 def probe(name, x, seed, missing):
     fit, validation, truth, unit, choose, score = probe_rows(x, seed, missing)
-    started, result = time.time(), {}
+    started = time.time()
     trees = IterativeImputer(ExtraTreesRegressor(n_estimators=50, random_state=seed, n_jobs=1), max_iter=10,
                              random_state=seed).fit(fit)
-    fills = {TREES: trees.transform(validation) / unit, **classical_fills(fit, validation, unit)}
-    result[TREES + ": seconds"] = time.time() - started
+    fills = {TREES: trees.transform(validation) / unit}
+    result = {TREES + ": seconds": time.time() - started}
+    fills.update(classical_fills(fit, validation, unit))
     chooser = lambda fill: rmse(fill / unit, truth, choose)  # noqa: E731
     fill, result[MIWAE + ": epoch"] = vae_fill(name, fit, validation, False, chooser, seed)
     fills[MIWAE] = fill / unit
     network = MaskedRegression(fit.shape[1], HIDDEN[name], float(np.isnan(fit).mean()), seed)
     fill, result[NET + ": epoch"] = trained_fill(network, fit, validation, EPOCHS[name], chooser, seed)
-    fills[NET] = np.where(np.isnan(validation), fill, np.nan_to_num(validation)) / unit
-    for blend in BLENDS:
-        fills[blend], weights = blend_fills(fills, blend.split(" + "), truth, choose)
-        result[blend + ": weights"] = " / ".join(f"{weight:.2f}" for weight in weights)
-    return {**{label: rmse(fill, truth, score) for label, fill in fills.items()}, **result}
+    fills[NET] = fill / unit
+    return scored(fills, BLENDS, truth, choose, score, result)
 
 
 if __name__ == "__main__":
