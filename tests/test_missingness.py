@@ -89,6 +89,10 @@ def test_a_self_masking_model_saves_exports_and_fills_deterministically(rng, tmp
     # The spread of the weighted draws: 0 only where one draw takes all the weight.
     assert np.isfinite(draws).all() and np.mean(stddev[~seen] > 0) > 0.9
     np.testing.assert_array_equal(model.impute(gappy[:20], draws=3, seed=1)[2], draws)
+    # Each row resamples draws of its own: copies of a row, resampling 3 draws, shared one's cells a third of the time.
+    copies = np.repeat(gappy[np.isnan(gappy).any(axis=1)][:1], 40, axis=0)
+    drawn = model.impute(copies, draws=5, num_samples=3, seed=1)[2][:, :, np.isnan(copies[0]).argmax()]
+    assert all(len(np.unique(draw)) == len(copies) for draw in drawn)
     model.save(tmp_path / "model.keras")
     loaded = tf_keras.models.load_model(tmp_path / "model.keras")
     assert loaded.missing_mechanism == mechanism and loaded.missingness.direction == model.missingness.direction

@@ -64,7 +64,7 @@ class FillBlend:
 
     def imputation(self, x, num_samples: int = IMPUTE_SAMPLES, seed: int = 0):
         """Tensors in and out: `(filled, stddev)` for rows `x` [B, D] with NaN gaps (the `impute` signature's)."""
-        parts = [member.imputation(x, num_samples, seed)[:2] for member in self.members]
+        parts = [member.imputation(x, num_samples, seed) for member in self.members]
         filled, stddev = self._mix([part[0] for part in parts], [part[1] for part in parts])
         mask = tf.math.is_finite(x)
         return tf.where(mask, x, filled), tf.where(mask, 0.0, stddev)

@@ -95,7 +95,7 @@ class ServingModule(tf.Module):
             return {"x": model.sample(num_samples, seed)}
 
         def impute(x):
-            filled, stddev = imputer.imputation(checked(x, d))[:2]
+            filled, stddev = imputer.imputation(checked(x, d))
             return {"x": filled, "stddev": stddev}
 
         self.reconstruct = frozen(tf.function(reconstruct, input_signature=[rows]))

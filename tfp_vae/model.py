@@ -531,9 +531,9 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         Deterministic for a given `seed`: every row is weighted over the same
         `num_samples` draws of the noise (`fixed_noise`), so a row fills the same
         whatever table or batch it comes in, as the SavedModel's `impute` (seed 0)
-        fills it; its `draws` depend on its place in the table. One draw where all
-        give the same (`is_closed_form`). Rows are filled
-        `batch_size` at a time, fewer where their draws would take more than
+        fills it; its `draws` resample noise of its own, which depends on its place
+        in the table. One draw where all give the same (`is_closed_form`). Rows
+        are filled `batch_size` at a time, fewer where their draws would take more than
         `DRAW_NUMBERS` numbers per tensor (`chunk_width`).
         """
         self.check_input(x)
@@ -569,29 +569,31 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
             raise TfpVaeError("this model needs complete rows: train it with allow_missing=True to fill gaps")
 
     def imputation(self, x, num_samples: int = IMPUTE_SAMPLES, seed: int = 0):
-        """Tensors in and out: `(filled, stddev, weights, logits)` for rows `x` [B, D] with NaN gaps (see `impute`),
-        `logits` [S, B] the draws' `weights.draw_logits`."""
+        """Tensors in and out: `(filled, stddev)` for rows `x` [B, D] with NaN gaps (see `impute`)."""
         self.require_fills()
         mask = tf.math.is_finite(x)
         weights = self.log_weights(x, self.fixed_noise(self.draws_for(num_samples), seed))
-        logits = weights.draw_logits
-        probability = tf.nn.softmax(logits, axis=0)[..., tf.newaxis]  # [S, B, 1]
+        probability = tf.nn.softmax(weights.draw_logits, axis=0)[..., tf.newaxis]  # [S, B, 1]
         if weights.completed is not None:  # each draw's own values, weighted with the mask they explain
             mean, stddev = weights.completed, tf.zeros_like(weights.completed)
         else:
             mean, stddev = self.missing_outputs(x, tf.cast(mask, x.dtype), *self.decoder_params(weights.z))
         fill, spread = mixture_moments(probability, mean, stddev)
-        return tf.where(mask, x, fill), tf.where(mask, 0.0, spread), weights, logits
+        return tf.where(mask, x, fill), tf.where(mask, 0.0, spread)
 
     def fill_rows(self, x, seed, batch_seed, num_samples: int, draws: int):
         """Tensors in and out, `impute`'s traced step: `(filled, stddev)` for rows `x` [B, D], and with `draws` > 0
         the rows drawn [draws, B, D]; `seed` (the fills') and `batch_seed` (the draws', one per batch of a table)
         scalar tensors."""
-        filled, stddev, weights, logits = self.imputation(x, num_samples, seed)
+        filled, stddev = self.imputation(x, num_samples, seed)
         if not draws:
             return filled, stddev
+        # The draws resample noise of each row's own: two rows resampling the same draw of the fills' shared noise
+        # would share its code (and, missing not at random, its drawn cells), and their draws would be correlated.
+        noise = tf.random.stateless_normal([num_samples, tf.shape(x)[0], self.noise_size], seed=[batch_seed, 3])
+        weights = self.log_weights(x, noise)
         mask = tf.math.is_finite(x)
-        chosen = tf.random.stateless_categorical(tf.transpose(logits), draws, seed=[batch_seed, 1])  # [B, draws]
+        chosen = tf.random.stateless_categorical(tf.transpose(weights.draw_logits), draws, seed=[batch_seed, 1])
         if weights.completed is not None:  # the chosen draws' own values
             rows = tf.transpose(tf.gather(tf.transpose(weights.completed, [1, 0, 2]), chosen, batch_dims=1), [1, 0, 2])
         else:
