@@ -5,9 +5,9 @@ import pytest
 import tensorflow as tf
 from sklearn.impute import KNNImputer
 
-from tfp_vae import Config, export_saved_model, load_imputer, load_run, read_candidates, train
+from tfp_vae import Config, export, export_saved_model, load_imputer, load_run, read_candidates, train
 from tfp_vae.blend import FillBlend
-from tfp_vae.errors import DataError
+from tfp_vae.errors import DataError, ExportError
 from tfp_vae.neighbours import NAME, NeighbourFill, reference_rows
 
 
@@ -108,7 +108,13 @@ def test_selection_blends_the_nearest_rows_where_they_fill_best_and_the_run_and_
     imputer = load_imputer(tmp_path / "run")
     near = [member for member in imputer.members if isinstance(member, NeighbourFill)]
     assert len(near) == 1 and np.array_equal(near[0].rows, gappy, equal_nan=True)  # every row, in order
-    assert export_saved_model(load_run(tmp_path / "run")[1], str(tmp_path / "exports"), imputer=imputer)
+    model = load_run(tmp_path / "run")[1]
+    # The reference rows count toward what a graph can hold as constants, beside every model's weights.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(export, "MAX_FROZEN_WEIGHT_BYTES", near[0].constant_bytes)
+        with pytest.raises(ExportError, match="MiB of weights is more than"):
+            export_saved_model(model, str(tmp_path / "exports"), imputer=imputer)
+    assert export_saved_model(model, str(tmp_path / "exports"), imputer=imputer)
     served = tf.saved_model.load(str(tmp_path / "exports" / "1")).signatures["impute"](x=tf.constant(gappy[:20]))
     np.testing.assert_allclose(served["x"].numpy(), imputer.impute(gappy[:20])[0], rtol=1e-5, atol=1e-5)
 

@@ -40,7 +40,6 @@ from tfp_vae.config import MAX_VERSION
 from tfp_vae.errors import ExportError, write_failure_cause
 from tfp_vae.files import give_usual_permissions, staging_folder
 from tfp_vae.model import VariationalAutoencoder
-from tfp_vae.neighbours import NeighbourFill
 from tfp_vae.serving import warmup_record
 
 SIGNATURES = ("serving_default", "reconstruct", "encode", "decode", "score", "sample")
@@ -165,9 +164,7 @@ def export_saved_model(model: VariationalAutoencoder, export_base, version: int 
     if os.path.exists(final):
         raise ExportError(f"{final}: version {version} already exists; TF Serving versions are immutable")
     served = [model] + [member for member in getattr(imputer, "members", []) if member is not model]
-    weight_bytes = sum(member.constant_bytes if isinstance(member, NeighbourFill) else
-                       sum(variable.shape.num_elements() * variable.dtype.size for variable in member.variables)
-                       for member in served)
+    weight_bytes = sum(member.constant_bytes for member in served)
     if weight_bytes > MAX_FROZEN_WEIGHT_BYTES:
         raise ExportError(f"{final}: {weight_bytes / 2**20:.0f} MiB of weights is more than the "
                           f"{MAX_FROZEN_WEIGHT_BYTES // 2**20} MiB that fit in a SavedModel graph as constants")

@@ -250,6 +250,11 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         return Posterior(qz, losses.rate_full(qz.loc, scale_tril), tf.math.log(tf.linalg.diag_part(scale_tril)))
 
     @property
+    def constant_bytes(self) -> int:
+        """What its weights take inside an exported graph, which holds them as constants."""
+        return sum(variable.shape.num_elements() * variable.dtype.size for variable in self.variables)
+
+    @property
     def chunk_width(self) -> int:
         """Numbers per row and draw in the decoder's scale: what sizes evaluation's chunks."""
         return self.input_size
