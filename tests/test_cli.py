@@ -476,6 +476,13 @@ def test_more_mistakes_are_one_error_line_and_write_nothing(run_dir, tmp_path, c
     assert os.listdir(tmp_path) == []
 
 
+def test_a_file_without_a_column_the_model_knows_names_it_and_suggests_no_selection(run_dir, tmp_path, capsys):
+    np.savetxt(tmp_path / "narrow.csv", np.ones([4, 3]), delimiter=",", header="tiny,huge,other", comments="")
+    assert main(["evaluate", str(run_dir), str(tmp_path / "narrow.csv")]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "narrow.csv: has no column 'offset' (1 of the 3 the model was trained on)")
+
+
 def test_broken_run_files_are_one_error_line_before_any_work(run_dir, tmp_path, capsys):
     import shutil
     broken = tmp_path / "run"

@@ -394,7 +394,7 @@ def _preflight(args) -> None:
             if path.endswith(".csv"):
                 header = data.csv_header(path)[0]
                 selected = [header[i] for i in data.select_columns(header, columns, path)]
-                data.require_columns_of_run(selected, config.feature_names if config else None, path)
+                data.require_columns_of_run(selected, header, config.feature_names if config else None, path)
             elif not path.endswith(".npy"):
                 raise TfpVaeError(f"{path}: unsupported file type; use .csv or .npy")
 

@@ -397,13 +397,23 @@ def select_columns(names: list[str], columns, source: str) -> list[int]:
     return indices
 
 
-def require_columns_of_run(names: list[str], expected: list[str] | None, source: str) -> None:
-    """Refuses named columns that differ, in name or order, from those a model was trained on.
+MISSING_COLUMNS_NAMED = 5  # absent columns an error names before '...'
+
+
+def require_columns_of_run(names: list[str], header: list[str], expected: list[str] | None, source: str) -> None:
+    """Refuses named columns `names` (selected from the file's `header`) that differ, in name or order, from those a
+    model was trained on.
 
     Columns known only by their place (a file without a header, a .npy) pass.
     """
     if expected is None or all(name.isdigit() for name in names) or all(name.isdigit() for name in expected):
         return
+    absent = [name for name in expected if name not in header]
+    if absent:  # no selection can make them up
+        listed = ", ".join(map(repr, absent[:MISSING_COLUMNS_NAMED])) + (", ..." if len(absent) > MISSING_COLUMNS_NAMED
+                                                                        else "")
+        raise DataError(f"{source}: has no column {listed} ({len(absent)} of the {len(expected)} the model was "
+                        "trained on)")
     if list(names) != list(expected):
         raise DataError(f"{source}: columns {list(names)} differ from the {list(expected)} the model was trained on; "
                         f"pick them in that order with columns='{','.join(expected)}'")
