@@ -410,9 +410,9 @@ def require_columns_of_run(names: list[str], header: list[str], expected: list[s
         return
     absent = [name for name in expected if name not in header]
     if absent:  # no selection can make them up
-        listed = ", ".join(map(repr, absent[:MISSING_COLUMNS_NAMED])) + (", ..." if len(absent) > MISSING_COLUMNS_NAMED
-                                                                        else "")
-        raise DataError(f"{source}: has no column {listed} ({len(absent)} of the {len(expected)} the model was "
+        named = ", ".join(map(repr, absent[:MISSING_COLUMNS_NAMED]))
+        more = ", ..." if absent[MISSING_COLUMNS_NAMED:] else ""
+        raise DataError(f"{source}: has no column {named}{more} ({len(absent)} of the {len(expected)} the model was "
                         "trained on)")
     if list(names) != list(expected):
         raise DataError(f"{source}: columns {list(names)} differ from the {list(expected)} the model was trained on; "
