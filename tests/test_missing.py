@@ -1,6 +1,7 @@
 """Missing values: reading them, training on the observed cells, scoring and filling gaps (MIWAE)."""
 
 import csv
+import json
 import os
 import warnings
 
@@ -294,6 +295,22 @@ def test_impute_copies_a_csvs_comment_lines_header_and_observed_text(tiny_gappy_
     lines = (tmp_path / "filled.csv").read_text().splitlines()
     assert lines[:3] == ["# Data source: unit 4", "a,b", "1.50," + lines[2].split(",")[1]] and lines[3] == "2,3e0"
     assert np.isfinite(float(lines[2].split(",")[1]))
+
+
+def test_rows_with_no_observed_cell_are_named_by_impute_and_score_and_counted_by_evaluate(tiny_gappy_run, tmp_path,
+                                                                                          capsys):
+    path = tmp_path / "gappy.csv"
+    path.write_text("a,b\n1,NA\nNA,NA\n2,3\nNA,\n")
+    empty = "gappy.csv: 2 row(s) have no observed cell (the first: data row 2)"
+    assert main(["impute", str(tiny_gappy_run), str(path), "--out", str(tmp_path / "filled.csv")]) == 0
+    assert empty in capsys.readouterr().err
+    assert np.isfinite(np.loadtxt(tmp_path / "filled.csv", delimiter=",", skiprows=1)).all()
+    assert main(["score", str(tiny_gappy_run), str(path), "--out", str(tmp_path / "scores.csv")]) == 0
+    assert empty in capsys.readouterr().err
+    assert main(["evaluate", str(tiny_gappy_run), str(path), "--samples", "4"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["n"] == 2 and "dropped 2 row(s) with no observed cell; the figures are over the other 2" \
+        in err
 
 
 def test_a_table_rewritten_while_it_is_filled_is_refused_and_nothing_is_written(tiny_gappy_run, tmp_path, capsys,

@@ -249,10 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _read(args, config=None):
     from tfp_vae.data import read_table
+    from tfp_vae.pipeline import dropped_rows_message
     table = read_table(args.data, _columns(args, config), args.drop_nonfinite,
                        allow_missing=bool(config and config.allow_missing))
-    if table.dropped_rows:
-        print(f"warning: dropped {table.dropped_rows} row(s) with blank, NaN or infinite cells", file=sys.stderr)
+    if table.dropped_rows:  # rows are left out here only under --drop-nonfinite
+        print(f"warning: {dropped_rows_message(table.dropped_rows, False)}", file=sys.stderr)
     return table
 
 
@@ -457,6 +458,7 @@ def _score(args):
     x = _read(args, config).values
     names = ("elbo", "reconstruction_log_prob", "kl")
     scores = model.score_in_batches(x, source=args.data)
+    _warn_of_empty_rows(args.data, x, "with nothing to score, each has elbo -kl")
     columns = np.stack([scores[name] for name in names], axis=1)
     _write_rows(args.out, columns, list(names))
 
@@ -476,6 +478,7 @@ def _impute(args):
     imputer.check_input(x, source=args.data)
     if args.draws:
         _require_memory(args.draws * x.size, f"--draws {args.draws} of {len(x)} rows of {x.shape[1]} columns")
+    _warn_of_empty_rows(args.data, x, "each is filled with the model's mean of every column")
     filled, _, *draws = imputer.impute(x, draws=args.draws, seed=args.seed)
     _refuse_overflowed_fills(args.data, config.feature_names, filled, *draws)
     if draws:
@@ -485,6 +488,15 @@ def _impute(args):
     else:  # numbers only: observed cells as read (float32, the numbers the model saw), in their shortest text
         _write_rows(args.out, np.where(np.isnan(x), filled, x),
                     config.feature_names or [str(i) for i in range(x.shape[1])], shortest=True)
+
+
+def _warn_of_empty_rows(data: str, x, what_follows: str) -> None:
+    """A warning, where rows of DATA have no observed cell (every cell missing), that names the first."""
+    import numpy as np
+    empty = np.flatnonzero(np.isnan(x).all(axis=1))
+    if len(empty):
+        print(f"warning: {data}: {len(empty)} row(s) have no observed cell (the first: data row {empty[0] + 1}); "
+              f"{what_follows}", file=sys.stderr)
 
 
 def _refuse_overflowed_fills(data: str, names, filled, draws=None) -> None:

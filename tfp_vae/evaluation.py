@@ -25,9 +25,9 @@ import tensorflow as tf
 
 from tfp_vae import losses
 from tfp_vae.data import RunningMoments
-from tfp_vae.errors import DataError
+from tfp_vae.errors import DataError, warn
 from tfp_vae.model import DRAW_NUMBERS, VariationalAutoencoder, traced
-from tfp_vae.pipeline import as_source
+from tfp_vae.pipeline import as_source, dropped_rows_message
 
 ACTIVE_UNIT_VARIANCE = 0.01
 PIT_BINS = 10
@@ -135,8 +135,8 @@ def evaluate(model: VariationalAutoencoder, data, num_samples: int = 1000, seed:
     sums = np.zeros(6)
     counts = np.zeros(2 + PIT_BINS)
     codes = RunningMoments()
-    n = cells = 0
-    for number, (values, _, _) in enumerate(source.blocks()):
+    n = cells = dropped = 0
+    for number, (values, _, dropped_here) in enumerate(source.blocks()):
         x = values.astype(np.float32)
         per_example = log_likelihood(model, x, num_samples, seed + number)
         outputs = {name: value.numpy().astype(np.float64) for name, value in model(x).items()}
@@ -148,8 +148,12 @@ def evaluate(model: VariationalAutoencoder, data, num_samples: int = 1000, seed:
         codes.update(outputs["code_mean"].astype(np.float64))
         n += len(x)
         cells += int(np.isfinite(x).sum())
+        dropped += dropped_here
     if n == 0:
         raise DataError("no rows to evaluate")
+    if dropped:
+        warn(f"{source.name}: {dropped_rows_message(dropped, getattr(model, 'allow_missing', False))}; "
+             f"the figures are over the other {n}")
     ll_sum, ll_squares, elbo_sum, log_px_sum, kl_sum, mse_sum = sums
     log_likelihood_mean = ll_sum / n
     # A row scoring -inf (a value far past the training rows') leaves the mean -inf and its spread unbounded.

@@ -160,6 +160,12 @@ def source_for(pattern, columns=None, drop_nonfinite: bool = False, in_memory_by
     return ArraySource(table.values, table.columns, table.dropped_rows, allow_missing, name=str(pattern))
 
 
+def dropped_rows_message(count: int, allow_missing: bool) -> str:
+    """What a warning says of the rows a source left out: those with no observed cell where cells may be missing,
+    else those with a blank or non-finite cell (`drop_nonfinite`)."""
+    return f"dropped {count} row(s) with " + ("no observed cell" if allow_missing else "blank, NaN or infinite cells")
+
+
 def as_source(data, allow_missing: bool = False):
     """`data` if it is a source already, else an `ArraySource` of the array it is."""
     return data if isinstance(data, (ArraySource, CsvSource)) else ArraySource(data, allow_missing=allow_missing)

@@ -32,7 +32,7 @@ from tfp_vae.errors import DataError, TrainingDiverged, warn
 from tfp_vae.evaluation import fill_errors, leave_one_out, log_likelihood, root_mean_square
 from tfp_vae.files import is_new_folder, remove_written
 from tfp_vae.model import GaussianVAE, VariationalAutoencoder
-from tfp_vae.pipeline import as_source, dataset, in_validation, scan
+from tfp_vae.pipeline import as_source, dataset, dropped_rows_message, in_validation, scan
 from tfp_vae.question import QuestionVAE
 from tfp_vae.quiet import fitting_many_models
 from tfp_vae.transforms import FIT_ROWS, positive_columns
@@ -288,8 +288,7 @@ def _train(config: Config, source, run_dir: str, resume: bool, verbose: int, wat
                         f"{config.validation_split}; need at least {MIN_TRAINING_ROWS} training rows and 1 "
                         "validation row")
     if found.dropped_rows:
-        what = "no observed cell" if config.allow_missing else "blank, NaN or infinite cells"
-        warn(f"dropped {found.dropped_rows} row(s) with {what}")
+        warn(dropped_rows_message(found.dropped_rows, config.allow_missing))
     try:
         model.set_statistics(found.train_moments, found.train_sample, source.columns)
     except DataError as error:
