@@ -245,6 +245,11 @@ def test_simplest_within_one_se_keeps_the_first_candidate_the_figures_cannot_tel
     noisy = best + [1.11, -0.89, 1.11, -0.89]
     assert select.simplest_within_one_se([together, noisy, best]) == 0
     assert select.simplest_within_one_se([together + 0.02, noisy, best]) == 1
+    # A candidate far worse on average and wilder still (mean difference 5.5, paired error 5.5) passes on its own
+    # spread alone; the band is capped at the best's own standard error, 0.6455, so neither it nor the simpler
+    # candidate it would hand the choice to (mean 2.5 worse, paired error 0) is kept.
+    wild = best + [0.0, 0.0, 0.0, 22.0]
+    assert select.simplest_within_one_se([best + 2.5, wild, best]) == 2
     # A candidate with a non-finite loss is never chosen, unless every one has one.
     assert select.simplest_within_one_se([np.array([np.nan, 1.0]), np.array([5.0, 5.0])]) == 1
     assert select.simplest_within_one_se([np.array([np.inf, 1.0]), np.array([np.nan, 5.0])]) == 0

@@ -11,7 +11,8 @@ the simplest whose mean validation figure is within one standard error of the
 best one's (`simplest_within_one_se`; the one-standard-error rule of Breiman et
 al.'s CART and of glmnet's `lambda.1se`), or a simpler one whose mean is no
 worse. The error is that of the paired difference, row by row, so the rows
-both candidates found hard cancel. On a
+both candidates found hard cancel, capped at the best's own standard error, so a
+far worse candidate cannot pass on the spread of its own errors. On a
 table of a few hundred rows the validation rows are few, the best of ten
 noisy figures is likely a flexible model's lucky draw, and the rule keeps the
 simpler model that the figures cannot tell from it; on a large table the
@@ -174,26 +175,32 @@ def simplest_within_one_se(losses: list[np.ndarray], groups: np.ndarray | None =
     together. A simpler candidate whose mean is no worse than the one found is
     kept in its place: a candidate that errs with the best cell by cell has a
     small paired error and can fail where a worse, noisier one passes, and the
-    rule must not keep a candidate that a simpler one beats on average. A
-    candidate with any non-finite loss is never chosen, unless all have one (then
-    the first).
+    rule must not keep a candidate that a simpler one beats on average. The band
+    is never wider than the best's own standard error (the classical rule's): a
+    candidate far worse on average and noisier still (a few cells it fills
+    wildly) would otherwise pass on its own spread and hand the choice to any
+    simpler one that beats it, however far from the best. A candidate with any
+    non-finite loss is never chosen, unless all have one (then the first).
     """
     means = np.array([np.mean(loss) if np.all(np.isfinite(loss)) else np.inf for loss in losses])
     if not np.isfinite(means).any():
         return 0
     best = int(np.argmin(means))
-    units = len(losses[best])
-    if groups is None:
-        groups = np.arange(units)
-    labels = np.unique(groups, return_inverse=True)[1]
-    clusters = labels.max() + 1
+    best_loss = np.asarray(losses[best], np.float64)
+    labels = np.unique(np.arange(len(best_loss)) if groups is None else groups, return_inverse=True)[1]
+    best_error = _standard_error(best_loss, labels)
     for index, loss in enumerate(losses):
-        difference = np.asarray(loss, np.float64) - losses[best]
-        residual_sums = np.bincount(labels, difference - difference.mean(), minlength=clusters)
-        error = math.sqrt(np.sum(residual_sums**2) * clusters / max(clusters - 1, 1)) / units
-        if means[index] - means[best] <= error:
+        if means[index] - means[best] <= min(_standard_error(np.asarray(loss, np.float64) - best_loss, labels),
+                                             best_error):
             return int(np.argmax(means[: index + 1] <= means[index]))
     return best
+
+
+def _standard_error(values: np.ndarray, labels: np.ndarray) -> float:
+    """The standard error of the mean of `values`, those with one label (0, 1, ...) summed before their spread."""
+    clusters = labels.max() + 1
+    residual_sums = np.bincount(labels, values - values.mean(), minlength=clusters)
+    return math.sqrt(np.sum(residual_sums**2) * clusters / max(clusters - 1, 1)) / len(values)
 
 
 def simplex_weights(errors: np.ndarray) -> np.ndarray:
