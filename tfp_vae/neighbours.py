@@ -130,7 +130,7 @@ class NeighbourFill:
         return self._moments(x, *self._donor_values(x))
 
     def _donor_values(self, x):
-        """Each cell's `neighbours` nearest donors' values [B, D, K] (in raw units), and which of them exist."""
+        """Each cell's `neighbours` nearest donors' values [B, D, K] (in raw units), and which of them exist (1.0)."""
         seen = tf.cast(tf.math.is_finite(x), tf.float32)
         standardized = tf.where(seen > 0, (x - self.centre) / self.scale, 0.0)
         reference, reference_seen = tf.constant(self._standardized), tf.constant(self._seen)
@@ -146,14 +146,14 @@ class NeighbourFill:
         def donors(column):
             # One column at a time: a batch's distances to every reference row, [B, N], never [B, D, N].
             negative, index = tf.math.top_k(-tf.where(reference_seen[:, column] > 0, distance, np.inf), k=count)
-            return tf.gather(columns[column], index), tf.math.is_finite(negative)
+            # A float mask: oneDNN transposes no bools on some CPUs, and says so on stderr at every run.
+            return tf.gather(columns[column], index), tf.cast(tf.math.is_finite(negative), tf.float32)
 
-        values, valid = tf.map_fn(donors, tf.range(self.input_size), fn_output_signature=(tf.float32, tf.bool))
+        values, valid = tf.map_fn(donors, tf.range(self.input_size), fn_output_signature=(tf.float32, tf.float32))
         return tf.transpose(values, [1, 0, 2]), tf.transpose(valid, [1, 0, 2])
 
     def _moments(self, x, values, valid):
         """`(filled, stddev)`: the donors' mean and spread in the gaps (the column's where none), x elsewhere."""
-        valid = tf.cast(valid, tf.float32)
         count = tf.reduce_sum(valid, axis=-1)
         mean = tf.reduce_sum(values * valid, axis=-1) / tf.maximum(count, 1.0)
         spread = tf.sqrt(tf.reduce_sum(valid * (values - mean[..., tf.newaxis]) ** 2, axis=-1) / tf.maximum(count, 1.0))
