@@ -129,7 +129,8 @@ def evaluate(model: VariationalAutoencoder, data, num_samples: int = 1000, seed:
     allows missing cells (`allow_missing=True`), NaN cells are missing: the
     log-likelihood is log p(x_observed), the error and calibration are over observed cells.
     """
-    source = as_source(data, getattr(model, "allow_missing", False))
+    allow_missing = getattr(model, "allow_missing", False)
+    source = as_source(data, allow_missing)
     if source.width != model.input_size:
         raise DataError(f"{source.name}: expected {model.input_size} features per row, the data has {source.width}")
     sums = np.zeros(6)
@@ -152,7 +153,7 @@ def evaluate(model: VariationalAutoencoder, data, num_samples: int = 1000, seed:
     if n == 0:
         raise DataError("no rows to evaluate")
     if dropped:
-        warn(f"{source.name}: {dropped_rows_message(dropped, getattr(model, 'allow_missing', False))}; "
+        warn(f"{source.name}: {dropped_rows_message(dropped, allow_missing)}; "
              f"the figures are over the other {n}")
     ll_sum, ll_squares, elbo_sum, log_px_sum, kl_sum, mse_sum = sums
     log_likelihood_mean = ll_sum / n
