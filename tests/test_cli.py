@@ -127,9 +127,9 @@ def test_drop_nonfinite_skips_and_reports(tmp_path, capsys, rng):
 def test_constant_column_trains_with_a_warning(tmp_path, capsys, rng):
     x = rng.normal(size=(40, 3))
     x[:, 1] = 5.0
-    np.savetxt(tmp_path / "flat.csv", x, delimiter=",")
+    np.savetxt(tmp_path / "flat.csv", x, delimiter=",", header="dose,batch,weight", comments="")
     assert main(["train", str(tmp_path / "flat.csv"), "--out", str(tmp_path / "run"), *FAST]) == 0
-    assert "warning: constant column(s) [1]" in capsys.readouterr().err
+    assert "warning: constant column(s) 1 'batch' (to float32's" in capsys.readouterr().err
 
 
 def test_columns_by_name_and_index(tmp_path, csv_file, capsys):

@@ -160,7 +160,7 @@ def test_wrong_width_and_non_finite_input_are_clear_errors(mixed_scale_data):
 def test_constant_column_warns_and_trains(mixed_scale_data):
     x = mixed_scale_data.copy()
     x[:, 1] = 7.0
-    with pytest.warns(UserWarning, match=r"constant column\(s\) \[1\]") as caught:
+    with pytest.warns(UserWarning, match=r"constant column\(s\) 1 \(to") as caught:
         model = trained(x, epochs=2)
     assert np.isfinite(model.history.history["loss"]).all()
     assert caught[0].filename == __file__  # the line that called the library, not one inside it
@@ -292,8 +292,8 @@ def test_tiny_but_varying_columns_are_not_called_constant(rng):
     with pytest.warns(UserWarning) as caught:
         GaussianVAE(3, hidden=(4,), seed=0).adapt(x.astype(np.float64))
     messages = [str(warning.message) for warning in caught]
-    assert any("constant column(s) [2]" in m for m in messages), messages
-    assert any("column(s) [1] vary by less than float32's smallest normal" in m for m in messages), messages
+    assert any("constant column(s) 2 (to" in m for m in messages), messages
+    assert any("column(s) 1 vary by less than float32's smallest normal" in m for m in messages), messages
 
 
 def test_every_entry_point_gives_the_same_clear_errors(mixed_scale_data):

@@ -615,6 +615,12 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         return self.raw_distribution(*self.decoder_params(z)).sample(seed=seed + [0, 1])
 
 
+def _named(columns, names=None) -> str:
+    """Columns for a message: their indices, each with its name where the data names it (`3 'dose'`)."""
+    return ", ".join(f"{column} {names[column]!r}" if names is not None and names[column] != str(column)
+                     else str(column) for column in columns)
+
+
 @serializable
 class GaussianVAE(VariationalAutoencoder):
     """A VAE whose decoder is a Gaussian with learned mean and scale.
@@ -791,16 +797,15 @@ class GaussianVAE(VariationalAutoencoder):
                             "feature needs at least 2")
         if stats.observed is not None and (stats.observed < 2).any():
             column = int(np.argmax(stats.observed < 2))
-            name = f" {names[column]!r}" if names is not None else ""
-            raise DataError(f"column {column}{name} has {int(stats.observed[column])} observed value(s) in the "
-                            "training rows; a feature needs at least 2")
+            raise DataError(f"column {_named([column], names)} has {int(stats.observed[column])} observed value(s) "
+                            "in the training rows; a feature needs at least 2")
         constant, tiny = constant_columns(stats.mean, stats.stddev), tiny_columns(stats.mean, stats.stddev)
         if constant.size:
-            warn(f"constant column(s) {constant.tolist()} (to float32's precision at their values): their scale is "
-                 "floored")
+            warn(f"constant column(s) {_named(constant, names)} (to float32's precision at their values): their "
+                 "scale is floored")
         if tiny.size:
-            warn(f"column(s) {tiny.tolist()} vary by less than float32's smallest normal number (1.2e-38): multiply "
-                 "them by a large power of ten first")
+            warn(f"column(s) {_named(tiny, names)} vary by less than float32's smallest normal number (1.2e-38): "
+                 "multiply them by a large power of ten first")
         if self.needs_rows:
             if rows is None:
                 raise TfpVaeError("the transform and, with gaps, whitening are fitted on training rows: pass "
