@@ -300,3 +300,24 @@ def test_a_log_model_trains_and_survives_saving(log_normal_rows, tmp_path):
                                rtol=1e-5)
     assert loaded.get_config()["transform"] == "log"
     assert np.all(loaded.predict(log_normal_rows[:50], verbose=0)["lower"][:, :2] > 0)
+
+
+@pytest.mark.parametrize("value", [5.0, 0.0])
+def test_a_constant_column_adds_the_same_density_to_every_untrained_gaussian(rng, value):
+    """Its cells are scored at the decoder's floor (`min_scale`) of float32's resolution at the value, whatever
+    the normalisation, the transform or the gaps: the model choice then compares the columns that vary."""
+    a = rng.normal(size=300)
+    varying = np.c_[a, 3 * a + rng.normal(size=300), np.exp(rng.normal(size=300))].astype(np.float32)
+    rows = np.c_[varying, np.full(300, value, np.float32)]
+    resolution = max(np.finfo(np.float32).eps * value, FLOAT32_TINY)
+    expected = -0.5 * np.log(2 * np.pi) - np.log(1e-3 * resolution)
+    for normalization, transform, allow_missing in [("standardize", "none", False), ("whiten", "none", False),
+                                                    ("whiten", "log", False), ("whiten", "yeo_johnson", False),
+                                                    ("whiten", "yeo_johnson", True)]:
+        def elbo(x):
+            model = GaussianVAE(x.shape[1], code_size=2, hidden=(), decoder_scale="shared", seed=0,
+                                normalization=normalization, transform=transform, allow_missing=allow_missing)
+            return model.adapt(x[:200]).to_gaussian().elbo(x[200:]).numpy()
+        with pytest.warns(UserWarning, match="constant column"):
+            added = elbo(rows) - elbo(varying)
+        np.testing.assert_allclose(added, expected, atol=0.01, err_msg=f"{normalization}, {transform}")

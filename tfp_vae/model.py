@@ -38,9 +38,9 @@ from tfp_vae._keras import serializable, tf_keras
 from tfp_vae.config import FIXED_DEFAULTS, incompatibility
 from tfp_vae.data import RunningMoments, check_block, features_of, first_rows, moments, require_2d
 from tfp_vae.errors import DataError, TfpVaeError, warn
-from tfp_vae.likelihoods import make_likelihood, unit_raw
+from tfp_vae.likelihoods import make_likelihood, raw_from_scale
 from tfp_vae.missingness import MECHANISMS
-from tfp_vae.normalization import NORMALIZERS, constant_columns, tiny_columns
+from tfp_vae.normalization import NORMALIZERS, constant_columns, scale_floor, tiny_columns
 from tfp_vae.transforms import FIT_ROWS, TRANSFORMS
 
 tfd = tfp.distributions
@@ -812,19 +812,25 @@ class GaussianVAE(VariationalAutoencoder):
                                   "rows=[N, D]")
             if self.marginals.needs_rows:
                 self.marginals.fit(stats, rows)
+            # float32's resolution of the raw values, carried through the transform: a constant column's density
+            # is then the same transformed or not (a transformed constant is 0, whose own resolution is 1e-38).
+            floor = self.marginals.transformed_scale(scale_floor(stats.mean), stats.mean)
             rows = self.marginals(np.asarray(rows, np.float32)).numpy()
             if self.allow_missing and self.needs_covariance:
                 mean, covariance = gaps.em_gaussian(rows, self.em_prior_rows)
-                self.normalizer.set_moments(mean, np.sqrt(np.diag(covariance)), len(rows), covariance)
+                self.normalizer.set_moments(mean, np.sqrt(np.diag(covariance)), len(rows), covariance, floor)
                 return self
             stats = moments(rows, covariance=self.needs_covariance, allow_missing=self.allow_missing)
+            self.normalizer.set_moments(stats.mean, stats.stddev, stats.count, stats.covariance, floor)
+            return self
         self.normalizer.set_moments(stats.mean, stats.stddev, stats.count, stats.covariance)
         return self
 
     def to_gaussian(self) -> "GaussianVAE":
         """Sets a linear model with a shared scale to the Gaussian its normalisation fitted, exactly.
 
-        The decoder then ignores the code (its weights 0, sigma 1 in model units)
+        The decoder then ignores the code (its weights 0, sigma 1 in model units;
+        a constant feature's the floor, `min_scale`, where a trained sigma goes too)
         and q(z|x) is the prior, so p(x) is N(0, I) in model units: whitened, the
         full-covariance Gaussian of the (transformed) training rows, by EM where
         they have gaps; standardised, the independent one. Its log-likelihood
@@ -837,7 +843,8 @@ class GaussianVAE(VariationalAutoencoder):
             layer.kernel.assign(tf.zeros_like(layer.kernel))
         self.encoder_params.bias.assign(self.posterior_head.prior_params(self.code_size))
         self.decoder_loc.bias.assign(tf.zeros_like(self.decoder_loc.bias))
-        self.likelihood.raw_scale.assign(tf.fill([self.input_size], unit_raw(self.min_scale)))
+        sigma = np.where(self.normalizer.constant_, self.min_scale, 1.0)
+        self.likelihood.raw_scale.assign(raw_from_scale(sigma.astype(np.float32), self.min_scale))
         return self
 
     @property

@@ -71,17 +71,22 @@ class Standardize(RestorableLayer, tf_keras.layers.Layer):
         self.mean = self.add_weight("mean", shape=[input_size], initializer="zeros", trainable=False)
         self.scale = self.add_weight("scale", shape=[input_size], initializer="ones", trainable=False)
         self.count = self.add_weight("count", shape=[], initializer="zeros", trainable=False)
+        self.constant_ = np.zeros(input_size, bool)
 
     @property
     def is_adapted(self) -> bool:
         return bool(self.count.numpy() > 0)
 
-    def set_moments(self, mean, stddev, count: float = 1.0, covariance=None) -> None:
-        """Sets the statistics; `covariance` is what `Whiten` needs, and is not used here."""
-        mean = np.asarray(mean, np.float64)
+    def set_moments(self, mean, stddev, count: float = 1.0, covariance=None, floor=None) -> None:
+        """Sets the statistics; `covariance` is what `Whiten` needs, and is not used here. `floor`: the least
+        scale of each feature (default `scale_floor(mean)`); a feature whose spread is no more is constant
+        (`constant_`)."""
+        mean, stddev = np.asarray(mean, np.float64), np.asarray(stddev, np.float64)
+        floor = scale_floor(mean) if floor is None else np.asarray(floor, np.float64)
         self.mean.assign(mean.astype(np.float32))
-        self.scale.assign(np.maximum(np.asarray(stddev, np.float64), scale_floor(mean)).astype(np.float32))
+        self.scale.assign(np.maximum(stddev, floor).astype(np.float32))
         self.count.assign(float(count))
+        self.constant_ = stddev <= floor
 
     def call(self, x, observed=None):
         """Model units; given `observed` (1 observed, 0 missing), a missing cell is its feature's centre (0)."""
@@ -170,8 +175,9 @@ class Whiten(Standardize):
     independent in these units has covariance `diag(scale) C^(1/2) diag(sigma^2)
     C^(1/2) diag(scale)` in raw units: correlated residuals, which strongly
     correlated measurements need, at the cost of three D x D products per call.
-    Eigenvalues of C are floored at `EIGENVALUE_FLOOR`, so collinear or constant
-    columns stay finite.
+    Eigenvalues of C are floored at `EIGENVALUE_FLOOR`, so collinear columns stay
+    finite; a constant column is left uncorrelated, its own unit as `Standardize`
+    leaves it, so whitening changes nothing of its density.
 
     #### Example
 
@@ -195,13 +201,16 @@ class Whiten(Standardize):
                                                initializer="identity", trainable=False)
         self.log_det_mixing = self.add_weight("log_det_mixing", shape=[], initializer="zeros", trainable=False)
 
-    def set_moments(self, mean, stddev, count: float = 1.0, covariance=None) -> None:
+    def set_moments(self, mean, stddev, count: float = 1.0, covariance=None, floor=None) -> None:
         if covariance is None:
             raise TfpVaeError("whitening needs the data's covariance: pass covariance=[D, D] "
                               "(tfp_vae.data.RunningMoments(covariance=True) keeps it)")
-        super().set_moments(mean, stddev, count)
+        super().set_moments(mean, stddev, count, floor=floor)
         scale = self.scale.numpy().astype(np.float64)
         correlation = np.asarray(covariance, np.float64) / np.outer(scale, scale)
+        # A constant feature is its own unit, as standardised: not an eigenvalue floored far below the others.
+        correlation[self.constant_], correlation[:, self.constant_] = 0.0, 0.0
+        correlation[self.constant_, self.constant_] = 1.0
         eigenvalues, eigenvectors = np.linalg.eigh(correlation)
         eigenvalues = np.maximum(eigenvalues, self.EIGENVALUE_FLOOR)
         self.unmixing.assign(((eigenvectors / np.sqrt(eigenvalues)) @ eigenvectors.T).astype(np.float32))

@@ -269,6 +269,10 @@ class Identity(RestorableLayer, tf_keras.layers.Layer):
         """Raw `(mean, stddev, lower, upper)` of each feature from its marginal in transformed units."""
         return mean, stddev, mean - half_width, mean + half_width
 
+    def transformed_scale(self, scale, at):
+        """Raw scales `scale` [D] of values near `at` [D], in transformed units: `scale T'(at)`."""
+        return np.asarray(scale, np.float64)
+
     def raw_distribution(self, distribution):
         """A distribution over transformed rows, as one over raw rows."""
         return distribution
@@ -299,6 +303,10 @@ class FittedTransform(Identity):
 
     def log_jacobian(self, x, mask=None):
         return observed_sum(self.bijector().forward_log_det_jacobian(x, event_ndims=0), mask)
+
+    def transformed_scale(self, scale, at):
+        log_derivative = self.bijector().forward_log_det_jacobian(np.asarray(at, np.float32), event_ndims=0)
+        return np.asarray(scale, np.float64) * np.exp(log_derivative.numpy().astype(np.float64))
 
     def raw_distribution(self, distribution):
         return tfd.TransformedDistribution(distribution, tfb.Invert(self.bijector()))
