@@ -80,7 +80,9 @@ def _data_arguments(parser):
     parser.add_argument("data", metavar="DATA", help=".csv (header row optional), .npy, or a quoted glob of .csv files")
     parser.add_argument("--columns", type=_names, help="comma-separated column names or indices to use")
     parser.add_argument("--drop-nonfinite", action="store_true",
-                        help="skip rows with blank, NaN or infinite cells (and say how many)")
+                        help="skip rows with blank, NaN or infinite cells (and say how many); with --allow-missing, "
+                             "or a run trained with it, blank and NaN cells are missing values instead, and an "
+                             "infinite cell is still an error")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
