@@ -290,7 +290,8 @@ def test_student_t_is_refused_with_whitening():
 def test_tiny_but_varying_columns_are_not_called_constant(rng):
     x = np.stack([rng.normal(size=500) * 1e-9, rng.normal(size=500) * 1e-40, np.full(500, 3.0)], axis=1)
     with pytest.warns(UserWarning) as caught:
-        GaussianVAE(3, hidden=(4,), seed=0).adapt(x.astype(np.float64))
+        model = GaussianVAE(3, hidden=(4,), seed=0).adapt(x.astype(np.float64))
+    assert model.normalizer.constant_.tolist() == [False, False, True]  # scored at the decoder's floor
     messages = [str(warning.message) for warning in caught]
     assert any("constant column(s) 2 (to" in m for m in messages), messages
     assert any("column(s) 1 vary by less than float32's smallest normal" in m for m in messages), messages

@@ -818,10 +818,10 @@ class GaussianVAE(VariationalAutoencoder):
             rows = self.marginals(np.asarray(rows, np.float32)).numpy()
             if self.allow_missing and self.needs_covariance:
                 mean, covariance = gaps.em_gaussian(rows, self.em_prior_rows)
-                self.normalizer.set_moments(mean, np.sqrt(np.diag(covariance)), len(rows), covariance, floor)
+                self.normalizer.set_moments(mean, np.sqrt(np.diag(covariance)), len(rows), covariance, floor, constant)
                 return self
             stats = moments(rows, covariance=self.needs_covariance, allow_missing=self.allow_missing)
-            self.normalizer.set_moments(stats.mean, stats.stddev, stats.count, stats.covariance, floor)
+            self.normalizer.set_moments(stats.mean, stats.stddev, stats.count, stats.covariance, floor, constant)
             return self
         self.normalizer.set_moments(stats.mean, stats.stddev, stats.count, stats.covariance)
         return self

@@ -77,16 +77,17 @@ class Standardize(RestorableLayer, tf_keras.layers.Layer):
     def is_adapted(self) -> bool:
         return bool(self.count.numpy() > 0)
 
-    def set_moments(self, mean, stddev, count: float = 1.0, covariance=None, floor=None) -> None:
+    def set_moments(self, mean, stddev, count: float = 1.0, covariance=None, floor=None, constant=None) -> None:
         """Sets the statistics; `covariance` is what `Whiten` needs, and is not used here. `floor`: the least
-        scale of each feature (default `scale_floor(mean)`); a feature whose spread is no more is constant
-        (`constant_`)."""
+        scale of each feature (default `scale_floor(mean)`); `constant`: the indices of the constant features
+        (`constant_`; default `constant_columns(mean, stddev)`), for moments of transformed rows those of the raw."""
         mean, stddev = np.asarray(mean, np.float64), np.asarray(stddev, np.float64)
         floor = scale_floor(mean) if floor is None else np.asarray(floor, np.float64)
         self.mean.assign(mean.astype(np.float32))
         self.scale.assign(np.maximum(stddev, floor).astype(np.float32))
         self.count.assign(float(count))
-        self.constant_ = stddev <= floor
+        self.constant_ = np.zeros(len(mean), bool)
+        self.constant_[constant_columns(mean, stddev) if constant is None else constant] = True
 
     def call(self, x, observed=None):
         """Model units; given `observed` (1 observed, 0 missing), a missing cell is its feature's centre (0)."""
@@ -201,11 +202,11 @@ class Whiten(Standardize):
                                                initializer="identity", trainable=False)
         self.log_det_mixing = self.add_weight("log_det_mixing", shape=[], initializer="zeros", trainable=False)
 
-    def set_moments(self, mean, stddev, count: float = 1.0, covariance=None, floor=None) -> None:
+    def set_moments(self, mean, stddev, count: float = 1.0, covariance=None, floor=None, constant=None) -> None:
         if covariance is None:
             raise TfpVaeError("whitening needs the data's covariance: pass covariance=[D, D] "
                               "(tfp_vae.data.RunningMoments(covariance=True) keeps it)")
-        super().set_moments(mean, stddev, count, floor=floor)
+        super().set_moments(mean, stddev, count, floor=floor, constant=constant)
         scale = self.scale.numpy().astype(np.float64)
         correlation = np.asarray(covariance, np.float64) / np.outer(scale, scale)
         # A constant feature is its own unit, as standardised: not an eigenvalue floored far below the others.
