@@ -806,6 +806,7 @@ class GaussianVAE(VariationalAutoencoder):
         if tiny.size:
             warn(f"column(s) {_named(tiny, names)} vary by less than float32's smallest normal number (1.2e-38): "
                  "multiply them by a large power of ten first")
+        floor = None
         if self.needs_rows:
             if rows is None:
                 raise TfpVaeError("the transform and, with gaps, whitening are fitted on training rows: pass "
@@ -821,9 +822,7 @@ class GaussianVAE(VariationalAutoencoder):
                 self.normalizer.set_moments(mean, np.sqrt(np.diag(covariance)), len(rows), covariance, floor, constant)
                 return self
             stats = moments(rows, covariance=self.needs_covariance, allow_missing=self.allow_missing)
-            self.normalizer.set_moments(stats.mean, stats.stddev, stats.count, stats.covariance, floor, constant)
-            return self
-        self.normalizer.set_moments(stats.mean, stats.stddev, stats.count, stats.covariance)
+        self.normalizer.set_moments(stats.mean, stats.stddev, stats.count, stats.covariance, floor, constant)
         return self
 
     def to_gaussian(self) -> "GaussianVAE":
