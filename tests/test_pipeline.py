@@ -3,7 +3,8 @@ import pytest
 import tensorflow as tf
 
 from tfp_vae.data import DataError, read_table
-from tfp_vae.pipeline import ArraySource, CsvSource, dataset, in_validation, scan, source_for
+from tfp_vae.pipeline import (ArraySource, CsvSource, dataset, dequantization_noise, dequantized, in_validation,
+                              integer_columns, scan, source_for)
 
 
 @pytest.fixture
@@ -180,3 +181,28 @@ def test_columns_not_selected_are_never_parsed(tmp_path):
         list(CsvSource(str(write(tmp_path / "typo.csv", "height,weight\n1.80,75\n1.65,60\n1..72,70\n"))).blocks())
     source = CsvSource(str(path), columns="height,weight", drop_nonfinite=True)  # as the message says
     np.testing.assert_allclose(np.concatenate([values for values, _, _ in source.blocks()]), validated)
+
+
+def test_integer_columns_get_the_same_noise_in_memory_on_disk_and_on_every_pass(tmp_path, rng):
+    x = np.column_stack([rng.poisson(3.0, 900), rng.normal(size=900), np.full(900, 4.0), rng.integers(-5, 5, 900)])
+    np.savetxt(tmp_path / "counts.csv", x, delimiter=",", header="a,b,c,d", comments="", fmt="%.10g")
+    for source in (CsvSource(str(tmp_path / "counts.csv")), ArraySource(x)):
+        columns = integer_columns(source)
+        np.testing.assert_array_equal(columns, [0, 3])  # the constant column 2 keeps its own rule
+        noisy = dequantized(source, columns, seed=5)
+        streamed = rows_of(dataset(noisy, "all", 64))
+        np.testing.assert_allclose(streamed, np.concatenate([values for values, _, _ in noisy.blocks()]), rtol=1e-6)
+        np.testing.assert_allclose(rows_of(dataset(noisy, "validation", 50, 0.2, 3)),
+                                   streamed[in_validation(np.arange(900), 0.2, 3)], rtol=1e-6)
+        plain = rows_of(dataset(source, "all", 64))  # the source itself is left as it was
+        np.testing.assert_allclose(plain, x, rtol=1e-6)
+        noise = streamed - plain
+        np.testing.assert_allclose(noise, dequantization_noise(np.arange(900), columns, 4, 5), atol=1e-5)
+        assert (noise[:, [1, 2]] == 0).all() and (np.abs(noise[:, columns]) <= 0.5).all()
+        assert abs(noise[:, columns].std() - 12**-0.5) < 0.01 and abs(noise[:, columns].mean()) < 0.02
+    assert not np.allclose(dequantization_noise(np.arange(9), [0], 1, 5), dequantization_noise(np.arange(9), [0], 1, 6))
+
+
+def test_integer_columns_are_judged_on_their_observed_cells():
+    x = np.array([[1.0, 0.5, np.nan], [2.0, np.nan, 7.0], [np.nan, 1.0, 7.0], [3.0, 2.0, np.nan]], np.float32)
+    np.testing.assert_array_equal(integer_columns(ArraySource(x, allow_missing=True)), [0])

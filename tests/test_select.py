@@ -13,7 +13,7 @@ from tfp_vae import Config, evaluate, load_run, read_candidates, runs, select, t
 from tfp_vae.evaluation import log_likelihood
 from tfp_vae.errors import TfpVaeError
 from tfp_vae.model import GaussianVAE
-from tfp_vae.pipeline import in_validation
+from tfp_vae.pipeline import dequantization_noise, in_validation
 
 
 def test_sizes_are_rules_of_the_row_count():
@@ -430,3 +430,15 @@ def test_a_blend_is_kept_where_it_beats_the_chosen_candidate_out_of_fold(rng):
     assert np.isfinite(blended).all() and np.mean(blended**2) < np.mean(independent**2, axis=0).min()
     assert np.isnan(select.out_of_fold_errors(independent[:2], rows[:2])).all()
     assert np.isnan(select.out_of_fold_errors(np.full((600, 2), np.inf), rows)).all()
+
+
+def test_train_dequantises_integer_columns_says_so_and_leaves_the_array_alone(tmp_path, rng, capsys):
+    x = np.column_stack([rng.poisson(4.0, 200), rng.normal(size=200)]).astype(np.float32)
+    given = x.copy()
+    settings = Config(select="none", epochs=2, hidden=(4,), code_size=1, seed=0)
+    model = train(settings, x, tmp_path / "run")
+    assert "column(s) 0 hold only integers: every pass adds U(-0.5, 0.5) noise" in capsys.readouterr().out
+    np.testing.assert_array_equal(x, given)
+    by_hand = train(settings, x + dequantization_noise(np.arange(200), [0], 2, 0), tmp_path / "by-hand", verbose=0)
+    for weights, expected in zip(model.get_weights(), by_hand.get_weights()):
+        np.testing.assert_array_equal(weights, expected)

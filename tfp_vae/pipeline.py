@@ -7,8 +7,15 @@ one validating pass in Python (clear errors, float64 statistics of the training
 rows), then tf.data streams them (`TextLineDataset` and `decode_csv`), so memory
 holds a shuffle buffer, never the file. `source_for` streams only files larger than
 `IN_MEMORY_BYTES`; smaller ones are read once into an `ArraySource`.
+
+A source can be `dequantized`: its integer-valued columns carry uniform noise,
+U(-0.5, 0.5), a function of each row's position, so every pass (statistics,
+training, validation) reads the same values. On the integers themselves a density
+can pile ever narrower peaks onto the values seen, and its likelihood grows without
+bound; on dequantised rows it is at most the log-probability of the integers.
 """
 
+import copy
 import math
 import os
 from dataclasses import dataclass
@@ -52,7 +59,31 @@ class Scan:
     train_sample: np.ndarray | None = None
 
 
-class ArraySource:
+def dequantization_noise(row_index, columns, width: int, seed: int) -> np.ndarray:
+    """U(-0.5, 0.5) in `columns`, 0 in the others, float32 [rows, width]: splitmix64's hash of each row's position,
+    column and `seed`, so a row gets the same noise on every pass and in any block."""
+    cells = np.asarray(row_index, np.uint64)[:, None] * np.uint64(width) + np.asarray(columns, np.uint64)
+    with np.errstate(over="ignore"):
+        hashed = cells + np.uint64(seed + 1) * np.uint64(0x9E3779B97F4A7C15)
+        hashed = (hashed ^ (hashed >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        hashed = (hashed ^ (hashed >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    hashed ^= hashed >> np.uint64(31)
+    noise = np.zeros((len(cells), width), np.float32)
+    noise[:, columns] = (hashed >> np.uint64(40)).astype(np.float32) * np.float32(2.0**-24) - np.float32(0.5)
+    return noise
+
+
+class Source:
+    """What every source shares: the columns it dequantises (`dequantized`), none unless set."""
+
+    dequantized_columns = np.zeros(0, int)
+    dequantization_seed = 0
+
+    def noise(self, row_index) -> np.ndarray:
+        return dequantization_noise(row_index, self.dequantized_columns, self.width, self.dequantization_seed)
+
+
+class ArraySource(Source):
     """Rows already in memory: a float32 array [rows, features].
 
     `dropped_rows` counts rows a reader left out (blank or non-finite cells), for the
@@ -77,16 +108,17 @@ class ArraySource:
 
     def blocks(self):
         for start in range(0, len(self.values), LINES_PER_BLOCK):
-            values = self.values[start:start + LINES_PER_BLOCK].astype(np.float64)
-            yield values, np.arange(start, start + len(values)), self.dropped_rows if start == 0 else 0
+            row_index = np.arange(start, min(start + LINES_PER_BLOCK, len(self.values)))
+            values = (self.values[row_index] + self.noise(row_index)).astype(np.float64)
+            yield values, row_index, self.dropped_rows if start == 0 else 0
 
     def rows(self, subset: str, validation_fraction: float, seed: int, fold: int = 0) -> tf.data.Dataset:
         """The subset's rows, one dataset element each, sliced from memory."""
-        mask = _subset_mask(np.arange(len(self.values)), subset, validation_fraction, seed, fold)
-        return tf.data.Dataset.from_tensor_slices(self.values[mask])
+        row_index = np.flatnonzero(_subset_mask(np.arange(len(self.values)), subset, validation_fraction, seed, fold))
+        return tf.data.Dataset.from_tensor_slices(self.values[row_index] + self.noise(row_index))
 
 
-class CsvSource:
+class CsvSource(Source):
     """CSV files (a path or a glob), streamed: validated once in Python, then read by tf.data."""
 
     def __init__(self, pattern, columns=None, drop_nonfinite: bool = False):
@@ -109,7 +141,7 @@ class CsvSource:
 
     def blocks(self):
         for block, dropped in clean_blocks(self.pattern, self.selection, self.drop_nonfinite):
-            yield block.values, block.row_index, dropped
+            yield block.values + self.noise(block.row_index), block.row_index, dropped
 
     def rows(self, subset: str, validation_fraction: float, seed: int, fold: int = 0) -> tf.data.Dataset:
         """The subset's rows, one dataset element each, streamed from the files; rows with blank or
@@ -124,8 +156,11 @@ class CsvSource:
         def decode(block_number, block):
             columns = tf.io.decode_csv(block, record_defaults=defaults, select_cols=ordered)
             values = tf.gather(tf.stack(columns, axis=1), positions, axis=1)
-            first = block_number * LINES_PER_BLOCK
-            return values, first + tf.range(tf.shape(values)[0], dtype=tf.int64)
+            row_index = block_number * LINES_PER_BLOCK + tf.range(tf.shape(values)[0], dtype=tf.int64)
+            if len(self.dequantized_columns):
+                noise = tf.numpy_function(self.noise, [row_index], tf.float32, stateful=False)
+                values += tf.ensure_shape(noise, values.shape)
+            return values, row_index
 
         def keep(values, row_index):
             mask = tf.reduce_all(tf.math.is_finite(values), axis=1)
@@ -158,6 +193,24 @@ def source_for(pattern, columns=None, drop_nonfinite: bool = False, in_memory_by
         return CsvSource(pattern, columns, drop_nonfinite)
     table = read_table(pattern, columns, drop_nonfinite, allow_missing)
     return ArraySource(table.values, table.columns, table.dropped_rows, allow_missing, name=str(pattern))
+
+
+def integer_columns(source) -> np.ndarray:
+    """Indices of the columns whose observed values are all integers and not all one value (a constant column
+    keeps its own rule, `normalization.constant_columns`)."""
+    integral, least, most = np.ones(source.width, bool), np.full(source.width, np.nan), np.full(source.width, np.nan)
+    for values, _, _ in source.blocks():
+        if len(values):
+            integral &= np.all(np.isnan(values) | (values == np.round(values)), axis=0)
+            least, most = np.fmin(least, np.fmin.reduce(values, axis=0)), np.fmax(most, np.fmax.reduce(values, axis=0))
+    return np.flatnonzero(integral & (least < most))
+
+
+def dequantized(source, columns, seed: int):
+    """A copy of `source` whose `columns` carry U(-0.5, 0.5) noise on every pass (`dequantization_noise`)."""
+    noisy = copy.copy(source)
+    noisy.dequantized_columns, noisy.dequantization_seed = np.asarray(columns, int), seed
+    return noisy
 
 
 def dropped_rows_message(count: int, allow_missing: bool) -> str:

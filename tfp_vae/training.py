@@ -10,7 +10,8 @@ scores them on the validation rows and keeps the simplest within one standard
 error of the best (with gaps, also the weights of the candidates' fills,
 `select.fill_weights`). `train(..., resume=True)`
 continues an interrupted run from its last finished epoch (of its last unfinished
-candidate) and ends with the number of epochs first asked for.
+candidate) and ends with the number of epochs first asked for. The Gaussian model reads
+integer-valued columns dequantised (`pipeline.dequantized`), on every pass.
 """
 
 import dataclasses
@@ -31,8 +32,9 @@ from tfp_vae.distribute import JoinWatchdog, is_chief, make_strategy, read_tf_co
 from tfp_vae.errors import DataError, TrainingDiverged, warn
 from tfp_vae.evaluation import fill_errors, leave_one_out, log_likelihood, root_mean_square
 from tfp_vae.files import is_new_folder, remove_written
-from tfp_vae.model import GaussianVAE, VariationalAutoencoder
-from tfp_vae.pipeline import as_source, dataset, dropped_rows_message, in_validation, scan
+from tfp_vae.model import GaussianVAE, VariationalAutoencoder, _named
+from tfp_vae.pipeline import (as_source, dataset, dequantized, dropped_rows_message, in_validation,
+                              integer_columns, scan)
 from tfp_vae.question import QuestionVAE
 from tfp_vae.quiet import fitting_many_models
 from tfp_vae.transforms import FIT_ROWS, positive_columns
@@ -67,6 +69,8 @@ def train(config: Config, data, run_dir, resume: bool = False, verbose: int = 1,
     if resume:
         config = runs.load_config(run_dir)
     source = as_source(data, config.allow_missing)
+    if config.model == "gaussian":
+        source = _dequantized(source, config.seed, verbose)
     if config.input_size is None:
         config = dataclasses.replace(config, input_size=source.width)  # checks the settings against the width
     watchdog = JoinWatchdog(worker_timeout, read_tf_config()) if config.strategy == "multiworker" else None
@@ -82,6 +86,17 @@ def train(config: Config, data, run_dir, resume: bool = False, verbose: int = 1,
     finally:
         if watchdog:
             watchdog.stop()
+
+
+def _dequantized(source, seed: int, verbose: int):
+    """`source` with its integer-valued columns dequantised (`pipeline.dequantized`), saying which."""
+    columns = integer_columns(source)
+    if not columns.size:
+        return source
+    if verbose:
+        print(f"column(s) {_named(columns, source.columns)} hold only integers: every pass adds U(-0.5, 0.5) noise "
+              "to them (dequantisation), so that a density cannot pile peaks onto the integers", flush=True)
+    return dequantized(source, columns, seed)
 
 
 def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbose: int,
