@@ -615,7 +615,7 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
         return self.raw_distribution(*self.decoder_params(z)).sample(seed=seed + [0, 1])
 
 
-def _named(columns, names=None) -> str:
+def named_columns(columns, names=None) -> str:
     """Columns for a message: their indices, each with its name where the data names it (`3 'dose'`)."""
     return ", ".join(f"{column} {names[column]!r}" if names is not None and names[column] != str(column)
                      else str(column) for column in columns)
@@ -797,15 +797,15 @@ class GaussianVAE(VariationalAutoencoder):
                             "feature needs at least 2")
         if stats.observed is not None and (stats.observed < 2).any():
             column = int(np.argmax(stats.observed < 2))
-            raise DataError(f"column {_named([column], names)} has {int(stats.observed[column])} observed value(s) "
-                            "in the training rows; a feature needs at least 2")
+            raise DataError(f"column {named_columns([column], names)} has {int(stats.observed[column])} observed "
+                            "value(s) in the training rows; a feature needs at least 2")
         constant, tiny = constant_columns(stats.mean, stats.stddev), tiny_columns(stats.mean, stats.stddev)
         if constant.size:
-            warn(f"constant column(s) {_named(constant, names)} (to float32's precision at their values): their "
+            warn(f"constant column(s) {named_columns(constant, names)} (to float32's precision at their values): their "
                  "scale is floored")
         if tiny.size:
-            warn(f"column(s) {_named(tiny, names)} vary by less than float32's smallest normal number (1.2e-38): "
-                 "multiply them by a large power of ten first")
+            warn(f"column(s) {named_columns(tiny, names)} vary by less than float32's smallest normal number "
+                 "(1.2e-38): multiply them by a large power of ten first")
         floor = None
         if self.needs_rows:
             if rows is None:

@@ -82,6 +82,10 @@ class Source:
     def noise(self, row_index) -> np.ndarray:
         return dequantization_noise(row_index, self.dequantized_columns, self.width, self.dequantization_seed)
 
+    def with_noise(self, values, row_index):
+        """`values` plus their rows' noise; `values` themselves where no column is dequantised."""
+        return values + self.noise(row_index) if len(self.dequantized_columns) else values
+
 
 class ArraySource(Source):
     """Rows already in memory: a float32 array [rows, features].
@@ -109,13 +113,13 @@ class ArraySource(Source):
     def blocks(self):
         for start in range(0, len(self.values), LINES_PER_BLOCK):
             row_index = np.arange(start, min(start + LINES_PER_BLOCK, len(self.values)))
-            values = (self.values[row_index] + self.noise(row_index)).astype(np.float64)
+            values = self.with_noise(self.values[start:start + LINES_PER_BLOCK], row_index).astype(np.float64)
             yield values, row_index, self.dropped_rows if start == 0 else 0
 
     def rows(self, subset: str, validation_fraction: float, seed: int, fold: int = 0) -> tf.data.Dataset:
         """The subset's rows, one dataset element each, sliced from memory."""
         row_index = np.flatnonzero(_subset_mask(np.arange(len(self.values)), subset, validation_fraction, seed, fold))
-        return tf.data.Dataset.from_tensor_slices(self.values[row_index] + self.noise(row_index))
+        return tf.data.Dataset.from_tensor_slices(self.with_noise(self.values[row_index], row_index))
 
 
 class CsvSource(Source):
@@ -141,7 +145,7 @@ class CsvSource(Source):
 
     def blocks(self):
         for block, dropped in clean_blocks(self.pattern, self.selection, self.drop_nonfinite):
-            yield block.values + self.noise(block.row_index), block.row_index, dropped
+            yield self.with_noise(block.values, block.row_index), block.row_index, dropped
 
     def rows(self, subset: str, validation_fraction: float, seed: int, fold: int = 0) -> tf.data.Dataset:
         """The subset's rows, one dataset element each, streamed from the files; rows with blank or

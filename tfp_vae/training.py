@@ -32,7 +32,7 @@ from tfp_vae.distribute import JoinWatchdog, is_chief, make_strategy, read_tf_co
 from tfp_vae.errors import DataError, TrainingDiverged, warn
 from tfp_vae.evaluation import fill_errors, leave_one_out, log_likelihood, root_mean_square
 from tfp_vae.files import is_new_folder, remove_written
-from tfp_vae.model import GaussianVAE, VariationalAutoencoder, _named
+from tfp_vae.model import GaussianVAE, VariationalAutoencoder, named_columns
 from tfp_vae.pipeline import (as_source, dataset, dequantized, dropped_rows_message, in_validation,
                               integer_columns, scan)
 from tfp_vae.question import QuestionVAE
@@ -94,8 +94,8 @@ def _dequantized(source, seed: int, verbose: int):
     if not columns.size:
         return source
     if verbose:
-        print(f"column(s) {_named(columns, source.columns)} hold only integers: every pass adds U(-0.5, 0.5) noise "
-              "to them (dequantisation), so that a density cannot pile peaks onto the integers", flush=True)
+        print(f"column(s) {named_columns(columns, source.columns)} hold only integers: every pass adds U(-0.5, 0.5) "
+              "noise to them (dequantisation), so that a density cannot pile peaks onto the integers", flush=True)
     return dequantized(source, columns, seed)
 
 
