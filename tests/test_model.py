@@ -484,3 +484,12 @@ def test_a_dropped_model_leaves_no_graph_behind():
 
     first = graphs_after_a_model(0)
     assert graphs_after_a_model(1) == first
+
+
+def test_fit_on_integer_columns_warns_naming_them(rng):
+    counts = np.column_stack([rng.normal(size=64), rng.poisson(3.0, 64), np.full(64, 2.0)]).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"column\(s\) 1 hold only integers: .* add U\(-0.5, 0.5\) noise"):
+        GaussianVAE(3, code_size=1, hidden=(4,), seed=0).adapt(counts)
+    with pytest.warns(UserWarning) as caught:  # the constant column's warning alone: a constant is no count
+        GaussianVAE(3, code_size=1, hidden=(4,), seed=0).adapt(counts + [0.0, 0.5, 0.0])
+    assert [str(warning.message).startswith("constant column(s) 2") for warning in caught] == [True]

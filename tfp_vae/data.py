@@ -95,8 +95,8 @@ def check_block(block: np.ndarray, first_row: int, input_size: int | None, sourc
 class RunningMoments:
     """Per-feature count, mean, variance, least and greatest value, merged block by block in float64.
 
-    A NaN cell is missing: each feature's mean, variance, `minimum` and `maximum` are over its
-    observed cells (`observed` counts them); `count` counts rows. With `covariance=True` it
+    A NaN cell is missing: each feature's mean, variance, `minimum`, `maximum` and `integral`
+    (whether all are integers) are over its observed cells (`observed` counts them); `count` counts rows. With `covariance=True` it
     also keeps the D x D covariance (what whitening needs), at D^2 memory and work
     per row, from complete rows only.
     """
@@ -106,7 +106,7 @@ class RunningMoments:
         self.count = 0
         self.observed = None
         self.mean = None
-        self.minimum = self.maximum = None
+        self.minimum = self.maximum = self.integral = None
         self._sum_squares = None
         self._sum_products = None
 
@@ -125,9 +125,10 @@ class RunningMoments:
         block_sum_products = centred.T @ centred if self.tracks_covariance else None
         block_minimum = np.fmin.reduce(block, axis=0)  # NaN only where a column has no observed cell
         block_maximum = np.fmax.reduce(block, axis=0)
+        block_integral = np.all(~present | (block == np.round(block)), axis=0)
         if self.count == 0:
             self.count, self.observed, self.mean = len(block), n, block_mean
-            self.minimum, self.maximum = block_minimum, block_maximum
+            self.minimum, self.maximum, self.integral = block_minimum, block_maximum, block_integral
             self._sum_squares, self._sum_products = block_sum_squares, block_sum_products
             return
         total = self.observed + n
@@ -136,12 +137,18 @@ class RunningMoments:
         self.mean = self.mean + delta * (n / np.maximum(total, 1))
         self.minimum = np.fmin(self.minimum, block_minimum)
         self.maximum = np.fmax(self.maximum, block_maximum)
+        self.integral = self.integral & block_integral
         self._sum_squares = self._sum_squares + block_sum_squares + delta**2 * weight
         if self.tracks_covariance:
             self._sum_products = (self._sum_products + block_sum_products
                                   + np.outer(delta, delta) * self.count * len(block) / (self.count + len(block)))
         self.count += len(block)
         self.observed = total
+
+    def integer_columns(self) -> np.ndarray:
+        """Indices of the features whose observed values are all integers and not all one value (a constant
+        feature keeps its own rule, `normalization.constant_columns`)."""
+        return np.flatnonzero(self.integral & (self.minimum < self.maximum))
 
     @property
     def variance(self) -> np.ndarray:

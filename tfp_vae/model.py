@@ -783,6 +783,10 @@ class GaussianVAE(VariationalAutoencoder):
         """Fits the normalisation (and transform) to `data` (array or dataset) in one streaming pass."""
         stats = moments(data, self.input_size, source="x", covariance=self.needs_covariance and not self.allow_missing,
                         allow_missing=self.allow_missing)
+        integers = stats.integer_columns()
+        if integers.size:
+            warn(f"column(s) {named_columns(integers)} hold only integers: a density can pile peaks onto them, and its "
+                 "likelihood then grows without bound; add U(-0.5, 0.5) noise to them first (tfp_vae.train does)")
         return self.set_statistics(stats, first_rows(data, FIT_ROWS, "x") if self.needs_rows else None)
 
     def set_statistics(self, stats: RunningMoments, rows=None, names=None) -> "GaussianVAE":

@@ -200,14 +200,11 @@ def source_for(pattern, columns=None, drop_nonfinite: bool = False, in_memory_by
 
 
 def integer_columns(source) -> np.ndarray:
-    """Indices of the columns whose observed values are all integers and not all one value (a constant column
-    keeps its own rule, `normalization.constant_columns`)."""
-    integral, least, most = np.ones(source.width, bool), np.full(source.width, np.nan), np.full(source.width, np.nan)
+    """Indices of `source`'s integer-valued columns (`RunningMoments.integer_columns`), from one pass."""
+    found = RunningMoments()
     for values, _, _ in source.blocks():
-        if len(values):
-            integral &= np.all(np.isnan(values) | (values == np.round(values)), axis=0)
-            least, most = np.fmin(least, np.fmin.reduce(values, axis=0)), np.fmax(most, np.fmax.reduce(values, axis=0))
-    return np.flatnonzero(integral & (least < most))
+        found.update(values)
+    return found.integer_columns()
 
 
 def dequantized(source, columns, seed: int):
