@@ -493,3 +493,6 @@ def test_fit_on_integer_columns_warns_naming_them(rng):
     with pytest.warns(UserWarning) as caught:  # the constant column's warning alone: a constant is no count
         GaussianVAE(3, code_size=1, hidden=(4,), seed=0).adapt(counts + [0.0, 0.5, 0.0])
     assert [str(warning.message).startswith("constant column(s) 2") for warning in caught] == [True]
+    huge = np.column_stack([rng.normal(size=64) * 1e37, rng.integers(-2**24, 2**24, 64)]).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"column\(s\) 1 hold only integers"):  # 0: whole numbers, not counts
+        GaussianVAE(2, code_size=1, hidden=(4,), seed=0).adapt(huge)

@@ -146,9 +146,13 @@ class RunningMoments:
         self.observed = total
 
     def integer_columns(self) -> np.ndarray:
-        """Indices of the features whose observed values are all integers and not all one value (a constant
-        feature keeps its own rule, `normalization.constant_columns`)."""
-        return np.flatnonzero(self.integral & (self.minimum < self.maximum))
+        """Indices of the features whose observed values are all integers, within 2**24 of 0 and not all one value.
+
+        Past 2**24 every float32 is a whole number: such a column is large, not
+        counted. A constant keeps its own rule (`normalization.constant_columns`).
+        """
+        largest = np.fmax(np.abs(self.minimum), np.abs(self.maximum))
+        return np.flatnonzero(self.integral & (self.minimum < self.maximum) & (largest <= 2.0**24))
 
     @property
     def variance(self) -> np.ndarray:
