@@ -96,9 +96,9 @@ class RunningMoments:
     """Per-feature count, mean, variance, least and greatest value, merged block by block in float64.
 
     A NaN cell is missing: each feature's mean, variance, `minimum`, `maximum` and `integral`
-    (whether all are integers) are over its observed cells (`observed` counts them); `count` counts rows. With `covariance=True` it
-    also keeps the D x D covariance (what whitening needs), at D^2 memory and work
-    per row, from complete rows only.
+    (whether all are integers) are over its observed cells (`observed` counts them); `count`
+    counts rows. With `covariance=True` it also keeps the D x D covariance (what whitening
+    needs), at D^2 memory and work per row, from complete rows only.
     """
 
     def __init__(self, covariance: bool = False):
