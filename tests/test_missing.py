@@ -396,8 +396,7 @@ def test_selection_and_the_command_line_with_gaps(tmp_path, capsys, monkeypatch)
         first_row += held_out.sum()
         for number, row in enumerate(table[:-1]):
             _, candidate = load_run(runs.candidate_folder(tmp_path / "run", row["name"], fold))
-            errors[number].append(fill_errors(candidate, gappy_cells, truth, scale, select.SELECTION_SAMPLES,
-                                              config.seed))
+            errors[number].append(fill_errors(candidate, gappy_cells, truth, scale, seed=config.seed))
         errors[-1].append(fill_errors(NeighbourFill(rows[~held_out]), gappy_cells, truth, scale))
     errors, source = [np.concatenate(error) for error in errors], np.concatenate(sources)
     np.testing.assert_allclose([np.sqrt(np.mean(error**2)) for error in errors],

@@ -26,7 +26,7 @@ import tensorflow as tf
 from tfp_vae import losses
 from tfp_vae.data import RunningMoments
 from tfp_vae.errors import DataError, warn
-from tfp_vae.model import DRAW_NUMBERS, VariationalAutoencoder, traced
+from tfp_vae.model import DRAW_NUMBERS, IMPUTE_SAMPLES, VariationalAutoencoder, traced
 from tfp_vae.pipeline import as_source, dropped_rows_message
 
 ACTIVE_UNIT_VARIANCE = 0.01
@@ -103,8 +103,9 @@ def normalised_rmse(filled: np.ndarray, truth: np.ndarray, hidden: np.ndarray, s
 
 
 def fill_errors(model: VariationalAutoencoder, gappy: np.ndarray, truth: np.ndarray, scale: np.ndarray,
-                num_samples: int = 1000, seed: int = 0) -> np.ndarray:
-    """`normalised_errors` of the model's fills (`model.impute`) of the cells missing in `gappy`, known in `truth`."""
+                num_samples: int = IMPUTE_SAMPLES, seed: int = 0) -> np.ndarray:
+    """`normalised_errors` of the model's fills (`model.impute`, by default with the draws a user's fills take) of
+    the cells missing in `gappy`, known in `truth`."""
     filled = model.impute(gappy, num_samples=num_samples, seed=seed)[0].astype(np.float64)
     return normalised_errors(filled, truth, np.isnan(gappy) & ~np.isnan(truth), scale)
 

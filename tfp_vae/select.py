@@ -27,8 +27,10 @@ fills (a heavy-tailed decoder can win the first and lose the second). Its
 choice is by the fills of validation cells whose values are known
 (`chooses_by_fills`): each observed cell of a validation row is hidden in turn
 and filled from the rest of its row (`evaluation.leave_one_out`, at most
-`FILL_CELLS`), and the candidate with the least root mean squared error, in each
-column's standard deviation over the training rows, decides (the same rule, over
+`FILL_CELLS`; with the draws a run's own fills take, `model.IMPUTE_SAMPLES`, so
+each figure holds the Monte Carlo noise of the fills it stands for), and the
+candidate with the least root mean squared error, in each column's standard
+deviation over the training rows, decides (the same rule, over
 the squared errors of the cells, paired and grouped by the row they came from). Where the mechanism
 is self-masking the cells a user's table lacks are not missing at random, so
 hiding observed ones at random would ask the wrong question: those choose by

@@ -137,7 +137,7 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
                 "log_likelihood"])
             if by_fills:
                 gappy, truth, _ = held_outs[fold]
-                fold_errors.append(fill_errors(model, gappy, truth, scale, select.SELECTION_SAMPLES, config.seed)
+                fold_errors.append(fill_errors(model, gappy, truth, scale, seed=config.seed)
                                    if len(gappy) else np.zeros(0))
         score = np.concatenate(scores)
         row = {"name": name, **{key: getattr(candidate, key) for key in runs.CANDIDATE_SETTINGS},
