@@ -281,8 +281,8 @@ def test_train_keeps_the_simplest_candidate_within_one_standard_error_of_the_bes
                                              "yeo_johnson-whiten-8-learned-k4", "yeo_johnson-whiten-8-full-k4"]
     config, model = load_run(run)
     validation = x[in_validation(np.arange(len(x)), config.validation_split, 0)]
-    scores = [log_likelihood(load_run(run / "candidates" / row["name"])[1], validation, select.SELECTION_SAMPLES)[
-        "log_likelihood"] for row in rows]
+    scores = [log_likelihood(load_run(run / "candidates" / row["name"])[1], validation)["log_likelihood"]
+              for row in rows]
     np.testing.assert_allclose([np.mean(score) for score in scores],
                                [float(row["validation_log_likelihood"]) for row in rows], rtol=1e-5)
     index = select.simplest_within_one_se([-score for score in scores])
@@ -293,7 +293,7 @@ def test_train_keeps_the_simplest_candidate_within_one_standard_error_of_the_bes
     assert all(os.path.exists(run / "candidates" / row["name"] / "model.keras") for row in rows)
     _, candidate = load_run(run / "candidates" / best["name"])
     assert int(best["validation_rows"]) == len(validation) and config.validation_split == 0.25
-    np.testing.assert_allclose(evaluate(candidate, validation, num_samples=100)["log_likelihood"],
+    np.testing.assert_allclose(evaluate(candidate, validation)["log_likelihood"],
                                float(best["validation_log_likelihood"]), atol=0.05)
     # The run's model is the candidate's last fit, on every row, for its best number of epochs.
     last_fit, last_model = load_run(run / "candidates" / "refits" / best["name"])

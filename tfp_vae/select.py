@@ -2,9 +2,11 @@
 
 `train` with `select="auto"` fits each candidate (`candidates`) on the training
 rows, with a schedule sized to their number (`sized`), and scores it on the
-validation rows: its log-likelihood (the IWAE bound, `SELECTION_SAMPLES` draws)
-of each row; `candidates.csv` in the run folder records them all. Held-out test
-rows are never passed to `train`, so they cannot reach the choice.
+validation rows: its log-likelihood of each row (the IWAE bound, with the 1,000
+draws `evaluate` takes: the bound is low by more where the encoder fits the
+posterior worse, so with fewer draws the choice would rank a figure biased
+against some candidates); `candidates.csv` in the run folder records them all.
+Held-out test rows are never passed to `train`, so they cannot reach the choice.
 
 The candidates run from the simplest to the most flexible, and the one kept is
 the simplest whose mean validation figure is within one standard error of the
@@ -120,7 +122,6 @@ import numpy as np
 
 from tfp_vae.config import FIXED_DEFAULTS, Config, incompatibility
 
-SELECTION_SAMPLES = 100
 MAX_SELECTION_ROWS = 10_000
 FILL_CELLS = 10_000
 FULL_COVARIANCE_MAX_FEATURES = 32

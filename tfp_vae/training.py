@@ -133,8 +133,7 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
         for fold, validation in enumerate(validations):
             model = _train_or_load(dataclasses.replace(candidate, validation_fold=fold), source,
                                    runs.candidate_folder(run_dir, name, fold), watchdog, validation)
-            scores.append(log_likelihood(model, validation, select.SELECTION_SAMPLES, seed=config.seed)[
-                "log_likelihood"])
+            scores.append(log_likelihood(model, validation, seed=config.seed)["log_likelihood"])
             if by_fills:
                 gappy, truth, _ = held_outs[fold]
                 fold_errors.append(fill_errors(model, gappy, truth, scale, seed=config.seed)
