@@ -15,8 +15,8 @@ import sys
 import warnings
 
 from tfp_vae import __version__
-from tfp_vae.config import (DECODER_SCALES, DEFAULTS, MAX_SEED, MAX_VERSION, MISSING_MECHANISMS, MODELS,
-                            NORMALIZATIONS, POSTERIORS, SELECTS, STRATEGIES, TRANSFORMS, Config)
+from tfp_vae.config import (DECODER_SCALES, DEFAULTS, LIKELIHOOD_SAMPLES, MAX_SEED, MAX_VERSION, MISSING_MECHANISMS,
+                            MODELS, NORMALIZATIONS, POSTERIORS, SELECTS, STRATEGIES, TRANSFORMS, Config)
 from tfp_vae.errors import TfpVaeError, tensorflow_message
 from tfp_vae.files import give_usual_permissions, require_new_folder, staging_file
 from tfp_vae.quiet import start_tensorflow_quietly
@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = _command(commands, "evaluate", "held-out metrics of a run on DATA, as JSON")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     _data_arguments(evaluate)
-    evaluate.add_argument("--samples", type=SAMPLES, default=1000, help="importance samples per row")
+    evaluate.add_argument("--samples", type=SAMPLES, default=LIKELIHOOD_SAMPLES, help="importance samples per row")
     evaluate.add_argument("--seed", type=SEED, default=0, help="fixes the importance samples")
 
     export = _command(commands, "export", "write a SavedModel version for TensorFlow Serving")

@@ -24,6 +24,7 @@ SELECTS = ("auto", "none")
 DEFAULT_KL_WEIGHT = {"gaussian": 1.0, "question": 1e-4}
 MAX_SEED = 2**31 - 1  # seeds reach TensorFlow's stateless random ops as int32
 MAX_VERSION = 2**63 - 1  # TF Serving reads an export's version folder name as an int64
+LIKELIHOOD_SAMPLES = 1000  # importance draws per row of a log-likelihood: `evaluate`, the choice of a model
 # What `select="none"` trains where a setting is left open (None): tfp_vae 0.1's fixed defaults.
 FIXED_DEFAULTS = {"code_size": 2, "hidden": (64, 64), "normalization": "standardize", "decoder_scale": "learned",
                   "transform": "none",

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from tfp_vae.config import Config
+from tfp_vae.config import LIKELIHOOD_SAMPLES, Config
 from tfp_vae.errors import TfpVaeError
 from tfp_vae.files import require_new_folder
 from tfp_vae.evaluation import evaluate
@@ -76,7 +76,8 @@ def results_table(results: dict) -> str:
     return "\n".join([header, rule, *rows])
 
 
-def run_demo(out="tfp-vae-demo", epochs: int | None = None, num_samples: int = 1000, verbose: int = 1) -> dict:
+def run_demo(out="tfp-vae-demo", epochs: int | None = None, num_samples: int = LIKELIHOOD_SAMPLES,
+             verbose: int = 1) -> dict:
     """Trains the models, prints a line per model and their held-out metrics, exports the chosen Gaussian VAE."""
     out = os.fspath(out)
     require_new_folder(out, "out")

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_vae import losses
+from tfp_vae.config import LIKELIHOOD_SAMPLES
 from tfp_vae.data import RunningMoments
 from tfp_vae.errors import DataError, warn
 from tfp_vae.model import DRAW_NUMBERS, IMPUTE_SAMPLES, VariationalAutoencoder, traced
@@ -33,7 +34,7 @@ ACTIVE_UNIT_VARIANCE = 0.01
 PIT_BINS = 10
 
 
-def log_likelihood(model: VariationalAutoencoder, x, num_samples: int = 1000, seed: int = 0,
+def log_likelihood(model: VariationalAutoencoder, x, num_samples: int = LIKELIHOOD_SAMPLES, seed: int = 0,
                    rows_per_chunk: int = 256, cells_per_chunk: int = DRAW_NUMBERS) -> dict:
     """Per-example IWAE log-likelihood, ELBO, reconstruction log-probability and KL(q(z|x) || p(z)), in nats.
 
@@ -119,7 +120,7 @@ def calibration_counts(x, mean, stddev) -> np.ndarray:
     return np.concatenate([[np.sum(np.abs(standardised) <= 1.0), np.sum(np.abs(standardised) <= 2.0)], histogram])
 
 
-def evaluate(model: VariationalAutoencoder, data, num_samples: int = 1000, seed: int = 0) -> dict:
+def evaluate(model: VariationalAutoencoder, data, num_samples: int = LIKELIHOOD_SAMPLES, seed: int = 0) -> dict:
     """Per-example means, in nats of the raw data, and the model's calibration.
 
     `data` is an array [rows, features] or a `pipeline.CsvSource`, read block by

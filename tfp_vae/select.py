@@ -2,10 +2,11 @@
 
 `train` with `select="auto"` fits each candidate (`candidates`) on the training
 rows, with a schedule sized to their number (`sized`), and scores it on the
-validation rows: its log-likelihood of each row (the IWAE bound, with the 1,000
-draws `evaluate` takes: the bound is low by more where the encoder fits the
-posterior worse, so with fewer draws the choice would rank a figure biased
-against some candidates); `candidates.csv` in the run folder records them all.
+validation rows: its log-likelihood of each row (the IWAE bound, with the
+`config.LIKELIHOOD_SAMPLES` draws `evaluate` takes: the bound is low by more
+where the encoder fits the posterior worse, so with fewer draws the choice would
+rank a figure biased against some candidates); `candidates.csv` in the run
+folder records them all.
 Held-out test rows are never passed to `train`, so they cannot reach the choice.
 
 The candidates run from the simplest to the most flexible, and the one kept is
