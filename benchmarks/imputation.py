@@ -150,7 +150,7 @@ def run_set(name, x, seed, missing, mechanism, workdir, vaes=("defaults",), all_
     errors = {imputer: normalised_rmse(values, x_train, gaps, scale) for imputer, (values, _) in fills.items()}
     scored_rows = gappy_test[~np.isnan(gappy_test).all(axis=1)]  # as `evaluate`: a row with no cell has no score
     densities = {} if all_rows else {
-        **{VAES[vae][0]: evaluate(model, gappy_test.astype(np.float32), 1000, seed)["log_likelihood"]
+        **{VAES[vae][0]: evaluate(model, gappy_test.astype(np.float32), seed=seed)["log_likelihood"]
            for vae, model in models.items() if model.missing_mechanism == "at-random"},
         "Gaussian, EM": float(observed_log_density(scored_rows, mean, covariance).mean())}
     return (errors, densities, {imputer: seconds for imputer, (_, seconds) in fills.items()}, float(gaps.mean()),

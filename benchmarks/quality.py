@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from flow import flow_log_density  # noqa: E402
 from report import write_report  # noqa: E402
 from tfp_vae import Config, evaluate, train  # noqa: E402
+from tfp_vae.config import LIKELIHOOD_SAMPLES  # noqa: E402
 from tfp_vae.runs import read_candidates  # noqa: E402
 
 SPLIT_SEED = 0
@@ -238,7 +239,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=1000)
-    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--samples", type=int, default=LIKELIHOOD_SAMPLES)
     parser.add_argument("--sets", help="comma-separated data set names to run (default: all)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="data sets run side by side")
     parser.add_argument("--defaults-only", action="store_true",
