@@ -294,7 +294,7 @@ def test_train_keeps_the_simplest_candidate_within_one_standard_error_of_the_bes
     _, candidate = load_run(run / "candidates" / best["name"])
     assert int(best["validation_rows"]) == len(validation) and config.validation_split == 0.25
     np.testing.assert_allclose(evaluate(candidate, validation)["log_likelihood"],
-                               float(best["validation_log_likelihood"]), atol=0.05)
+                               float(best["validation_log_likelihood"]), rtol=1e-5)
     # The run's model is the candidate's last fit, on every row, for its best number of epochs.
     last_fit, last_model = load_run(run / "candidates" / "refits" / best["name"])
     assert last_fit.validation_split == 0.0 and not last_fit.early_stopping_patience
