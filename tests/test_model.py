@@ -454,6 +454,14 @@ def test_mixture_moments_by_hand():
     assert [value.numpy()[0] for value in mixture_moments(tf.constant([[0.5], [0.5]]), *past)] == [np.inf, np.inf]
 
 
+def test_mixture_of_equal_components_is_exactly_their_value():
+    """1,000 float32 weights sum to 1 only to their rounding: summed times 5 they gave 4.999997."""
+    weights = tf.nn.softmax(tf.constant(np.random.default_rng(0).normal(size=[1000, 4, 1]) * 3, tf.float32), axis=0)
+    mean, stddev = mixture_moments(weights, tf.fill([1000, 4, 2], 5.0), tf.fill([1000, 4, 2], 1e-6))
+    assert (mean.numpy() == 5.0).all()
+    np.testing.assert_allclose(stddev.numpy(), 1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("maps, room", [(49, True), (50, False)])
 def test_models_stop_using_xla_past_half_the_memory_maps_linux_allows(monkeypatch, maps, room):
     """XLA never frees a model's compiled code: past half of `vm.max_map_count` (100 here) compile leaves it off, once

@@ -823,6 +823,9 @@ class GaussianVAE(VariationalAutoencoder):
             rows = self.marginals(np.asarray(rows, np.float32)).numpy()
             if self.allow_missing and self.needs_covariance:
                 mean, covariance = gaps.em_gaussian(rows, self.em_prior_rows)
+                # EM's ridge leaves a constant column a variance of its own, far above its value's resolution:
+                # without it the column is floored as complete rows' is, and every candidate scores it alike.
+                covariance[constant, :], covariance[:, constant] = 0.0, 0.0
                 self.normalizer.set_moments(mean, np.sqrt(np.diag(covariance)), len(rows), covariance, floor, constant)
                 return self
             stats = moments(rows, covariance=self.needs_covariance, allow_missing=self.allow_missing)
@@ -1030,9 +1033,15 @@ def mixture_moments(weights, means, stddevs):
 
     A component of weight 0 counts for nothing, even where its moments passed
     float32's range (inf); where the mixture's mean did, it is inf with an inf
-    standard deviation, never NaN.
+    standard deviation, never NaN. Components that agree give exactly their
+    value (a constant column fills with its constant): the mean is taken about
+    the heaviest component's, where a float32 sum of weights times values is
+    off by the weights' rounding (1,000 weights times 5 gave 4.999997).
     """
-    mean = tf.reduce_sum(tf.math.multiply_no_nan(means, weights), axis=0)
+    heaviest = tf.one_hot(tf.argmax(weights, axis=0), tf.shape(weights)[0], axis=0, dtype=means.dtype)
+    reference = tf.reduce_sum(tf.math.multiply_no_nan(means, heaviest), axis=0)
+    reference = tf.where(tf.math.is_finite(reference), reference, 0.0)
+    mean = reference + tf.reduce_sum(tf.math.multiply_no_nan(means - reference, weights), axis=0)
     second = tf.reduce_sum(tf.math.multiply_no_nan(tf.square(stddevs) + tf.square(means - mean), weights), axis=0)
     return mean, tf.where(tf.math.is_finite(mean), tf.sqrt(second), np.inf)
 
