@@ -150,9 +150,9 @@ def test_an_untrained_linear_model_is_the_gaussian_em_fits(rng, em_prior_rows):
 
 
 def test_a_constant_column_with_gaps_is_scored_alike_and_filled_with_its_constant(rng):
-    """EM's ridge gave a constant column a variance of its own when whitening (a scale of 4.4e-4 at 5.0, not 5.0's
-    float32 resolution): trained, its fills spread over 5 +- 1e-4 and it scored 7 nats per row off the standardised
-    candidates'."""
+    """EM's ridge gave a constant column a variance of its own when whitening (a scale of 6.8e-4 here, not 5.0's
+    float32 resolution, 6e-7): its fills spread around 5 by 1e-4, and it scored 7 nats per row below the
+    standardised candidates'."""
     _, gappy, _, _ = linear_gaussian(rng, n=300)
     gappy[:, 1] = np.where(np.isnan(gappy[:, 1]), np.nan, 5.0)
     rows = gappy.astype(np.float32)
