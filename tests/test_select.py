@@ -124,6 +124,18 @@ def test_candidates_span_the_open_settings_and_keep_the_given_ones():
     assert list(heavy) == ["standardize-linear-student_t-k5", "standardize-64x64-student_t-k5"]
 
 
+def test_learning_the_self_masking_direction_keeps_the_linear_gaussian_candidates_alone():
+    """The direction is identified through the values' Gaussian law, which a network's sigma(z) would bend; told the
+    direction, the network stays a candidate."""
+    learned = select.candidates(Config(input_size=5, allow_missing=True, missing_mechanism="self-masking"), 400)
+    assert list(learned) == ["standardize-linear-shared-k5"]
+    told = select.candidates(Config(input_size=5, allow_missing=True, missing_mechanism="self-masking-high"), 400)
+    assert list(told) == ["standardize-linear-shared-k5", "standardize-64x64-learned-k5"]
+    pinned = select.candidates(Config(input_size=5, allow_missing=True, missing_mechanism="self-masking",
+                                      hidden=(8,)), 400)
+    assert list(pinned) == ["standardize-8-shared-k5"]
+
+
 def test_a_column_of_positive_values_adds_the_log_floor_before_the_yeo_johnson_one():
     found = select.candidates(Config(input_size=5, validation_split=0.2), 400, positive_columns=True)
     assert list(found)[:4] == ["standardize-gaussian", "whiten-gaussian", "log-whiten-gaussian",

@@ -12,9 +12,11 @@ r"""Why a cell is missing: p(s|x) for the mask s (1 observed, 0 missing), a laye
                    more often missing (a sensor that saturates), or w_d < 0
                    (`SelfMaskingHigh`, `SelfMaskingLow`)
 
-The direction of a learned w is identified only through the decoder's Gaussian
-shape, and training can settle on the wrong one (in the not-at-random benchmark
-it did on some of wine's columns): where it is known, say so. That shape is
+The direction of a learned w is identified only through the Gaussian shape of
+the values' law: selection keeps to linear models with a shared sigma then
+(`tfp_vae.select`), whose law is Gaussian, not networks, whose sigma(z) bends
+it. Even so training can settle on the wrong direction for a column (in the
+not-at-random benchmark it did for one of wine's six): where it is known, say so. That shape is
 also why these mechanisms refuse a learned per-feature transform: fitted to the
 observed cells, which the mechanism says are not representative, it reshapes
 the Gaussian at will, and its tail extrapolates (on digits, fills of 600 in a

@@ -37,7 +37,15 @@ deviation over the training rows, decides (the same rule, over
 the squared errors of the cells, paired and grouped by the row they came from). Where the mechanism
 is self-masking the cells a user's table lacks are not missing at random, so
 hiding observed ones at random would ask the wrong question: those choose by
-likelihood (of the cells and their mask), as complete tables do.
+likelihood (of the cells and their mask), as complete tables do. Learning
+the mechanism's direction (`"self-masking"`), the candidates are the linear
+ones with a shared sigma alone: the direction is told only by the shape of the
+values' law, which they hold Gaussian (self-masked probabilistic PCA is
+identifiable: Sportisse, Boyer and Josse 2020), where a network's
+sigma(z) makes it a mixture that can put the hidden values on either side and
+explain the mask as well, so its likelihood cannot say which direction fills
+right (in the not-at-random benchmark the network won it on wine and filled
+worse than the column means).
 
 Candidates err differently (a linear Gaussian and a network miss different
 cells), so a weighted mean of their fills can err less than any one of them.
@@ -338,6 +346,8 @@ def candidates(config: Config, train_rows: int, positive_columns: bool = False,
     ]
     if config.input_size <= FULL_COVARIANCE_MAX_FEATURES:
         grid.append(dict(normalization="whiten", transform="yeo_johnson", decoder_scale="full", hidden=network))
+    if config.missing_mechanism == "self-masking":
+        grid = [settings for settings in grid if settings["hidden"] == () and settings["decoder_scale"] == "shared"]
     pinned = {name: getattr(config, name) for name in ("normalization", "transform", "decoder_scale", "hidden")
               if getattr(config, name) is not None}
     code = config.code_size if config.code_size is not None else code_size(config.input_size)
