@@ -16,11 +16,11 @@ The direction of a learned w is identified only through the Gaussian shape of
 the values' law: selection keeps to linear models with a shared sigma then
 (`tfp_vae.select`), whose law is Gaussian, not networks, whose sigma(z) bends
 it. Even so training can settle on the wrong direction for a column (in the
-not-at-random benchmark it did for one of wine's six): where it is known, say so. That shape is
-also why these mechanisms refuse a learned per-feature transform: fitted to the
-observed cells, which the mechanism says are not representative, it reshapes
-the Gaussian at will, and its tail extrapolates (on digits, fills of 600 in a
-column of values up to 17).
+not-at-random benchmark it did for one of wine's six): where it is known, say
+so. That shape is also why these mechanisms refuse a learned per-feature
+transform: fitted to the observed cells, which the mechanism says are not
+representative, it reshapes the Gaussian at will, and its tail extrapolates (on
+digits, fills of 600 in a column of values up to 17).
 
 A model whose mechanism is not at random scores a row by importance weights over
 pairs (z, x_missing), x_missing drawn from the decoder, each weighted by

@@ -33,19 +33,19 @@ and filled from the rest of its row (`evaluation.leave_one_out`, at most
 `FILL_CELLS`; with the draws a run's own fills take, `model.IMPUTE_SAMPLES`, so
 each figure holds the Monte Carlo noise of the fills it stands for), and the
 candidate with the least root mean squared error, in each column's standard
-deviation over the training rows, decides (the same rule, over
-the squared errors of the cells, paired and grouped by the row they came from). Where the mechanism
-is self-masking the cells a user's table lacks are not missing at random, so
-hiding observed ones at random would ask the wrong question: those choose by
-likelihood (of the cells and their mask), as complete tables do. Learning
-the mechanism's direction (`"self-masking"`), the candidates are the linear
-ones with a shared sigma alone: the direction is told only by the shape of the
-values' law, which they hold Gaussian (self-masked probabilistic PCA is
-identifiable: Sportisse, Boyer and Josse 2020), where a network's
-sigma(z) makes it a mixture that can put the hidden values on either side and
-explain the mask as well, so its likelihood cannot say which direction fills
-right (in the not-at-random benchmark the network won it on wine and filled
-worse than the column means).
+deviation over the training rows, decides (the same rule, over the squared
+errors of the cells, paired and grouped by the row they came from). Where the
+mechanism is self-masking the cells a user's table lacks are not missing at
+random, so hiding observed ones at random would ask the wrong question: those
+choose by likelihood (of the cells and their mask), as complete tables do.
+Learning the mechanism's direction (`"self-masking"`), the candidates are the
+linear ones with a shared sigma alone: the direction is told only by the shape
+of the values' law, which they hold Gaussian (self-masked probabilistic PCA is
+identifiable: Sportisse, Boyer and Josse 2020), where a network's sigma(z)
+makes it a mixture that can put the hidden values on either side and explain
+the mask as well, so its likelihood cannot say which direction fills right (in
+the not-at-random benchmark the network won it on wine and filled worse than
+the column means).
 
 Candidates err differently (a linear Gaussian and a network miss different
 cells), so a weighted mean of their fills can err less than any one of them.
