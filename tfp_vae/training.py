@@ -122,8 +122,8 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
                                    bool((found.train_moments.observed < found.train_moments.count).any()))
     if verbose:
         cross = f" ({len(validations)} folds: each row held out once)" if len(validations) > 1 else ""
-        print(f"choosing the model: {len(candidates)} candidates on {found.train_rows} training rows, scored on "
-              f"{sum(map(len, validations))} validation rows{cross}" + (
+        print(f"choosing the model: {len(candidates)} candidate{'s' * (len(candidates) > 1)} on {found.train_rows} "
+              f"training rows, scored on {sum(map(len, validations))} validation rows{cross}" + (
                   f" (their fills of {len(groups)} observed cells, each hidden in turn)" if by_fills else ""),
               flush=True)
     table, losses, errors_by_candidate = [], [], []
