@@ -64,7 +64,8 @@ def exported(request, tmp_path_factory):
         transform = {"yeo_johnson": "yeo_johnson", "whitened, log, with gaps": "log"}.get(request.param, "none")
         model = train(GaussianVAE(4, code_size=2, hidden=(8,), normalization=normalization,
                                   decoder_scale=decoder_scale, transform=transform, seed=0,
-                                  allow_missing=request.param.endswith("with gaps")), x)
+                                  allow_missing=request.param.endswith("with gaps"),
+                                  integer_columns=[3] if request.param == "yeo_johnson" else []), x)
     else:
         model = train(QuestionVAE(4, code_size=2, seed=0), x / 100)
     path = export_saved_model(model, tmp_path_factory.mktemp("exports"))
@@ -108,6 +109,8 @@ def test_signatures_without_tfp_match_the_model(exported):
         for name, value in outputs.items():
             np.testing.assert_allclose(results[signature][name], value, rtol=1e-5, atol=1e-6,
                                        err_msg=f"{signature}/{name}")
+    served = np.asarray(results["sample"]["x"])[:, list(model.integer_columns)]
+    np.testing.assert_array_equal(served, np.round(served))  # the integer columns' draws are whole numbers
 
 
 def test_every_op_is_a_stock_tensorflow_op(exported):

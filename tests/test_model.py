@@ -504,3 +504,32 @@ def test_fit_on_integer_columns_warns_naming_them(rng):
     huge = np.column_stack([rng.normal(size=64) * 1e37, rng.integers(-2**24, 2**24, 64)]).astype(np.float32)
     with pytest.warns(UserWarning, match=r"column\(s\) 1 hold only integers"):  # 0: whole numbers, not counts
         GaussianVAE(2, code_size=1, hidden=(4,), seed=0).adapt(huge)
+
+
+def test_draws_round_the_integer_columns_to_whole_numbers_and_leave_the_rest(rng):
+    from tfp_vae.errors import TfpVaeError
+    counts = rng.poisson(3.0, 300) + rng.uniform(-0.5, 0.5, 300)  # dequantised, as `tfp_vae.train` reads them
+    x = np.column_stack([rng.normal(size=300), counts, rng.normal(size=300)]).astype(np.float32)
+    model = trained(x, allow_missing=True, integer_columns=[1])
+    plain = GaussianVAE.from_config({**model.get_config(), "integer_columns": []})
+    plain.set_weights(model.get_weights())
+    assert model.integer_columns == (1,) and GaussianVAE.from_config(model.get_config()).integer_columns == (1,)
+    drawn, continuous = model.sample(500, seed=2).numpy(), plain.sample(500, seed=2).numpy()
+    np.testing.assert_array_equal(drawn[:, [0, 2]], continuous[:, [0, 2]])
+    np.testing.assert_array_equal(drawn[:, 1], np.round(continuous[:, 1]) + 0.0)
+    assert not np.any(np.signbit(drawn[:, 1]) & (drawn[:, 1] == 0))  # no "-0" in a written file
+    assert not np.array_equal(continuous[:, 1], np.round(continuous[:, 1]))
+    gappy = x[:40].copy()
+    gappy[::2, 1], gappy[1::2, 0] = np.nan, np.nan
+    filled, _, draws = model.impute(gappy, draws=3, seed=1)
+    plain_filled, _, plain_draws = plain.impute(gappy, draws=3, seed=1)
+    np.testing.assert_array_equal(filled, plain_filled)  # a fill is a mean: not rounded
+    np.testing.assert_array_equal(draws[:, ::2, 1], np.round(plain_draws[:, ::2, 1]) + 0.0)
+    np.testing.assert_array_equal(draws[:, 1::2, 1], np.broadcast_to(gappy[1::2, 1], (3, 20)))  # observed: as given
+    np.testing.assert_array_equal(draws[:, :, 0], plain_draws[:, :, 0])
+    with pytest.raises(TfpVaeError, match=re.escape("integer_columns must be indices of the 3 columns, got [3]")):
+        GaussianVAE(3, integer_columns=[3])
+    with pytest.raises(TfpVaeError, match="integer_columns applies to the gaussian model"):
+        config.Config(model="question", integer_columns=[0])
+    with pytest.raises(TfpVaeError, match=re.escape("integer_columns must be indices of the data's columns (0 to 1)")):
+        config.Config(input_size=2, integer_columns=[2])

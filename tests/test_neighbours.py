@@ -97,6 +97,7 @@ def test_selection_blends_the_nearest_rows_where_they_fill_best_and_the_run_and_
     x = np.stack([np.cos(angle), np.sin(angle), np.cos(2 * angle), np.sin(2 * angle)], axis=1) * [1, 1, 5, 5]
     gappy = np.where(rng.random(x.shape) < 0.2, np.nan, x + 0.01 * rng.normal(size=x.shape)).astype(np.float32)
     gappy[np.isnan(gappy).all(axis=1), 0] = 1.0
+    gappy[:, 2] = np.round(gappy[:, 2])  # whole numbers, read dequantised in training
     # A curve no Gaussian follows (its columns are uncorrelated): only untrained Gaussians compete, and the
     # nearest rows fill better.
     train(Config(epochs=0, hidden=(), decoder_scale="shared", transform="none", allow_missing=True, seed=0),
@@ -107,7 +108,9 @@ def test_selection_blends_the_nearest_rows_where_they_fill_best_and_the_run_and_
         float(row["validation_fill_rmse"]) for name, row in table.items() if name != NAME)
     imputer = load_imputer(tmp_path / "run")
     near = [member for member in imputer.members if isinstance(member, NeighbourFill)]
-    assert len(near) == 1 and np.array_equal(near[0].rows, gappy, equal_nan=True)  # every row, in order
+    assert len(near) == 1 and np.array_equal(near[0].rows, gappy, equal_nan=True)  # every row, in order, as given
+    draws = imputer.impute(gappy, draws=5, seed=1)[2][:, :, 2]
+    np.testing.assert_array_equal(draws, np.round(draws))
     model = load_run(tmp_path / "run")[1]
     # The reference rows count toward what a graph can hold as constants, beside every model's weights.
     with pytest.MonkeyPatch.context() as patch:

@@ -451,6 +451,12 @@ def test_train_dequantises_integer_columns_says_so_and_leaves_the_array_alone(tm
     model = train(settings, x, tmp_path / "run")
     assert "column(s) 0 hold only integers: every pass adds U(-0.5, 0.5) noise" in capsys.readouterr().out
     np.testing.assert_array_equal(x, given)
+    assert model.integer_columns == (0,) and runs.load_config(tmp_path / "run").integer_columns == (0,)
+    assert runs.load_run(tmp_path / "run")[1].integer_columns == (0,)
     by_hand = train(settings, x + dequantization_noise(np.arange(200), [0], 2, 0), tmp_path / "by-hand", verbose=0)
     for weights, expected in zip(model.get_weights(), by_hand.get_weights()):
         np.testing.assert_array_equal(weights, expected)
+    assert by_hand.integer_columns == ()
+    as_given = train(dataclasses.replace(settings, integer_columns=()), x, tmp_path / "as-given")
+    assert "hold only integers" not in capsys.readouterr().out and as_given.integer_columns == ()
+    assert any(not np.array_equal(a, b) for a, b in zip(as_given.get_weights(), model.get_weights()))

@@ -590,7 +590,8 @@ COMMANDS = {"train": _train, "evaluate": _evaluate, "export": _export, "encode":
 # Library arguments that messages name, and the flags they are given by here.
 FLAGS = {name: "--" + name.replace("_", "-") for name in
          [field.name for field in dataclasses.fields(Config)
-          if field.name not in ("input_size", "feature_names", "passes_per_epoch", "validation_fold")]
+          if field.name not in ("input_size", "feature_names", "passes_per_epoch", "validation_fold",
+                                "integer_columns")]
          + ["drop_nonfinite", "resume", "worker_timeout"]}
 FLAGS["run_dir"] = "--out"
 

@@ -85,6 +85,10 @@ class Config:
 
     `columns` is the user's column selection (reapplied to later data files);
     `feature_names` names the columns trained on, for the files the CLI writes.
+    `integer_columns` are read dequantised, U(-0.5, 0.5) noise added on every
+    pass (`tfp_vae.pipeline.dequantized`), and the model's draws round them back
+    to whole numbers (`GaussianVAE`); left open, `train` takes every column whose
+    values are all integers and records them here; `()` reads every column as given.
     `early_stopping_patience` > 0 stops when the validation loss has not improved
     for that many epochs and keeps the best epoch's weights; it starts watching
     after the `kl_warmup_epochs`, and the validation loss always weighs the KL at
@@ -138,10 +142,13 @@ class Config:
     input_size: int | None = None
     columns: list | None = None
     feature_names: list | None = None
+    integer_columns: tuple | None = None
 
     def __post_init__(self):
         if self.hidden is not None:
             self.hidden = tuple(int(width) for width in self.hidden)
+        if self.integer_columns is not None:
+            self.integer_columns = tuple(sorted({int(column) for column in self.integer_columns}))
         for name, choices in (("model", MODELS), ("posterior", POSTERIORS), ("normalization", NORMALIZATIONS),
                               ("decoder_scale", DECODER_SCALES), ("transform", TRANSFORMS), ("strategy", STRATEGIES),
                               ("select", SELECTS), ("missing_mechanism", MISSING_MECHANISMS)):
@@ -198,6 +205,14 @@ class Config:
         if self.model == "question" and self.importance_samples > 1:
             raise TfpVaeError("the question's model trains on its squared error: importance_samples applies to the "
                               "gaussian model")
+        if self.model == "question" and self.integer_columns:
+            raise TfpVaeError("the question's model takes its rows as given: integer_columns applies to the gaussian "
+                              "model")
+        width = math.inf if self.input_size is None else self.input_size
+        outside = [column for column in self.integer_columns or () if not 0 <= column < width]
+        if outside:
+            raise TfpVaeError("integer_columns must be indices of the data's columns"
+                              + (f" (0 to {width - 1})" if width < math.inf else "") + f", got {outside}")
         if self.model == "question" and self.nll_beta:
             raise TfpVaeError("the question's model has no learned sigma: nll_beta applies to the gaussian model")
         if not 0 <= self.kl_weight < math.inf:

@@ -9,7 +9,7 @@ layout TF Serving polls, with these signatures (float32, batch-major, raw units)
 | `encode`                    | `x` [B, D]                  | `code_mean` [B, K], `code_scale_tril` [B, K, K]  |
 | `decode`                    | `z` [B, K]                  | `mean` [B, D], `stddev` [B, D]                   |
 | `score`                     | `x` [B, D]                  | `elbo`, `reconstruction_log_prob`, `kl` [B]      |
-| `sample`                    | `num_samples`, `seed` int32 | `x` [num_samples, D]                             |
+| `sample`                    | `num_samples`, `seed` int32 | `x` [num_samples, D], `integer_columns` rounded  |
 | `impute` (`allow_missing` models) | `x` [B, D], NaN = missing | `x` [B, D] filled, `stddev` [B, D] (0 where observed) |
 
 Each signature is traced from the model's maths and its weights are folded into

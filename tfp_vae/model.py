@@ -164,6 +164,8 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
     correlated_gaps: bool = False
     # Whether rows may have missing cells (`GaussianVAE(allow_missing=True)`): scored over the observed ones, filled.
     allow_missing: bool = False
+    # Columns trained dequantised (`GaussianVAE(integer_columns=...)`): their draws are rounded to whole numbers.
+    integer_columns: tuple = ()
 
     def __init__(self, input_size: int, code_size: int, kl_weight: float, seed=None, **kwargs):
         super().__init__(**kwargs)
@@ -605,14 +607,23 @@ class VariationalAutoencoder(heads.RebuiltFromConfig, tf_keras.Model):
             z = tf.gather(tf.transpose(weights.z, [1, 0, 2]), chosen, batch_dims=1)  # [B, draws, K]
             rows = self.missing_draws(x, tf.cast(mask, x.dtype), *self.decoder_params(tf.transpose(z, [1, 0, 2])),
                                       seed=[batch_seed, 2])
-        return filled, stddev, tf.where(mask, x, rows)
+        return filled, stddev, tf.where(mask, x, self.round_integer_columns(rows))
 
     def sample(self, num_samples: int, seed=None):
-        """`num_samples` rows drawn from the model, in raw units."""
+        """`num_samples` rows drawn from the model, in raw units (`integer_columns` in whole numbers)."""
         require_count(num_samples, "num_samples", least=0)
         seed = tf.stack([tf.cast(self.noise_seed_ if seed is None else seed, tf.int32), 1])
         z = tf.random.stateless_normal([num_samples, self.code_size], seed=seed)
-        return self.raw_distribution(*self.decoder_params(z)).sample(seed=seed + [0, 1])
+        return self.round_integer_columns(self.raw_distribution(*self.decoder_params(z)).sample(seed=seed + [0, 1]))
+
+    def round_integer_columns(self, rows):
+        """Rows drawn [..., D] with `integer_columns` rounded: a dequantised value's draw, rounded, is a draw of
+        its integer (the density over [k - 0.5, k + 0.5) is the probability of k)."""
+        if not self.integer_columns:
+            return rows
+        rounded = tf.round(rows)
+        rounded = tf.where(rounded == 0.0, 0.0, rounded)  # -0.0 would be written "-0"
+        return tf.where(np.isin(np.arange(self.input_size), self.integer_columns), rounded, rows)
 
 
 def named_columns(columns, names=None) -> str:
@@ -674,6 +685,10 @@ class GaussianVAE(VariationalAutoencoder):
       em_prior_rows: with gaps, the weight in rows of the independent
         Gaussian's prior under which EM fits whitening's covariance
         (`tfp_vae.gaps.em_gaussian`); 0 is the maximum-likelihood fit.
+      integer_columns: indices of the columns whose values are integers and
+        which training reads dequantised, U(-0.5, 0.5) noise added to each cell
+        (`tfp_vae.train` does; `fit` takes rows as given): the model's draws
+        (`sample`, `impute(x, draws=N)`) round them back to whole numbers.
 
     #### Example
 
@@ -698,7 +713,7 @@ class GaussianVAE(VariationalAutoencoder):
                  min_scale: float = 1e-3, activation: str = "leaky_relu", normalization: str = "standardize",
                  seed=None, transform: str = "none", nll_beta: float = 0.0, allow_missing: bool = False,
                  missing_mechanism: str = "at-random", importance_samples: int = 1,
-                 em_prior_rows: float = FIXED_DEFAULTS["em_prior_rows"], **kwargs):
+                 em_prior_rows: float = FIXED_DEFAULTS["em_prior_rows"], integer_columns=(), **kwargs):
         super().__init__(input_size, code_size, kl_weight, seed, **kwargs)
         require_count(importance_samples, "importance_samples", least=1)
         if not 0 < float(min_scale) < 1:
@@ -715,6 +730,10 @@ class GaussianVAE(VariationalAutoencoder):
             raise ValueError(f"normalization must be one of {tuple(NORMALIZERS)}, got {normalization!r}")
         if transform not in TRANSFORMS:
             raise ValueError(f"transform must be one of {tuple(TRANSFORMS)}, got {transform!r}")
+        integer_columns = tuple(sorted({int(column) for column in integer_columns}))
+        if any(not 0 <= column < self.input_size for column in integer_columns):
+            raise TfpVaeError(f"integer_columns must be indices of the {self.input_size} columns, got "
+                              f"{list(integer_columns)}")
         self.hidden = tuple(int(width) for width in hidden)
         self.posterior_kind = posterior
         self.decoder_scale = decoder_scale
@@ -728,6 +747,7 @@ class GaussianVAE(VariationalAutoencoder):
         self.missing_mechanism = missing_mechanism
         self.importance_samples = int(importance_samples)
         self.em_prior_rows = float(em_prior_rows)
+        self.integer_columns = integer_columns
 
         self.marginals = TRANSFORMS[transform](self.input_size, name="marginals")
         self.missingness = MECHANISMS[missing_mechanism](self.input_size, name="missingness")
@@ -753,7 +773,7 @@ class GaussianVAE(VariationalAutoencoder):
                 "normalization": self.normalization, "seed": self.seed, "transform": self.transform,
                 "nll_beta": self.nll_beta, "allow_missing": self.allow_missing,
                 "missing_mechanism": self.missing_mechanism, "importance_samples": self.importance_samples,
-                "em_prior_rows": self.em_prior_rows, "name": self.name}
+                "em_prior_rows": self.em_prior_rows, "integer_columns": list(self.integer_columns), "name": self.name}
 
     @property
     def likelihood_dense(self):
@@ -786,7 +806,8 @@ class GaussianVAE(VariationalAutoencoder):
         integers = stats.integer_columns()
         if integers.size:
             warn(f"column(s) {named_columns(integers)} hold only integers: a density can pile peaks onto them, and its "
-                 "likelihood then grows without bound; add U(-0.5, 0.5) noise to them first (tfp_vae.train does)")
+                 "likelihood then grows without bound; add U(-0.5, 0.5) noise to them first, and name them in "
+                 "integer_columns to round their draws (tfp_vae.train does both)")
         return self.set_statistics(stats, first_rows(data, FIT_ROWS, "x") if self.needs_rows else None)
 
     def set_statistics(self, stats: RunningMoments, rows=None, names=None) -> "GaussianVAE":

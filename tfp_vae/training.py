@@ -51,7 +51,7 @@ def build_model(config: Config) -> VariationalAutoencoder:
                        config.kl_weight, normalization=config.normalization, seed=config.seed,
                        transform=config.transform, nll_beta=config.nll_beta, allow_missing=config.allow_missing,
                        missing_mechanism=config.missing_mechanism, importance_samples=config.importance_samples,
-                       em_prior_rows=config.em_prior_rows)
+                       em_prior_rows=config.em_prior_rows, integer_columns=config.integer_columns or ())
 
 
 def train(config: Config, data, run_dir, resume: bool = False, verbose: int = 1,
@@ -69,10 +69,10 @@ def train(config: Config, data, run_dir, resume: bool = False, verbose: int = 1,
     if resume:
         config = runs.load_config(run_dir)
     source = as_source(data, config.allow_missing)
-    if config.model == "gaussian":
-        source = _dequantized(source, config.seed, verbose)
     if config.input_size is None:
         config = dataclasses.replace(config, input_size=source.width)  # checks the settings against the width
+    if config.model == "gaussian":
+        source, config = _dequantized(source, config, verbose)
     watchdog = JoinWatchdog(worker_timeout, read_tf_config()) if config.strategy == "multiworker" else None
     try:
         if config.selects:
@@ -88,15 +88,18 @@ def train(config: Config, data, run_dir, resume: bool = False, verbose: int = 1,
             watchdog.stop()
 
 
-def _dequantized(source, seed: int, verbose: int):
-    """`source` with its integer-valued columns dequantised (`pipeline.dequantized`), saying which."""
-    columns = integer_columns(source)
+def _dequantized(source, config: Config, verbose: int):
+    """`source` with `config.integer_columns` dequantised (`pipeline.dequantized`), saying which, and `config`
+    with them; left open, they are the columns whose values are all integers."""
+    columns = integer_columns(source) if config.integer_columns is None else np.asarray(config.integer_columns, int)
+    config = dataclasses.replace(config, integer_columns=columns.tolist())
     if not columns.size:
-        return source
+        return source, config
     if verbose:
         print(f"column(s) {named_columns(columns, source.columns)} hold only integers: every pass adds U(-0.5, 0.5) "
-              "noise to them (dequantisation), so that a density cannot pile peaks onto the integers", flush=True)
-    return dequantized(source, columns, seed)
+              "noise to them (dequantisation), so that a density cannot pile peaks onto the integers, and draws "
+              "are rounded back", flush=True)
+    return dequantized(source, columns, config.seed), config
 
 
 def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbose: int,
@@ -180,9 +183,9 @@ def _train_candidates(config: Config, source, run_dir: str, resume: bool, verbos
               "folds' best epochs' steps" + (f"; {neighbours.NAME} takes every row as its reference"
                                              if len(models) < len(kept) else ""), flush=True)
     for name in kept:  # the other members' models are not kept: `runs.load_imputer` reads them back
-        if name == neighbours.NAME:
+        if name == neighbours.NAME:  # the rows as given, not dequantised: its fills and draws are the table's values
             neighbours.NeighbourFill(neighbours.reference_rows(
-                (values for values, _, _ in source.blocks()), seed=config.seed)).save(
+                (values for values, _, _ in dequantized(source, [], 0).blocks()), seed=config.seed)).save(
                 runs.refit_folder(run_dir, name))
         elif name != best["name"]:
             _last_fit(candidates[name], name, source, found, run_dir, len(validations), watchdog)
