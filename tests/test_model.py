@@ -527,7 +527,8 @@ def test_draws_round_the_integer_columns_to_whole_numbers_and_leave_the_rest(rng
     np.testing.assert_array_equal(draws[:, ::2, 1], np.round(plain_draws[:, ::2, 1]) + 0.0)
     np.testing.assert_array_equal(draws[:, 1::2, 1], np.broadcast_to(gappy[1::2, 1], (3, 20)))  # observed: as given
     np.testing.assert_array_equal(draws[:, :, 0], plain_draws[:, :, 0])
-    with pytest.raises(TfpVaeError, match=re.escape("integer_columns must be indices of the 3 columns, got [3]")):
+    with pytest.raises(TfpVaeError,
+                       match=re.escape("integer_columns must be indices of the data's columns (0 to 2), got [3]")):
         GaussianVAE(3, integer_columns=[3])
     with pytest.raises(TfpVaeError, match="integer_columns applies to the gaussian model"):
         config.Config(model="question", integer_columns=[0])

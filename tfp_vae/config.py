@@ -148,7 +148,7 @@ class Config:
         if self.hidden is not None:
             self.hidden = tuple(int(width) for width in self.hidden)
         if self.integer_columns is not None:
-            self.integer_columns = tuple(sorted({int(column) for column in self.integer_columns}))
+            self.integer_columns = column_indices(self.integer_columns, self.input_size)
         for name, choices in (("model", MODELS), ("posterior", POSTERIORS), ("normalization", NORMALIZATIONS),
                               ("decoder_scale", DECODER_SCALES), ("transform", TRANSFORMS), ("strategy", STRATEGIES),
                               ("select", SELECTS), ("missing_mechanism", MISSING_MECHANISMS)):
@@ -208,11 +208,6 @@ class Config:
         if self.model == "question" and self.integer_columns:
             raise TfpVaeError("the question's model takes its rows as given: integer_columns applies to the gaussian "
                               "model")
-        width = math.inf if self.input_size is None else self.input_size
-        outside = [column for column in self.integer_columns or () if not 0 <= column < width]
-        if outside:
-            raise TfpVaeError("integer_columns must be indices of the data's columns"
-                              + (f" (0 to {width - 1})" if width < math.inf else "") + f", got {outside}")
         if self.model == "question" and self.nll_beta:
             raise TfpVaeError("the question's model has no learned sigma: nll_beta applies to the gaussian model")
         if not 0 <= self.kl_weight < math.inf:
@@ -252,6 +247,16 @@ class Config:
         if "code_size" in fixed and self.input_size is not None:
             fixed["code_size"] = min(fixed["code_size"], self.input_size)
         return dataclasses.replace(self, **fixed)
+
+
+def column_indices(columns, width: int | None) -> tuple:
+    """`integer_columns` as sorted distinct indices, each checked against `width` columns (where known)."""
+    indices = tuple(sorted({int(column) for column in columns}))
+    outside = [column for column in indices if not 0 <= column < (math.inf if width is None else width)]
+    if outside:
+        raise TfpVaeError("integer_columns must be indices of the data's columns"
+                          + (f" (0 to {width - 1})" if width is not None else "") + f", got {outside}")
+    return indices
 
 
 DEFAULTS = Config()

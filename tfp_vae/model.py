@@ -35,7 +35,7 @@ import tensorflow_probability as tfp
 
 from tfp_vae import gaps, heads, losses, saving
 from tfp_vae._keras import serializable, tf_keras
-from tfp_vae.config import FIXED_DEFAULTS, incompatibility
+from tfp_vae.config import FIXED_DEFAULTS, column_indices, incompatibility
 from tfp_vae.data import RunningMoments, check_block, features_of, first_rows, moments, require_2d
 from tfp_vae.errors import DataError, TfpVaeError, warn
 from tfp_vae.likelihoods import make_likelihood, raw_from_scale
@@ -730,10 +730,6 @@ class GaussianVAE(VariationalAutoencoder):
             raise ValueError(f"normalization must be one of {tuple(NORMALIZERS)}, got {normalization!r}")
         if transform not in TRANSFORMS:
             raise ValueError(f"transform must be one of {tuple(TRANSFORMS)}, got {transform!r}")
-        integer_columns = tuple(sorted({int(column) for column in integer_columns}))
-        if any(not 0 <= column < self.input_size for column in integer_columns):
-            raise TfpVaeError(f"integer_columns must be indices of the {self.input_size} columns, got "
-                              f"{list(integer_columns)}")
         self.hidden = tuple(int(width) for width in hidden)
         self.posterior_kind = posterior
         self.decoder_scale = decoder_scale
@@ -747,7 +743,7 @@ class GaussianVAE(VariationalAutoencoder):
         self.missing_mechanism = missing_mechanism
         self.importance_samples = int(importance_samples)
         self.em_prior_rows = float(em_prior_rows)
-        self.integer_columns = integer_columns
+        self.integer_columns = column_indices(integer_columns, self.input_size)
 
         self.marginals = TRANSFORMS[transform](self.input_size, name="marginals")
         self.missingness = MECHANISMS[missing_mechanism](self.input_size, name="missingness")
